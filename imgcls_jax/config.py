@@ -1,0 +1,148 @@
+"""The base config: every field the framework reads, with its default, plus validation."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns the unlocked base config; presets in `configs/` override it and lock it."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = "fashion_mnist"  # A TFDS name, or "image_folder".
+    c.dataset.source = "auto"  # auto | tfds | debian | image_folder
+    c.dataset.data_dir = ""  # TFDS data_dir, or the class-folder root for image_folder.
+    c.dataset.download = False  # Let TFDS download and prepare (needs network).
+    c.dataset.train_split = "train"
+    c.dataset.test_split = "test"  # "" when the dataset has no test split.
+    c.dataset.validation_size = 5000  # Held out from train; an int count or a fraction < 1.
+    c.dataset.split_seed = 0  # Fixes which train examples are held out.
+    c.dataset.train_size = 0  # Train on a random subset of this many examples; 0 uses all.
+    c.dataset.image_size = 0  # Resize to this square size on the host; 0 keeps the stored size.
+    c.dataset.strict = False  # image_folder: raise on unreadable files instead of skipping them.
+    c.dataset.mean = (0.5,)  # Per-channel normalisation, applied on device, in [0, 1] units.
+    c.dataset.std = (0.5,)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "resnet18"
+    c.model.stem = "small"  # small (3x3 conv, 28-32 px) | imagenet (7x7/2 conv + max-pool)
+    c.model.width = 64  # Channels of the first stage.
+    c.model.dtype = "float32"  # Compute dtype; parameters stay float32.
+    c.model.bn_momentum = 0.9
+
+    c.augment = ml_collections.ConfigDict()
+    c.augment.train = ""  # Ops applied per example on device, e.g. "random_crop(4)|flip_lr".
+
+    c.input = ml_collections.ConfigDict()
+    c.input.batch_size = 128  # Global, across all devices and hosts.
+    c.input.eval_batch_size = 500  # Global.
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "sgd"  # sgd | adamw
+    c.optimizer.learning_rate = 0.1
+    c.optimizer.lr_base_batch_size = 0  # If > 0, lr *= batch_size / lr_base_batch_size.
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = True
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 5e-4  # Skips biases and normalisation parameters.
+    c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.name = "cosine"  # cosine | step | constant
+    c.schedule.warmup_epochs = 0.0
+    c.schedule.step_epochs = (30, 60, 80)  # step: decay boundaries in epochs.
+    c.schedule.step_factor = 0.1
+    c.schedule.end_factor = 0.0  # cosine: final lr as a fraction of the peak.
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.label_smoothing = 0.0
+
+    c.training = ml_collections.ConfigDict()
+    c.training.num_epochs = 10.0
+    c.training.num_train_steps = 0  # If > 0, overrides num_epochs.
+    c.training.log_every_steps = 100
+    c.training.eval_every_epochs = 1.0
+    c.training.checkpoint_every_steps = 0  # 0: checkpoint at every evaluation only.
+    c.training.keep_checkpoints = 3
+    c.training.early_stopping_patience = 0  # Evaluations without improvement; 0 disables.
+    c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
+    return c
+
+
+def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Locks a config so a misspelled key raises instead of adding a field."""
+    config.lock()
+    return config
+
+
+def closest(name: str, choices: Iterable[str]) -> str:
+    """Formats a 'did you mean' hint naming the closest valid choice."""
+    choices = sorted(choices)
+    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.0)
+    hint = f" Did you mean {match[0]!r}?" if match else ""
+    return f"{hint} Valid choices: {', '.join(choices)}."
+
+
+def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
+    """Raises a ValueError naming the closest valid choice when `value` is not one of them."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"config.{key}={value!r} is not known.{closest(value, choices)}")
+
+
+def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            keys += _flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> ml_collections.ConfigDict:
+    """Returns a copy of `config` with dotted-key overrides applied; unknown keys raise."""
+    config = ml_collections.ConfigDict(config.to_dict())  # Deep copy, unlocked.
+    valid = _flat_keys(config)
+    for dotted, value in overrides.items():
+        if dotted not in valid:
+            raise KeyError(f"Unknown config key {dotted!r}.{closest(dotted, valid)}")
+        *parents, leaf = dotted.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return lock(config)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks names and values before any device work; raises with the fix."""
+    from imgcls_jax import augment, data, models  # Registries live with their owners.
+
+    check_choice("model.name", config.model.name, models.MODEL_REGISTRY)
+    check_choice("model.stem", config.model.stem, ("small", "imagenet"))
+    check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16", "float16"))
+    check_choice("dataset.source", config.dataset.source, data.SOURCES)
+    check_choice("optimizer.name", config.optimizer.name, ("sgd", "adamw"))
+    check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
+    data.check_dataset_name(config.dataset)
+    augment.parse_pipeline(config.augment.train)  # Raises on unknown ops or bad arguments.
+    if len(config.dataset.mean) != len(config.dataset.std):
+        raise ValueError("config.dataset.mean and config.dataset.std must have the same length.")
+    for key in ("input.batch_size", "input.eval_batch_size"):
+        section, field = key.split(".")
+        if config[section][field] <= 0:
+            raise ValueError(f"config.{key} must be positive, got {config[section][field]}.")
+    if config.training.num_train_steps <= 0 and config.training.num_epochs <= 0:
+        raise ValueError("Set config.training.num_epochs or config.training.num_train_steps > 0.")
+    if not 0.0 <= config.loss.label_smoothing < 1.0:
+        raise ValueError("config.loss.label_smoothing must lie in [0, 1).")

@@ -1,0 +1,53 @@
+"""Loads a TFDS image-classification split into host memory as uint8 arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def builder_class(name: str):
+    """Returns the TFDS builder class for `name`; raises naming the closest registered name."""
+    import tensorflow_datasets as tfds
+
+    from imgcls_jax.config import closest
+
+    try:
+        return tfds.builder_cls(name.split(":")[0].split("/")[0])
+    except tfds.core.registered.DatasetNotFoundError:
+        names = tfds.list_builders(with_community_datasets=False)
+        raise ValueError(f"config.dataset.name={name!r} is not a TFDS dataset.{closest(name, names)}")
+
+
+def load_split(
+    name: str, split: str, data_dir: str, download: bool, image_size: int
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Returns (images uint8 NHWC, labels int32, class names) of one TFDS split."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    tf.config.set_visible_devices([], "GPU")  # TF must never take accelerator memory.
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if download:
+        builder.download_and_prepare()
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {builder.data_dir}. Either run with "
+            f"--config.dataset.download=True on a machine with network access, run "
+            f"`tfds build {name} --data_dir=DIR` there and set --config.dataset.data_dir=DIR, "
+            "or download it manually as TFDS documents for this dataset."
+        )
+    ds = builder.as_dataset(split=split, as_supervised=True)
+    if image_size:
+        ds = ds.map(
+            lambda image, label: (
+                tf.cast(tf.image.resize(image, (image_size, image_size), antialias=True), tf.uint8),
+                label,
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    images, labels = [], []
+    for image_batch, label_batch in tfds.as_numpy(ds.batch(1024).prefetch(2)):
+        images.append(image_batch)
+        labels.append(label_batch)
+    class_names = tuple(builder.info.features["label"].names)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int32), class_names

@@ -1,0 +1,31 @@
+"""Model registry: name -> constructor taking (num_classes, model config)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from imgcls_jax.config import check_choice
+from imgcls_jax.models.resnet import RESNET_ARCHS, ResNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    name: functools.partial(ResNet, **arch) for name, arch in RESNET_ARCHS.items()
+}
+
+
+def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    """Builds the registered model named by `model_config.name`."""
+    check_choice("model.name", model_config.name, MODEL_REGISTRY)
+    return MODEL_REGISTRY[model_config.name](
+        num_classes=num_classes,
+        width=model_config.width,
+        stem=model_config.stem,
+        dtype=DTYPES[model_config.dtype],
+        bn_momentum=model_config.bn_momentum,
+    )

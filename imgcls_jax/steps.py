@@ -1,0 +1,136 @@
+"""Pure train and eval steps over a TrainState pytree; no config access."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from clu import metrics
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+
+
+def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection]:
+    """CLU metrics: loss, top-1, top-5 when there are more than 5 classes, lr when training."""
+    fields: dict[str, Any] = {
+        "loss": metrics.Average.from_output("loss"),
+        "accuracy": metrics.Average.from_fun(_top_k_correct(1)),
+    }
+    if num_classes > 5:
+        fields["top5_accuracy"] = metrics.Average.from_fun(_top_k_correct(5))
+    if train:
+        fields["learning_rate"] = metrics.LastValue.from_output("learning_rate")
+    return metrics.Collection.create(**fields)
+
+
+def _top_k_correct(k: int) -> Callable[..., jnp.ndarray]:
+    def correct(logits: jnp.ndarray, labels: jnp.ndarray, **_) -> jnp.ndarray:
+        if labels.ndim == 2:  # Soft labels (mixup/cutmix): score against the dominant class.
+            labels = jnp.argmax(labels, axis=-1)
+        top_k = jax.lax.top_k(logits, k)[1]
+        return jnp.any(top_k == labels[:, None], axis=-1).astype(jnp.float32)
+
+    return correct
+
+
+def normalize(images: jnp.ndarray, mean: tuple, std: tuple) -> jnp.ndarray:
+    """Maps [0, 255] pixels to (x / 255 - mean) / std per channel."""
+    mean = jnp.asarray(mean, jnp.float32) * 255.0
+    std = jnp.asarray(std, jnp.float32) * 255.0
+    return (images.astype(jnp.float32) - mean) / std
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float) -> jnp.ndarray:
+    """Per-example cross-entropy against int labels or soft labels, with label smoothing."""
+    num_classes = logits.shape[-1]
+    targets = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)
+    targets = optax.smooth_labels(targets, label_smoothing) if label_smoothing else targets
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def init_state(
+    key: jax.Array, model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple
+) -> TrainState:
+    """Initialises parameters, batch statistics and optimizer state."""
+    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jnp.ndarray],
+    key: jax.Array,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    learning_rate_fn: optax.Schedule,
+    augment_fn: Callable[[jax.Array, jnp.ndarray], jnp.ndarray],
+    mean: tuple,
+    std: tuple,
+    label_smoothing: float,
+    metrics_cls: type[metrics.Collection],
+) -> tuple[TrainState, metrics.Collection]:
+    """One optimisation step; the step's randomness is `key` folded with the step number."""
+    step_key = jax.random.fold_in(key, state.step)
+    images = normalize(augment_fn(step_key, batch["image"]), mean, std)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = cross_entropy(logits, labels, label_smoothing)
+        return loss.mean(), (logits, loss, updates["batch_stats"])
+
+    grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step_metrics = metrics_cls.single_from_model_output(
+        loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step)
+    )
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, step_metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: dict[str, jnp.ndarray],
+    *,
+    model: nn.Module,
+    mean: tuple,
+    std: tuple,
+    metrics_cls: type[metrics.Collection],
+) -> metrics.Collection:
+    """Metrics of one (possibly padded) batch; `batch["mask"]` marks the real examples."""
+    logits = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        normalize(batch["image"], mean, std),
+        train=False,
+    )
+    loss = cross_entropy(logits, batch["label"], 0.0)
+    return metrics_cls.single_from_model_output(
+        loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]
+    )

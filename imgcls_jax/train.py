@@ -1,0 +1,249 @@
+"""The training job: the only reader of the whole config; builds everything and runs the loop."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from imgcls_jax import augment, config as config_lib, data, input_pipeline, optim, reporting
+from imgcls_jax import sharding, steps
+from imgcls_jax.checkpoint import Checkpointer
+from imgcls_jax.models import build_model
+
+
+class Trainer:
+    """Everything built from a config: model, optimizer, jitted steps, data, mesh."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        dataset: data.Dataset | None = None,
+        devices: list | None = None,
+    ):
+        config_lib.validate(config)
+        self.config = config
+        self.mesh = sharding.make_mesh(devices)
+        sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size")
+        sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
+        self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
+        self._check_channels()
+        self.model = build_model(config.model, self.dataset.num_classes)
+        self.order = input_pipeline.TrainOrder(
+            len(self.dataset.train), config.input.batch_size, config.seed
+        )
+        self.steps_per_epoch = self.order.steps_per_epoch
+        self.total_steps = config.training.num_train_steps or max(
+            1, int(config.training.num_epochs * self.steps_per_epoch)
+        )
+        self.eval_every_steps = max(
+            1, int(round(config.training.eval_every_epochs * self.steps_per_epoch))
+        )
+        peak_lr = optim.peak_learning_rate(config.optimizer, config.input.batch_size)
+        self.learning_rate_fn = optim.build_schedule(
+            config.schedule, peak_lr, self.steps_per_epoch, self.total_steps
+        )
+        self.tx = optim.build_optimizer(config.optimizer, self.learning_rate_fn)
+        self.train_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=True)
+        self.eval_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=False)
+        init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
+        self.init_key = init_key
+        self._build_steps()
+
+    def _check_channels(self) -> None:
+        channels = self.dataset.train.images.shape[-1]
+        if len(self.config.dataset.mean) != channels:
+            raise ValueError(
+                f"The data has {channels} channel(s) but config.dataset.mean/std have "
+                f"{len(self.config.dataset.mean)} entries; set one per channel."
+            )
+
+    def _build_steps(self) -> None:
+        replicated = sharding.replicated(self.mesh)
+        batch = sharding.batch_sharding(self.mesh)
+        norm = dict(mean=tuple(self.config.dataset.mean), std=tuple(self.config.dataset.std))
+        image_shape = self.dataset.train.images.shape[1:]
+        self.init_state = jax.jit(
+            functools.partial(steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape),
+            out_shardings=replicated,
+        )
+        self.train_step = jax.jit(
+            functools.partial(
+                steps.train_step,
+                model=self.model,
+                tx=self.tx,
+                learning_rate_fn=self.learning_rate_fn,
+                augment_fn=augment.build_augment_fn(self.config.augment.train),
+                label_smoothing=self.config.loss.label_smoothing,
+                metrics_cls=self.train_metrics_cls,
+                **norm,
+            ),
+            in_shardings=(replicated, batch, replicated),
+            out_shardings=(replicated, replicated),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            functools.partial(
+                steps.eval_step, model=self.model, metrics_cls=self.eval_metrics_cls, **norm
+            ),
+            in_shardings=(replicated, batch),
+            out_shardings=replicated,
+        )
+
+    def create_state(self) -> steps.TrainState:
+        return self.init_state(self.init_key)
+
+    def abstract_state(self) -> Any:
+        return jax.eval_shape(self.create_state)
+
+    def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
+        """Metrics over every example of `split` exactly once, keyed `prefix/name`."""
+        total = None
+        for batch in input_pipeline.eval_batches(split, self.config.input.eval_batch_size, self.mesh):
+            batch_metrics = self.eval_step(state, batch)
+            total = batch_metrics if total is None else total.merge(batch_metrics)
+        results = {f"{prefix}/{k}": float(v) for k, v in total.compute().items()}
+        results[f"{prefix}/num_examples"] = int(total.loss.count)
+        return results
+
+
+def _restore_or_init(
+    trainer: Trainer, checkpointer: Checkpointer
+) -> tuple[steps.TrainState, dict[str, Any]]:
+    progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False}
+    if checkpointer.latest_step() is None:
+        return trainer.create_state(), progress
+    try:
+        restored = checkpointer.restore(trainer.abstract_state())
+    except ValueError as e:
+        raise ValueError(
+            f"The checkpoint in {checkpointer.latest.directory} does not fit this config's "
+            f"model/optimizer ({e}). Use a new --workdir for a different model, or the config "
+            "the checkpoint was trained with."
+        ) from e
+    state, saved = restored
+    progress.update(saved)
+    logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.latest.directory)
+    return state, progress
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    dataset: data.Dataset | None = None,
+    devices: list | None = None,
+) -> dict[str, float]:
+    """Trains (resuming from `workdir` if it holds checkpoints), then evaluates; returns results.
+
+    `dataset` and `devices` default to the configured dataset and all devices; tests pass
+    their own.
+    """
+    trainer = Trainer(config, dataset, devices)
+    os.makedirs(workdir, exist_ok=True)
+    writer = reporting.create_writer(workdir)
+    checkpointer = Checkpointer(workdir, config.training.keep_checkpoints)
+    state, progress = _restore_or_init(trainer, checkpointer)
+    start_step = int(state.step)
+    if start_step == 0:
+        writer.write_hparams(_flatten(config.to_dict()))
+        parameter_overview.log_parameter_overview(state.params)
+    num_params = parameter_overview.count_parameters(state.params)
+    logging.info(
+        "Model %s: %s parameters. %d steps (%d per epoch), batch %d on %d devices.",
+        config.model.name, f"{num_params:,}", trainer.total_steps, trainer.steps_per_epoch,
+        config.input.batch_size, trainer.mesh.size,
+    )  # fmt: skip
+    report_progress = periodic_actions.ReportProgress(
+        num_train_steps=trainer.total_steps, writer=writer, every_steps=config.training.log_every_steps
+    )
+    metric_name = config.training.early_stopping_metric
+    patience = config.training.early_stopping_patience
+    last_step = start_step
+    if not progress["stopped_early"] and start_step < trainer.total_steps:
+        batches = input_pipeline.train_batches(trainer.dataset.train, trainer.order, start_step, trainer.mesh)
+        pending: list = []
+        for step in range(start_step + 1, trainer.total_steps + 1):
+            state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
+            pending.append(step_metrics)
+            report_progress(step)
+            last_step = step
+            is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
+            every = config.training.checkpoint_every_steps
+            is_save = bool(every) and step % every == 0
+            if step % config.training.log_every_steps == 0 or is_eval or is_save:
+                summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
+                pending = []
+                _check_finite(summary, step)
+                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+            if is_eval:
+                val = trainer.evaluate(state, trainer.dataset.validation, "val")
+                writer.write_scalars(step, val)
+                is_best = val[metric_name] > progress["best_metric"]
+                if is_best:
+                    progress.update(best_metric=val[metric_name], best_step=step)
+                    progress["evals_without_improvement"] = 0
+                else:
+                    progress["evals_without_improvement"] += 1
+                if patience and progress["evals_without_improvement"] >= patience:
+                    progress["stopped_early"] = True
+                    logging.info("Early stop at step %d: %s has not improved for %d evaluations.",
+                                 step, metric_name, patience)  # fmt: skip
+                checkpointer.save(step, state, progress, is_best=is_best)
+                if progress["stopped_early"]:
+                    break
+            if is_save and not is_eval:
+                checkpointer.save(step, state, progress)
+        batches.close()
+    checkpointer.save(last_step, state, progress)
+    checkpointer.wait()
+    results = _final_results(trainer, state, checkpointer, progress)
+    writer.write_scalars(int(state.step), {k: v for k, v in results.items() if "/" in k})
+    writer.flush()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+    checkpointer.close()
+    writer.close()
+    return results
+
+
+def _final_results(trainer: Trainer, state, checkpointer: Checkpointer, progress: dict) -> dict:
+    """Validation and test metrics of the final state and of the best checkpoint."""
+    results: dict[str, Any] = {"step": int(state.step), **progress}
+    results.update(trainer.evaluate(state, trainer.dataset.validation, "val"))
+    if trainer.dataset.test is not None:
+        results.update(trainer.evaluate(state, trainer.dataset.test, "test"))
+    best = checkpointer.restore(trainer.abstract_state(), best=True)
+    if best is not None and trainer.dataset.test is not None:
+        best_state, _ = best
+        results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))
+    return results
+
+
+def _check_finite(summary: dict[str, Any], step: int) -> None:
+    loss = float(summary["loss"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(
+            f"Training loss is {loss} at step {step}. No checkpoint was written for it; the last "
+            "good one stays in the workdir. Lower config.optimizer.learning_rate or set "
+            "config.optimizer.grad_clip_norm, then relaunch."
+        )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,0 +1,36 @@
+"""Entry point: `python launch.py --config=configs/resnet.py[:PRESET] --workdir=DIR [--config.X=V]`."""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with :PRESET.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.coordinator_address:
+        jax.distributed.initialize(
+            coordinator_address=FLAGS.coordinator_address,
+            num_processes=FLAGS.num_processes,
+            process_id=FLAGS.process_id,
+        )
+    from imgcls_jax import config as config_lib
+    from imgcls_jax.train import train_and_evaluate
+
+    config_lib.validate(FLAGS.config)
+    logging.info("Config:\n%s", FLAGS.config)
+    results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    logging.info("Results: %s", results)
+
+
+if __name__ == "__main__":
+    app.run(main)

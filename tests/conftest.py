@@ -1,0 +1,54 @@
+"""Test set-up: 8 fake CPU devices (before JAX is imported), tiny configs and datasets."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from imgcls_jax import data  # noqa: E402
+from imgcls_jax.config import apply_overrides  # noqa: E402
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def synthetic_split(num: int, num_classes: int, seed: int, size: int = 8, channels: int = 1):
+    """Learnable images: each class brightens its own horizontal band, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, num).astype(np.int32)
+    images = rng.integers(0, 60, (num, size, size, channels)).astype(np.float32)
+    band = size // num_classes or 1
+    for c in range(num_classes):
+        rows = slice((c * band) % size, (c * band) % size + band)
+        images[labels == c, rows] += 150
+    return data.Split(images.clip(0, 255).astype(np.uint8), labels)
+
+
+def synthetic_dataset(num_train=256, num_val=100, num_test=70, num_classes=4, size=8):
+    return data.Dataset(
+        train=synthetic_split(num_train, num_classes, 0, size),
+        validation=synthetic_split(num_val, num_classes, 1, size),
+        test=synthetic_split(num_test, num_classes, 2, size),
+        class_names=tuple(f"class{i}" for i in range(num_classes)),
+    )
+
+
+def tiny_config(**overrides):
+    """configs/resnet.py:tiny with dotted-key overrides (a locked copy)."""
+    import sys
+
+    sys.path.insert(0, REPO_ROOT)
+    from configs.resnet import get_config
+
+    defaults = {"training.log_every_steps": 1, "training.keep_checkpoints": 10, "augment.train": "flip_lr",
+                "training.eval_every_epochs": 1.0}
+    return apply_overrides(get_config("tiny"), {**defaults, **overrides})
+
+
+@pytest.fixture
+def dataset():
+    return synthetic_dataset()

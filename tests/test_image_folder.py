@@ -1,0 +1,135 @@
+"""Tests for imgcls_jax.data.image_folder on a tiny folder of real PNG/JPEG files."""
+
+from __future__ import annotations
+
+import io
+import logging
+import pathlib
+import re
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from imgcls_jax.data.image_folder import ImageFolderData, load_image_folder
+
+RED, YELLOW, GREEN, BLUE = (255, 0, 0), (240, 200, 20), (0, 200, 0), (0, 0, 255)
+SIZE = 8
+BAD_FILES = ("banana/broken.jpg", "cherry/half.png")
+
+
+def _stripes(size: tuple[int, int], colours: tuple, axis: int) -> PIL.Image.Image:
+    """Three equal stripes along `axis` (0: rows, 1: columns) of an image of (width, height)."""
+    w, h = size
+    arr = np.zeros((h, w, 3), np.uint8)
+    n = (h, w)[axis] // 3
+    for i, colour in enumerate(colours):
+        idx = [slice(None), slice(None)]
+        idx[axis] = slice(i * n, (i + 1) * n)
+        arr[tuple(idx)] = colour
+    return PIL.Image.fromarray(arr)
+
+
+@pytest.fixture
+def root(tmp_path: pathlib.Path) -> pathlib.Path:
+    """apple: red PNGs; banana: yellow JPEGs + corrupt .jpg; cherry: striped PNGs + truncated PNG."""
+    for name in ("apple", "banana", "cherry"):
+        (tmp_path / name).mkdir()
+    PIL.Image.new("RGB", (12, 12), RED).save(tmp_path / "apple/a0.png")
+    PIL.Image.new("RGB", (5, 7), RED).save(tmp_path / "apple/a1.png")  # upscaled, non-square
+    (tmp_path / "apple/notes.txt").write_text("not an image")
+    PIL.Image.new("RGB", (16, 16), YELLOW).save(tmp_path / "banana/b0.jpg", quality=95)
+    PIL.Image.new("RGB", (10, 20), YELLOW).save(tmp_path / "banana/b1.JPEG", "JPEG", quality=95)
+    rng = np.random.default_rng(0)
+    (tmp_path / "banana/broken.jpg").write_bytes(rng.integers(0, 256, 2000, np.uint8).tobytes())
+    # Wide: 24x8 needs no resize, the centre crop keeps exactly the green middle stripe.
+    _stripes((24, 8), (RED, GREEN, BLUE), axis=1).save(tmp_path / "cherry/c0.PNG")
+    # Tall: 16x48 is downscaled to 8x24, the crop keeps the green middle stripe (blurred edges).
+    _stripes((16, 48), (RED, GREEN, BLUE), axis=0).save(tmp_path / "cherry/c1.png")
+    buf = io.BytesIO()
+    PIL.Image.fromarray(rng.integers(0, 256, (64, 64, 3), np.uint8)).save(buf, "PNG")
+    (tmp_path / "cherry/half.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    (tmp_path / "README.md").write_text("files at the root are not classes")
+    return tmp_path
+
+
+def test_shapes_labels_and_classes(root: pathlib.Path) -> None:
+    data = load_image_folder(str(root), SIZE)
+    assert isinstance(data, ImageFolderData)
+    assert data.images.shape == (6, SIZE, SIZE, 3) and data.images.dtype == np.uint8
+    assert data.labels.dtype == np.int32
+    assert data.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert data.class_names == ("apple", "banana", "cherry")
+
+
+def test_pixel_values(root: pathlib.Path) -> None:
+    images = load_image_folder(str(root), SIZE).images
+    np.testing.assert_array_equal(images[0], np.broadcast_to(RED, (SIZE, SIZE, 3)))
+    np.testing.assert_array_equal(images[1], np.broadcast_to(RED, (SIZE, SIZE, 3)))
+    for jpeg in images[2:4]:
+        assert np.abs(jpeg.astype(int) - YELLOW).max() <= 4
+    np.testing.assert_array_equal(images[4], np.broadcast_to(GREEN, (SIZE, SIZE, 3)))
+    tall = images[5].astype(int)
+    np.testing.assert_array_equal(tall[2:6], np.broadcast_to(GREEN, (4, SIZE, 3)))
+    assert (tall[..., 1] > tall[..., 0]).all() and (tall[..., 1] > tall[..., 2]).all()
+
+
+@pytest.mark.parametrize("image_size", [4, 13, 32])
+def test_resize_non_square(root: pathlib.Path, image_size: int) -> None:
+    images = load_image_folder(str(root), image_size).images
+    assert images.shape == (6, image_size, image_size, 3)
+    np.testing.assert_array_equal(images[1], np.broadcast_to(RED, (image_size, image_size, 3)))
+
+
+def test_grayscale(root: pathlib.Path) -> None:
+    images = load_image_folder(str(root), SIZE, channels=1).images
+    assert images.shape == (6, SIZE, SIZE, 1) and images.dtype == np.uint8
+    red_l = PIL.Image.new("RGB", (1, 1), RED).convert("L").getpixel((0, 0))
+    assert (images[0] == red_l).all()
+
+
+def test_bad_files_skipped_and_logged(root: pathlib.Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        data = load_image_folder(str(root), SIZE)
+    assert data.skipped == BAD_FILES
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "2" in warnings[0] and all(path in warnings[0] for path in BAD_FILES)
+
+
+def test_strict_raises_naming_bad_files(root: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="2 unreadable") as err:
+        load_image_folder(str(root), SIZE, strict=True)
+    assert all(path in str(err.value) for path in BAD_FILES)
+
+
+def test_deterministic(root: pathlib.Path) -> None:
+    a, b = load_image_folder(str(root), SIZE), load_image_folder(str(root), SIZE)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert a.skipped == b.skipped and a.class_names == b.class_names
+
+
+def test_missing_root(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(FileNotFoundError, match=re.escape("ROOT/cat/0001.jpg")):
+        load_image_folder(str(tmp_path / "nope"), SIZE)
+
+
+def test_root_without_class_folders(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "loose.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="no class subfolders.*ROOT/cat/0001.jpg"):
+        load_image_folder(str(tmp_path), SIZE)
+
+
+def test_class_folders_without_images(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat/notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match="no image files"):
+        load_image_folder(str(tmp_path), SIZE)
+
+
+def test_all_unreadable(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat/bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="could be decoded"):
+        load_image_folder(str(tmp_path), SIZE)

@@ -1,0 +1,126 @@
+"""The training loop: 1 vs 8 devices, exact resume, overfitting, compile-once, evaluation."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import synthetic_dataset, tiny_config
+
+from imgcls_jax import reporting
+from imgcls_jax.train import Trainer, train_and_evaluate
+
+
+def _params(workdir, config, dataset):
+    trainer = Trainer(config, dataset)
+    state, _ = trainer_restore(trainer, workdir)
+    return state.params
+
+
+def trainer_restore(trainer, workdir):
+    from imgcls_jax.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(str(workdir), 10)
+    restored = checkpointer.restore(trainer.abstract_state())
+    checkpointer.close()
+    return restored
+
+
+def _train_losses(workdir):
+    return [r["train/loss"] for r in reporting.read_metrics(str(workdir / "metrics.jsonl")) if "train/loss" in r]
+
+
+def test_one_device_matches_eight(tmp_path, dataset):
+    config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32})
+    assert len(jax.devices()) == 8
+    one = train_and_evaluate(config, str(tmp_path / "one"), dataset, devices=jax.devices()[:1])
+    eight = train_and_evaluate(config, str(tmp_path / "eight"), dataset)
+    np.testing.assert_allclose(_train_losses(tmp_path / "one"), _train_losses(tmp_path / "eight"), rtol=1e-5)
+    params_one = _params(tmp_path / "one", config, dataset)
+    params_eight = _params(tmp_path / "eight", config, dataset)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_one, params_eight)
+    assert one["val/accuracy"] == pytest.approx(eight["val/accuracy"])
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, dataset):
+    k = 5  # Not an epoch boundary: 256 examples / batch 32 = 8 steps per epoch.
+    config = tiny_config(**{"training.num_train_steps": 2 * k, "input.batch_size": 32,
+                            "training.checkpoint_every_steps": k, "training.eval_every_epochs": 10.0,
+                            "augment.train": "random_crop(2)|flip_lr"})  # fmt: skip
+    train_and_evaluate(config, str(tmp_path / "full"), dataset)
+    # The workdir of a run killed right after its step-k save: only checkpoint k exists.
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / str(2 * k))
+    shutil.rmtree(tmp_path / "resumed" / "best")
+    assert trainer_restore(Trainer(config, dataset), tmp_path / "resumed")[0].step == k
+    train_and_evaluate(config, str(tmp_path / "resumed"), dataset)
+    a = trainer_restore(Trainer(config, dataset), tmp_path / "full")[0]
+    b = trainer_restore(Trainer(config, dataset), tmp_path / "resumed")[0]
+    assert int(a.step) == int(b.step) == 2 * k
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
+    jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
+
+
+def test_overfits_one_batch_and_compiles_once():
+    dataset = synthetic_dataset(num_train=16, num_classes=4)
+    config = tiny_config(**{"input.batch_size": 16, "optimizer.name": "adamw",
+                            "optimizer.learning_rate": 0.01, "optimizer.weight_decay": 0.0,
+                            "model.width": 8, "augment.train": "", "loss.label_smoothing": 0.0,
+                            "schedule.name": "constant"})  # fmt: skip
+    trainer = Trainer(config, dataset)
+    state = trainer.create_state()
+    batch = {"image": jnp.asarray(dataset.train.images), "label": jnp.asarray(dataset.train.labels)}
+    for _ in range(100):
+        state, metrics = trainer.train_step(state, batch, trainer.train_key)
+    final = metrics.compute()
+    assert final["loss"] < 0.05
+    assert final["accuracy"] == 1.0
+    assert trainer.train_step._cache_size() == 1
+
+
+def test_eval_counts_every_example_once(dataset):
+    config = tiny_config(**{"input.eval_batch_size": 24})  # 70 test examples: 24 + 24 + 22 padded.
+    trainer = Trainer(config, dataset)
+    state = trainer.create_state()
+    metrics = trainer.evaluate(state, dataset.test, "test")
+    assert metrics["test/num_examples"] == len(dataset.test) == 70
+    # Accuracy equals a plain numpy computation over the unpadded logits.
+    logits = trainer.model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        (dataset.test.images.astype(np.float32) / 255 - 0.2860) / 0.3530,
+    )
+    expected = np.mean(np.argmax(logits, -1) == dataset.test.labels)
+    assert metrics["test/accuracy"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_end_to_end_learns_synthetic_task(tmp_path, dataset):
+    config = tiny_config(**{"training.num_train_steps": 40, "input.batch_size": 32,
+                            "optimizer.learning_rate": 0.05, "model.width": 8})  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path), dataset)
+    assert results["val/accuracy"] > 0.9 and results["test/accuracy"] > 0.9
+    assert results["test/num_examples"] == 70
+
+
+def test_early_stopping_stops_and_stays_stopped(tmp_path, dataset):
+    config = tiny_config(**{"training.num_train_steps": 200, "input.batch_size": 32,
+                            "optimizer.learning_rate": 0.0, "training.eval_every_epochs": 0.125,
+                            "training.early_stopping_patience": 2})  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path), dataset)
+    # lr 0: validation accuracy never improves after the first evaluation (step 1).
+    assert results["stopped_early"] and results["step"] == 3
+    again = train_and_evaluate(config, str(tmp_path), dataset)
+    assert again["step"] == 3
+
+
+def test_nan_loss_raises_and_keeps_good_checkpoint(tmp_path, dataset):
+    config = tiny_config(**{"training.num_train_steps": 2, "input.batch_size": 32})
+    train_and_evaluate(config, str(tmp_path), dataset)
+    poisoned = tiny_config(**{"training.num_train_steps": 6, "input.batch_size": 32,
+                              "optimizer.learning_rate": 1e30})  # fmt: skip
+    with pytest.raises(FloatingPointError, match="at step"):
+        train_and_evaluate(poisoned, str(tmp_path), dataset)
+    state, _ = trainer_restore(Trainer(config, dataset), tmp_path)
+    assert int(state.step) == 2
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
