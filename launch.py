@@ -1,10 +1,14 @@
 """Entry point: `python launch.py --config=configs/resnet.py[:PRESET] --workdir=DIR [--config.X=V]`."""
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with :PRESET.", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with :PRESET.", lock_config=True
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
@@ -12,9 +16,20 @@ flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _quiet_library_info_logs() -> None:
+    """Drops Orbax's per-save INFO chatter so the training log stays readable."""
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    for handler in std_logging.getLogger().handlers:
+        handler.addFilter(keep)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    _quiet_library_info_logs()
     import jax
 
     if FLAGS.coordinator_address:

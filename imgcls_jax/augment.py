@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,14 +52,16 @@ def parse_pipeline(spec: str) -> list[tuple[Op, tuple]]:
             try:
                 args = ast.literal_eval(f"({rest[:-1]},)") if rest[:-1].strip() else ()
             except (ValueError, SyntaxError) as e:
-                raise ValueError(f"Augmentation op {part!r}: arguments must be literals ({e}).")
+                raise ValueError(
+                    f"Augmentation op {part!r}: arguments must be literals ({e})."
+                ) from e
         try:
             inspect.signature(OPS[name]).bind(None, None, *args)
         except TypeError as e:
             raise ValueError(
                 f"Augmentation op {part!r} has bad arguments: {e}. "
                 f"Signature: {name}{inspect.signature(OPS[name])}."
-            )
+            ) from e
         pipeline.append((OPS[name], args))
     return pipeline
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -48,7 +48,9 @@ def train_batches(
 
     def make(step: int) -> dict[str, jax.Array]:
         local = np.sort(order.indices(step)[rows])  # Sorted: faster gather, same set.
-        return sharding.to_global({"image": split.images[local], "label": split.labels[local]}, mesh)
+        return sharding.to_global(
+            {"image": split.images[local], "label": split.labels[local]}, mesh
+        )
 
     return _prefetch(make, start_step, prefetch)
 

@@ -7,7 +7,6 @@ import json
 import logging
 import math
 import os
-import time
 from typing import Any
 
 import jax
@@ -15,8 +14,8 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from imgcls_jax import augment, config as config_lib, data, input_pipeline, optim, reporting
-from imgcls_jax import sharding, steps
+from imgcls_jax import augment, data, input_pipeline, optim, reporting, sharding, steps
+from imgcls_jax import config as config_lib
 from imgcls_jax.checkpoint import Checkpointer
 from imgcls_jax.models import build_model
 
@@ -73,7 +72,9 @@ class Trainer:
         norm = dict(mean=tuple(self.config.dataset.mean), std=tuple(self.config.dataset.std))
         image_shape = self.dataset.train.images.shape[1:]
         self.init_state = jax.jit(
-            functools.partial(steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape),
+            functools.partial(
+                steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape
+            ),
             out_shardings=replicated,
         )
         self.train_step = jax.jit(
@@ -108,7 +109,9 @@ class Trainer:
     def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
         """Metrics over every example of `split` exactly once, keyed `prefix/name`."""
         total = None
-        for batch in input_pipeline.eval_batches(split, self.config.input.eval_batch_size, self.mesh):
+        for batch in input_pipeline.eval_batches(
+            split, self.config.input.eval_batch_size, self.mesh
+        ):
             batch_metrics = self.eval_step(state, batch)
             total = batch_metrics if total is None else total.merge(batch_metrics)
         results = {f"{prefix}/{k}": float(v) for k, v in total.compute().items()}
@@ -151,69 +154,87 @@ def train_and_evaluate(
     os.makedirs(workdir, exist_ok=True)
     writer = reporting.create_writer(workdir)
     checkpointer = Checkpointer(workdir, config.training.keep_checkpoints)
-    state, progress = _restore_or_init(trainer, checkpointer)
-    start_step = int(state.step)
-    if start_step == 0:
-        writer.write_hparams(_flatten(config.to_dict()))
-        parameter_overview.log_parameter_overview(state.params)
-    num_params = parameter_overview.count_parameters(state.params)
-    logging.info(
-        "Model %s: %s parameters. %d steps (%d per epoch), batch %d on %d devices.",
-        config.model.name, f"{num_params:,}", trainer.total_steps, trainer.steps_per_epoch,
-        config.input.batch_size, trainer.mesh.size,
-    )  # fmt: skip
+    try:
+        state, progress = _restore_or_init(trainer, checkpointer)
+        if int(state.step) == 0:
+            writer.write_hparams(_flatten(config.to_dict()))
+            parameter_overview.log_parameter_overview(state.params)
+        logging.info(
+            "Model %s: %s parameters. %d steps (%d per epoch), batch %d on %d devices.",
+            config.model.name, f"{parameter_overview.count_parameters(state.params):,}",
+            trainer.total_steps, trainer.steps_per_epoch, config.input.batch_size,
+            trainer.mesh.size,
+        )  # fmt: skip
+        if not progress["stopped_early"] and int(state.step) < trainer.total_steps:
+            state = _train(trainer, state, progress, writer, checkpointer)
+        checkpointer.save(int(state.step), state, progress)
+        checkpointer.wait()
+        results = _final_results(trainer, state, checkpointer, progress)
+        writer.write_scalars(int(state.step), {k: v for k, v in results.items() if "/" in k})
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+                json.dump(results, f, indent=2)
+        return results
+    finally:
+        checkpointer.close()
+        writer.close()
+
+
+def _train(
+    trainer: Trainer,
+    state: steps.TrainState,
+    progress: dict[str, Any],
+    writer: metric_writers.MetricWriter,
+    checkpointer: Checkpointer,
+) -> steps.TrainState:
+    """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints."""
+    cfg = trainer.config.training
     report_progress = periodic_actions.ReportProgress(
-        num_train_steps=trainer.total_steps, writer=writer, every_steps=config.training.log_every_steps
+        num_train_steps=trainer.total_steps, writer=writer, every_steps=cfg.log_every_steps
     )
-    metric_name = config.training.early_stopping_metric
-    patience = config.training.early_stopping_patience
-    last_step = start_step
-    if not progress["stopped_early"] and start_step < trainer.total_steps:
-        batches = input_pipeline.train_batches(trainer.dataset.train, trainer.order, start_step, trainer.mesh)
-        pending: list = []
-        for step in range(start_step + 1, trainer.total_steps + 1):
-            state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
-            pending.append(step_metrics)
-            report_progress(step)
-            last_step = step
-            is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
-            every = config.training.checkpoint_every_steps
-            is_save = bool(every) and step % every == 0
-            if step % config.training.log_every_steps == 0 or is_eval or is_save:
-                summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
-                pending = []
-                _check_finite(summary, step)
-                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-            if is_eval:
-                val = trainer.evaluate(state, trainer.dataset.validation, "val")
-                writer.write_scalars(step, val)
-                is_best = val[metric_name] > progress["best_metric"]
-                if is_best:
-                    progress.update(best_metric=val[metric_name], best_step=step)
-                    progress["evals_without_improvement"] = 0
-                else:
-                    progress["evals_without_improvement"] += 1
-                if patience and progress["evals_without_improvement"] >= patience:
-                    progress["stopped_early"] = True
-                    logging.info("Early stop at step %d: %s has not improved for %d evaluations.",
-                                 step, metric_name, patience)  # fmt: skip
-                checkpointer.save(step, state, progress, is_best=is_best)
-                if progress["stopped_early"]:
-                    break
-            if is_save and not is_eval:
-                checkpointer.save(step, state, progress)
-        batches.close()
-    checkpointer.save(last_step, state, progress)
-    checkpointer.wait()
-    results = _final_results(trainer, state, checkpointer, progress)
-    writer.write_scalars(int(state.step), {k: v for k, v in results.items() if "/" in k})
-    writer.flush()
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=2)
-    checkpointer.close()
-    writer.close()
-    return results
+    start_step = int(state.step)
+    batches = input_pipeline.train_batches(
+        trainer.dataset.train, trainer.order, start_step, trainer.mesh
+    )
+    pending: list = []
+    for step in range(start_step + 1, trainer.total_steps + 1):
+        state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
+        pending.append(step_metrics)
+        report_progress(step)
+        is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
+        is_save = bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
+        if step % cfg.log_every_steps == 0 or is_eval or is_save:
+            # Also before every save, so that a non-finite loss never reaches a checkpoint.
+            summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
+            pending = []
+            _check_finite(summary, step)
+            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+        if is_eval:
+            val = trainer.evaluate(state, trainer.dataset.validation, "val")
+            writer.write_scalars(step, val)
+            is_best = _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
+            checkpointer.save(step, state, progress, is_best=is_best)
+            if progress["stopped_early"]:
+                break
+        elif is_save:
+            checkpointer.save(step, state, progress)
+    batches.close()
+    return state
+
+
+def _update_progress(progress: dict, value: float, step: int, cfg) -> bool:
+    """Tracks the best validation value and early stopping; returns whether `value` is best."""
+    is_best = value > progress["best_metric"]
+    if is_best:
+        progress.update(best_metric=value, best_step=step, evals_without_improvement=0)
+    else:
+        progress["evals_without_improvement"] += 1
+    patience = cfg.early_stopping_patience
+    if patience and progress["evals_without_improvement"] >= patience:
+        progress["stopped_early"] = True
+        logging.info("Early stop at step %d: %s has not improved for %d evaluations.",
+                     step, cfg.early_stopping_metric, patience)  # fmt: skip
+    return is_best
 
 
 def _final_results(trainer: Trainer, state, checkpointer: Checkpointer, progress: dict) -> dict:

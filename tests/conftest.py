@@ -44,8 +44,12 @@ def tiny_config(**overrides):
     sys.path.insert(0, REPO_ROOT)
     from configs.resnet import get_config
 
-    defaults = {"training.log_every_steps": 1, "training.keep_checkpoints": 10, "augment.train": "flip_lr",
-                "training.eval_every_epochs": 1.0}
+    defaults = {
+        "training.log_every_steps": 1,
+        "training.keep_checkpoints": 10,
+        "augment.train": "flip_lr",
+        "training.eval_every_epochs": 1.0,
+    }
     return apply_overrides(get_config("tiny"), {**defaults, **overrides})
 
 

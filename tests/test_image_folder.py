@@ -32,7 +32,7 @@ def _stripes(size: tuple[int, int], colours: tuple, axis: int) -> PIL.Image.Imag
 
 @pytest.fixture
 def root(tmp_path: pathlib.Path) -> pathlib.Path:
-    """apple: red PNGs; banana: yellow JPEGs + corrupt .jpg; cherry: striped PNGs + truncated PNG."""
+    """apple: red PNGs; banana: yellow JPEGs, corrupt .jpg; cherry: striped PNGs, truncated PNG."""
     for name in ("apple", "banana", "cherry"):
         (tmp_path / name).mkdir()
     PIL.Image.new("RGB", (12, 12), RED).save(tmp_path / "apple/a0.png")

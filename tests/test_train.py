@@ -28,7 +28,11 @@ def trainer_restore(trainer, workdir):
 
 
 def _train_losses(workdir):
-    return [r["train/loss"] for r in reporting.read_metrics(str(workdir / "metrics.jsonl")) if "train/loss" in r]
+    return [
+        r["train/loss"]
+        for r in reporting.read_metrics(str(workdir / "metrics.jsonl"))
+        if "train/loss" in r
+    ]
 
 
 def test_one_device_matches_eight(tmp_path, dataset):
@@ -36,10 +40,16 @@ def test_one_device_matches_eight(tmp_path, dataset):
     assert len(jax.devices()) == 8
     one = train_and_evaluate(config, str(tmp_path / "one"), dataset, devices=jax.devices()[:1])
     eight = train_and_evaluate(config, str(tmp_path / "eight"), dataset)
-    np.testing.assert_allclose(_train_losses(tmp_path / "one"), _train_losses(tmp_path / "eight"), rtol=1e-5)
+    np.testing.assert_allclose(
+        _train_losses(tmp_path / "one"), _train_losses(tmp_path / "eight"), rtol=1e-5
+    )
     params_one = _params(tmp_path / "one", config, dataset)
     params_eight = _params(tmp_path / "eight", config, dataset)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params_one, params_eight)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        params_one,
+        params_eight,
+    )
     assert one["val/accuracy"] == pytest.approx(eight["val/accuracy"])
 
 

@@ -30,7 +30,7 @@ class ImageFolderData:
 
 
 def _decode(path: str, image_size: int, mode: str) -> np.ndarray | None:
-    """Returns `path` as uint8 [S, S, C], shorter side resized then centre-cropped; None if unreadable."""
+    """Returns `path` as uint8 [S, S, C] (shorter side resized, centre crop); None if unreadable."""
     try:
         with PIL.Image.open(path) as img:
             # convert() fully loads the pixels, so truncation surfaces inside the try.
@@ -86,7 +86,9 @@ def load_image_folder(
     with concurrent.futures.ThreadPoolExecutor() as pool:
         decoded = list(pool.map(lambda p: _decode(p, image_size, mode), paths))
 
-    skipped = tuple(sorted(rel for (rel, _), arr in zip(files, decoded) if arr is None))
+    skipped = tuple(
+        sorted(rel for (rel, _), arr in zip(files, decoded, strict=True) if arr is None)
+    )
     if skipped and strict:
         raise ValueError(
             f"{len(skipped)} unreadable image file(s) under {root!r}: {list(skipped)}. "
@@ -99,7 +101,7 @@ def load_image_folder(
             root,
             list(skipped),
         )
-    kept = [(arr, label) for (_, label), arr in zip(files, decoded) if arr is not None]
+    kept = [(arr, label) for (_, label), arr in zip(files, decoded, strict=True) if arr is not None]
     if not kept:
         raise ValueError(f"No image under {root!r} could be decoded; all were unreadable.")
     return ImageFolderData(

@@ -15,7 +15,9 @@ def builder_class(name: str):
         return tfds.builder_cls(name.split(":")[0].split("/")[0])
     except tfds.core.registered.DatasetNotFoundError:
         names = tfds.list_builders(with_community_datasets=False)
-        raise ValueError(f"config.dataset.name={name!r} is not a TFDS dataset.{closest(name, names)}")
+        raise ValueError(
+            f"config.dataset.name={name!r} is not a TFDS dataset.{closest(name, names)}"
+        ) from None
 
 
 def load_split(

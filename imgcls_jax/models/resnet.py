@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -27,9 +28,9 @@ class BasicBlock(nn.Module):
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm(scale_init=nn.initializers.zeros_init())(y)
         if residual.shape != y.shape:
-            residual = self.conv(self.filters, (1, 1), (self.strides, self.strides), name="proj_conv")(
-                residual
-            )
+            residual = self.conv(
+                self.filters, (1, 1), (self.strides, self.strides), name="proj_conv"
+            )(residual)
             residual = self.norm(name="proj_norm")(residual)
         return nn.relu(residual + y)
 

@@ -1,0 +1,106 @@
+"""Dataset sources: the real Fashion-MNIST files, content checks, holdout, TFDS via mock data."""
+
+import gzip
+import os
+import shutil
+
+import ml_collections
+import numpy as np
+import pytest
+
+from imgcls_jax import data
+from imgcls_jax.config import base_config
+from imgcls_jax.data import fashion_mnist_files
+
+needs_fmnist = pytest.mark.skipif(
+    not fashion_mnist_files.available(), reason="needs Debian's dataset-fashion-mnist"
+)
+
+
+@needs_fmnist
+def test_fashion_mnist_is_the_real_data():
+    train_images, train_labels = fashion_mnist_files.load_split("train")
+    test_images, test_labels = fashion_mnist_files.load_split("test")
+    assert train_images.shape == (60000, 28, 28, 1) and train_images.dtype == np.uint8
+    assert test_images.shape == (10000, 28, 28, 1)
+    # Published statistics of Fashion-MNIST: pixel mean 0.2860 / std 0.3530 (train),
+    # 6,000 train and 1,000 test images per class, and the first train labels.
+    assert train_images.mean() / 255 == pytest.approx(0.2860, abs=1e-4)
+    assert train_images.std() / 255 == pytest.approx(0.3530, abs=1e-4)
+    assert test_images.mean() / 255 == pytest.approx(0.2868, abs=1e-4)
+    assert np.bincount(train_labels).tolist() == [6000] * 10
+    assert np.bincount(test_labels).tolist() == [1000] * 10
+    assert train_labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@needs_fmnist
+def test_recompressed_files_verify_and_altered_content_is_refused(tmp_path):
+    images = fashion_mnist_files._read_idx(
+        os.path.join(fashion_mnist_files.DEBIAN_DIR, fashion_mnist_files.FILES["test"][0])
+    )
+    for name in fashion_mnist_files.FILES["train"]:
+        shutil.copy(os.path.join(fashion_mnist_files.DEBIAN_DIR, name), tmp_path / name)
+    label_file = fashion_mnist_files.FILES["test"][1]
+    shutil.copy(os.path.join(fashion_mnist_files.DEBIAN_DIR, label_file), tmp_path / label_file)
+    # Different gzip bytes, same content: accepted.
+    _write_idx(tmp_path / fashion_mnist_files.FILES["test"][0], images)
+    loaded, _ = fashion_mnist_files.load_split("test", str(tmp_path))
+    np.testing.assert_array_equal(loaded[..., 0], images)
+    # One changed pixel: refused, with the fix.
+    images = images.copy()
+    images[5, 10, 10] ^= 1
+    _write_idx(tmp_path / fashion_mnist_files.FILES["test"][0], images)
+    with pytest.raises(ValueError, match="unexpected content.*apt-get install"):
+        fashion_mnist_files.load_split("test", str(tmp_path))
+
+
+def test_missing_files_say_how_to_get_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        fashion_mnist_files.load_split("train", str(tmp_path))
+
+
+def test_unprepared_tfds_dataset_says_how_to_get_it(tmp_path):
+    c = base_config()
+    c.dataset.update(name="mnist", source="tfds", data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="tfds build mnist"):
+        data.load_dataset(c.dataset)
+
+
+def test_validation_holdout_is_disjoint_fixed_and_complete():
+    images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
+    labels = np.arange(100, dtype=np.int32)
+    train, val = data.split_validation(images, labels, 0.2, seed=0)
+    train2, val2 = data.split_validation(images, labels, 20, seed=0)
+    assert len(val) == 20 and len(train) == 80
+    np.testing.assert_array_equal(val.labels, val2.labels)
+    assert sorted(np.concatenate([train.labels, val.labels]).tolist()) == list(range(100))
+    np.testing.assert_array_equal(train.images[:, 0, 0, 0], train.labels)
+
+
+def test_tfds_source_with_mock_data(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+
+    c = base_config().dataset
+    c.update(name="mnist", source="tfds", validation_size=10)
+    with tfds.testing.mock_data(num_examples=40):
+        dataset = data.load_dataset(ml_collections.ConfigDict(c))
+    assert len(dataset.train) == 30 and len(dataset.validation) == 10 and len(dataset.test) == 40
+    assert dataset.train.images.dtype == np.uint8 and dataset.train.images.shape[1:] == (28, 28, 1)
+    assert dataset.num_classes == 10
+
+
+@needs_fmnist
+def test_auto_source_uses_debian_files_and_train_size_subsets():
+    c = base_config().dataset
+    c.update(train_size=1000, validation_size=5000)
+    dataset = data.load_dataset(c)
+    assert len(dataset.train) == 1000 and len(dataset.validation) == 5000
+    assert len(dataset.test) == 10000 and dataset.class_names[0] == "t-shirt/top"

@@ -1,0 +1,97 @@
+"""Every registered model: forward shapes, gradients reach every parameter, BatchNorm modes, dtype."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from imgcls_jax.models import MODEL_REGISTRY, build_model
+
+
+def _config(name, **kw):
+    c = ml_collections.ConfigDict(
+        dict(name=name, width=4, stem="small", dtype="float32", bn_momentum=0.9)
+    )
+    c.update(kw)
+    return c
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
+def test_every_model_maps_images_to_logits(name):
+    stem = (
+        "imagenet"
+        if name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+        else "small"
+    )
+    model = build_model(_config(name, stem=stem), 7)
+    x = jnp.zeros((2, 64 if stem == "imagenet" else 32, 64 if stem == "imagenet" else 32, 3))
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+    assert logits.shape == (2, 7) and logits.dtype == jnp.float32
+    assert set(variables) == {"params", "batch_stats"}
+
+
+@pytest.mark.parametrize("name, stem", [("resnet8", "small"), ("resnet18", "imagenet"),
+                                        ("resnet50", "imagenet")])  # fmt: skip
+def test_every_parameter_gets_a_gradient(name, stem):
+    """One model per block type and stem; deeper ones repeat the same blocks."""
+    model = build_model(_config(name, stem=stem), 7)
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+    variables = model.init(jax.random.key(1), x, train=False)
+    # Perturb the parameters: zero-initialised last BN scales block gradients at init only.
+    leaves, treedef = jax.tree.flatten(variables["params"])
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    params = treedef.unflatten(
+        [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+    )
+
+    def loss(params):
+        logits, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x, train=True, mutable=["batch_stats"],
+        )  # fmt: skip
+        return jnp.sum(logits**2)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    dead = [jax.tree_util.keystr(p) for p, g in jax.tree_util.tree_leaves_with_path(grads)
+            if not np.any(np.asarray(g))]  # fmt: skip
+    assert not dead
+
+
+def test_known_parameter_counts():
+    def count(name, classes, stem):
+        model = build_model(_config(name, width=64, stem=stem), classes)
+        shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+        return sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
+
+    assert count("resnet18", 1000, "imagenet") == 11_689_512  # torchvision's figure
+    assert count("resnet50", 1000, "imagenet") == 25_557_032  # torchvision's figure
+
+
+def test_batchnorm_train_updates_stats_eval_uses_them():
+    model = build_model(_config("resnet8"), 3)
+    x = jax.random.normal(jax.random.key(0), (8, 16, 16, 1)) * 3 + 2
+    variables = model.init(jax.random.key(1), x)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before, after = variables["batch_stats"], updates["batch_stats"]
+    assert not np.allclose(before["stem_norm"]["mean"], after["stem_norm"]["mean"])
+    # Eval mode: each example's output does not depend on the rest of the batch.
+    new_vars = {"params": variables["params"], "batch_stats": after}
+    full = model.apply(new_vars, x, train=False)
+    single = model.apply(new_vars, x[:1], train=False)
+    np.testing.assert_allclose(full[:1], single, rtol=1e-5, atol=1e-5)
+    # Train mode normalises with batch statistics, so the batch composition matters.
+    train_full, _ = model.apply(new_vars, x, train=True, mutable=["batch_stats"])
+    train_part, _ = model.apply(new_vars, x[:2], train=True, mutable=["batch_stats"])
+    assert not np.allclose(train_full[:1], train_part[:1], atol=1e-4)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    model = build_model(_config("resnet8", dtype="bfloat16"), 3)
+    x = jnp.ones((2, 16, 16, 1))
+    variables = model.init(jax.random.key(0), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+    hlo = jax.jit(lambda v: model.apply(v, x)).lower(variables).as_text()
+    assert "bf16" in hlo
+    assert model.apply(variables, x).dtype == jnp.float32
