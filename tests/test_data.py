@@ -104,3 +104,26 @@ def test_auto_source_uses_debian_files_and_train_size_subsets():
     dataset = data.load_dataset(c)
     assert len(dataset.train) == 1000 and len(dataset.validation) == 5000
     assert len(dataset.test) == 10000 and dataset.class_names[0] == "t-shirt/top"
+
+
+def test_image_folder_source_splits_and_skips_bad_files(tmp_path, caplog):
+    from PIL import Image
+
+    for label, colour in (("cat", (200, 30, 30)), ("dog", (30, 30, 200))):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            Image.new("RGB", (10 + i, 12), colour).save(tmp_path / label / f"{i}.png")
+    (tmp_path / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
+    c = base_config().dataset
+    c.update(name="image_folder", data_dir=str(tmp_path), image_size=8, validation_size=4,
+             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # fmt: skip
+    dataset = data.load_dataset(c)
+    assert dataset.class_names == ("cat", "dog")
+    assert len(dataset.train) + len(dataset.validation) == 12 and len(dataset.validation) == 4
+    assert dataset.train.images.shape[1:] == (8, 8, 3) and dataset.test is None
+    red = dataset.train.images[dataset.train.labels == 0]
+    assert np.all(red[..., 0] == 200) and np.all(red[..., 2] == 30)
+    assert "broken.jpg" in caplog.text
+    c.strict = True
+    with pytest.raises(ValueError, match="broken.jpg"):
+        data.load_dataset(c)

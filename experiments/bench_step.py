@@ -1,0 +1,129 @@
+"""Benchmark: training throughput of the bare jitted step vs the full training loop.
+
+Question: does the loop (host batching, device transfer, augmentation, metrics, logging)
+keep up with the step? Target: loop >= 95% of the bare step's images/s.
+
+    python experiments/bench_step.py                       # ResNet-20 on 28x28x1, batch 128
+    python experiments/bench_step.py --config=configs/resnet.py:cifar10 --image_size=32 --steps=30
+
+Prints a table and writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/resnet.py", "Config file[:preset].")
+flags.DEFINE_integer("image_size", 28, "Synthetic image side.")
+flags.DEFINE_integer("channels", 1, "Synthetic image channels.")
+flags.DEFINE_integer("num_classes", 10, "Synthetic classes.")
+flags.DEFINE_integer("steps", 100, "Timed steps (after warm-up).")
+flags.DEFINE_string("out", "experiments/results/bench_step.json", "Where to write the JSON.")
+
+
+def synthetic_dataset(num_train: int, size: int, channels: int, classes: int):
+    import numpy as np
+
+    from imgcls_jax import data
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
+        return data.Split(images, rng.integers(0, classes, n).astype(np.int32))
+
+    return data.Dataset(split(num_train), split(256), None, tuple(map(str, range(classes))))
+
+
+def bare_step_images_per_sec(trainer, steps: int) -> float:
+    """The jitted train_step alone, on one device-resident batch."""
+    import jax
+
+    from imgcls_jax import input_pipeline
+
+    batch = next(
+        iter(
+            input_pipeline.eval_batches(
+                trainer.dataset.train, trainer.config.input.batch_size, trainer.mesh
+            )
+        )
+    )
+    batch.pop("mask")
+    state = trainer.create_state()
+    for _ in range(3):
+        state, _ = trainer.train_step(state, batch, trainer.train_key)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, _ = trainer.train_step(state, batch, trainer.train_key)
+    jax.block_until_ready(state)
+    return steps * trainer.config.input.batch_size / (time.perf_counter() - start)
+
+
+def loop_images_per_sec(config, dataset, steps: int) -> float:
+    """The real training loop (train_and_evaluate), timed by its own progress reports."""
+    from imgcls_jax import reporting
+    from imgcls_jax.config import apply_overrides
+    from imgcls_jax.train import train_and_evaluate
+
+    log_every = max(steps // 4, 1)
+    config = apply_overrides(
+        config,
+        {
+            "training.num_train_steps": steps + log_every,
+            "training.log_every_steps": log_every,
+            "training.eval_every_epochs": 1e6,
+            "training.checkpoint_every_steps": 0,
+        },
+    )
+    with tempfile.TemporaryDirectory() as workdir:
+        train_and_evaluate(config, workdir, dataset)
+        records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    rates = [r["steps_per_sec"] for r in records if "steps_per_sec" in r][1:]  # Skip compile.
+    return sum(rates) / len(rates) * config.input.batch_size
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from imgcls_jax.train import Trainer
+
+    config = FLAGS.config
+    dataset = synthetic_dataset(
+        max(4 * config.input.batch_size * (FLAGS.steps + 10) // 4, 2048),
+        FLAGS.image_size, FLAGS.channels, FLAGS.num_classes,
+    )  # fmt: skip
+    trainer = Trainer(config, dataset)
+    bare = bare_step_images_per_sec(trainer, FLAGS.steps)
+    loop = loop_images_per_sec(config, dataset, FLAGS.steps)
+    result = {
+        "model": config.model.name, "width": config.model.width, "dtype": config.model.dtype,
+        "batch_size": config.input.batch_size, "image_size": FLAGS.image_size,
+        "channels": FLAGS.channels, "augment": config.augment.train,
+        "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+        "bare_step_img_per_s": round(bare, 1), "full_loop_img_per_s": round(loop, 1),
+        "loop_over_bare": round(loop / bare, 3),
+    }  # fmt: skip
+    print("| model | batch | image | augment | bare step img/s | full loop img/s | loop/bare |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {result['model']} (w{result['width']}, {result['dtype']}) | {result['batch_size']} | "
+          f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} | {result['augment'] or 'none'} | "
+          f"{bare:.0f} | {loop:.0f} | {loop / bare:.1%} |")  # fmt: skip
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)

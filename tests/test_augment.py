@@ -1,0 +1,53 @@
+"""Augmentation ops and pipeline parsing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from imgcls_jax import augment
+
+IMAGES = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3), maxval=255.0)
+
+
+def test_flip_twice_is_identity_and_flip_one_mirrors():
+    key = jax.random.key(1)
+    once = augment.flip_lr(key, IMAGES[0], 1.0)
+    np.testing.assert_array_equal(once, IMAGES[0][:, ::-1])
+    np.testing.assert_array_equal(augment.flip_lr(key, once, 1.0), IMAGES[0])
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_random_crop_is_a_shifted_window(mode):
+    fn = jax.jit(lambda k, x: augment.random_crop(k, x, 2, mode))
+    out = fn(jax.random.key(3), IMAGES[0])
+    assert out.shape == IMAGES[0].shape
+    padded = np.pad(np.asarray(IMAGES[0]), ((2, 2), (2, 2), (0, 0)), mode=mode)
+    windows = [padded[i : i + 8, j : j + 8] for i in range(5) for j in range(5)]
+    assert any(np.array_equal(out, w) for w in windows)
+    # Zero padding with a zero-size pad is the identity.
+    np.testing.assert_array_equal(augment.random_crop(jax.random.key(0), IMAGES[0], 0), IMAGES[0])
+
+
+def test_pipeline_is_per_example_and_deterministic():
+    fn = jax.jit(augment.build_augment_fn("random_crop(2)|flip_lr"))
+    a = fn(jax.random.key(5), IMAGES.astype(jnp.uint8))
+    b = fn(jax.random.key(5), IMAGES.astype(jnp.uint8))
+    c = fn(jax.random.key(6), IMAGES.astype(jnp.uint8))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert a.dtype == jnp.float32 and a.shape == IMAGES.shape
+    same = jnp.repeat(IMAGES[:1], 6, axis=0)
+    out = fn(jax.random.key(7), same)
+    assert len({np.asarray(o).tobytes() for o in out}) > 1  # Different draws per example.
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("flip_lrr", "Did you mean 'flip_lr'"), ("random_crop", "bad arguments"),
+     ("random_crop(2, 3, 4)", "bad arguments"), ("random_crop(x)", "literals"),
+     ("random_crop(2", "closing")],
+)  # fmt: skip
+def test_bad_pipelines_fail_with_a_helpful_message(spec, message):
+    with pytest.raises(ValueError, match=message):
+        augment.parse_pipeline(spec)

@@ -1,0 +1,54 @@
+"""Batch order as a function of (seed, step), eval padding and masks, device placement."""
+
+import jax
+import numpy as np
+
+from imgcls_jax import data, input_pipeline, sharding
+
+
+def test_train_order_is_a_function_of_seed_and_step():
+    order = input_pipeline.TrainOrder(100, 32, seed=3)
+    assert order.steps_per_epoch == 3
+    epoch0 = np.concatenate([order.indices(s) for s in range(3)])
+    assert len(set(epoch0.tolist())) == 96  # No repeats within an epoch.
+    again = input_pipeline.TrainOrder(100, 32, seed=3)
+    np.testing.assert_array_equal(again.indices(4), order.indices(4))  # Jumping in mid-run.
+    assert not np.array_equal(order.indices(3), order.indices(0))  # Epochs reshuffle.
+    other = input_pipeline.TrainOrder(100, 32, seed=4)
+    assert not np.array_equal(other.indices(0), order.indices(0))
+
+
+def test_train_batches_are_sharded_global_arrays():
+    mesh = sharding.make_mesh()
+    split = data.Split(
+        np.arange(64, dtype=np.uint8).reshape(64, 1, 1, 1), np.arange(64, dtype=np.int32)
+    )
+    order = input_pipeline.TrainOrder(64, 16, seed=0)
+    batches = input_pipeline.train_batches(split, order, start_step=5, mesh=mesh)
+    batch = next(batches)
+    batches.close()
+    assert batch["image"].shape == (16, 1, 1, 1)
+    assert batch["image"].sharding.is_equivalent_to(sharding.batch_sharding(mesh), 4)
+    assert sorted(np.asarray(batch["label"]).tolist()) == sorted(order.indices(5).tolist())
+
+
+def test_eval_batches_cover_every_example_once_with_mask():
+    mesh = sharding.make_mesh()
+    split = data.Split(np.zeros((50, 2, 2, 1), np.uint8), np.arange(50, dtype=np.int32))
+    seen = []
+    for batch in input_pipeline.eval_batches(split, 16, mesh):
+        assert batch["image"].shape[0] == 16
+        mask = np.asarray(batch["mask"])
+        seen += np.asarray(batch["label"])[mask].tolist()
+    assert seen == list(range(50))
+
+
+def test_batch_size_must_divide_over_devices():
+    mesh = sharding.make_mesh()
+    assert mesh.size == len(jax.devices()) == 8
+    try:
+        sharding.check_batch_size(12, mesh, "input.batch_size")
+    except ValueError as e:
+        assert "multiple of 8" in str(e)
+    else:
+        raise AssertionError("batch 12 on 8 devices must be refused")
