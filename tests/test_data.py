@@ -72,6 +72,14 @@ def test_unprepared_tfds_dataset_says_how_to_get_it(tmp_path):
         data.load_dataset(c.dataset)
 
 
+def test_dataset_too_large_for_host_memory_is_refused_before_decoding():
+    from imgcls_jax.data import tfds_source
+
+    tfds_source.check_fits_in_memory("fashion_mnist", "train", 60000, (28, 28, 1))
+    with pytest.raises(MemoryError, match="lower config.dataset.image_size"):
+        tfds_source.check_fits_in_memory("imagenet2012", "train", 1_281_167, (224, 224, 3))
+
+
 def test_validation_holdout_is_disjoint_fixed_and_complete():
     images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
     labels = np.arange(100, dtype=np.int32)

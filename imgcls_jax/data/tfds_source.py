@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+
+
+def check_fits_in_memory(name: str, split: str, num_examples: int, image_shape: tuple) -> None:
+    """Raises before decoding when a split would take more than half of this host's memory."""
+    needed = num_examples * int(np.prod(image_shape))
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available // 2:
+        raise MemoryError(
+            f"TFDS {name}[{split}] needs {needed / 2**30:.1f} GiB as uint8 arrays at "
+            f"{image_shape}, over half of this host's {available / 2**30:.1f} GiB. Datasets are "
+            "held in host memory; lower config.dataset.image_size or use a subset split such "
+            "as 'train[:10%]' (a streaming input pipeline for large datasets is not built yet)."
+        )
 
 
 def builder_class(name: str):
@@ -38,6 +53,11 @@ def load_split(
             f"`tfds build {name} --data_dir=DIR` there and set --config.dataset.data_dir=DIR, "
             "or download it manually as TFDS documents for this dataset."
         )
+    if builder.info.splits:  # Unknown for mock data.
+        stored = builder.info.features["image"].shape
+        shape = (image_size, image_size, stored[-1]) if image_size else stored
+        if None not in shape:
+            check_fits_in_memory(name, split, builder.info.splits[split].num_examples, shape)
     ds = builder.as_dataset(split=split, as_supervised=True)
     if image_size:
         ds = ds.map(
