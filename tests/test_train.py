@@ -1,5 +1,6 @@
 """The training loop: 1 vs 8 devices, exact resume, overfitting, compile-once, evaluation."""
 
+import os
 import shutil
 
 import jax
@@ -134,3 +135,12 @@ def test_nan_loss_raises_and_keeps_good_checkpoint(tmp_path, dataset):
     state, _ = trainer_restore(Trainer(config, dataset), tmp_path)
     assert int(state.step) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, dataset):
+    config = tiny_config(**{"training.num_train_steps": 1, "input.batch_size": 32})
+    train_and_evaluate(config, str(tmp_path), dataset)
+    wider = tiny_config(**{"training.num_train_steps": 2, "input.batch_size": 32, "model.width": 8})
+    with pytest.raises(ValueError, match="does not fit this config"):
+        train_and_evaluate(wider, str(tmp_path), dataset)
+    assert os.path.isdir(tmp_path / "checkpoints" / "1")  # The old checkpoint is untouched.
