@@ -1,6 +1,7 @@
 """Entry point: `python launch.py --config=configs/resnet.py[:PRESET] --workdir=DIR [--config.X=V]`."""
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -26,6 +27,15 @@ def _quiet_library_info_logs() -> None:
         handler.addFilter(keep)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """Parses flags; a misspelled --config.KEY override exits with one line, not a traceback."""
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # Raised by ml_collections for unknown keys.
+        message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        sys.exit(f"launch.py: bad config override: {message}")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -48,4 +58,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
