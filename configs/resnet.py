@@ -44,7 +44,7 @@ def imagenet(c):
     c.dataset.mean, c.dataset.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     c.model.name, c.model.width, c.model.stem = "resnet50", 64, "imagenet"
     c.model.dtype = "bfloat16"
-    c.augment.train = "flip_lr"
+    c.augment.train = "random_resized_crop(224)|flip_lr"
     c.input.batch_size = 1024
     c.input.eval_batch_size = 1000
     c.optimizer.learning_rate = 0.1

@@ -34,7 +34,80 @@ def flip_lr(key: jax.Array, image: jnp.ndarray, probability: float = 0.5):
     return jnp.where(jax.random.bernoulli(key, probability), image[:, ::-1], image)
 
 
-OPS: dict[str, Op] = {"random_crop": random_crop, "flip_lr": flip_lr}
+def random_resized_crop(
+    key: jax.Array,
+    image: jnp.ndarray,
+    size: int,
+    scale: tuple = (0.08, 1.0),
+    ratio: tuple = (3 / 4, 4 / 3),
+):
+    """Inception-style crop: a random area fraction and aspect ratio, resized to size x size.
+
+    Ten candidate boxes are drawn; the first that fits is used, else the whole image.
+    """
+    height, width, _ = image.shape
+    area_key, ratio_key, y_key, x_key = jax.random.split(key, 4)
+    area = jax.random.uniform(area_key, (10,), minval=scale[0], maxval=scale[1]) * height * width
+    log_ratio = jax.random.uniform(
+        ratio_key, (10,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])
+    )
+    crop_w = jnp.round(jnp.sqrt(area * jnp.exp(log_ratio)))
+    crop_h = jnp.round(jnp.sqrt(area / jnp.exp(log_ratio)))
+    fits = (crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) & (crop_h <= height)
+    first = jnp.argmax(fits)
+    crop_h = jnp.where(fits[first], crop_h[first], height)
+    crop_w = jnp.where(fits[first], crop_w[first], width)
+    y0 = jnp.floor(jax.random.uniform(y_key) * (height - crop_h + 1))
+    x0 = jnp.floor(jax.random.uniform(x_key) * (width - crop_w + 1))
+    scale_yx = jnp.stack([size / crop_h, size / crop_w])
+    return jax.image.scale_and_translate(
+        image, (size, size, image.shape[-1]), (0, 1), scale_yx, -jnp.stack([y0, x0]) * scale_yx,
+        method="linear", antialias=True,
+    )  # fmt: skip
+
+
+def _factor(key: jax.Array, strength: float) -> jnp.ndarray:
+    return jax.random.uniform(key, minval=1.0 - strength, maxval=1.0 + strength)
+
+
+def _grayscale(image: jnp.ndarray) -> jnp.ndarray:
+    if image.shape[-1] == 1:
+        return image
+    return (image @ jnp.array([0.299, 0.587, 0.114], image.dtype))[..., None]
+
+
+def brightness(key: jax.Array, image: jnp.ndarray, strength: float):
+    """Scales pixel values by a factor drawn from [1 - strength, 1 + strength]."""
+    return jnp.clip(image * _factor(key, strength), 0.0, 255.0)
+
+
+def contrast(key: jax.Array, image: jnp.ndarray, strength: float):
+    """Blends with the mean grey level by a factor drawn from [1 - strength, 1 + strength]."""
+    mean = jnp.mean(_grayscale(image))
+    return jnp.clip(mean + (image - mean) * _factor(key, strength), 0.0, 255.0)
+
+
+def saturation(key: jax.Array, image: jnp.ndarray, strength: float):
+    """Blends with the image's greyscale version; a no-op on 1-channel images."""
+    gray = _grayscale(image)
+    return jnp.clip(gray + (image - gray) * _factor(key, strength), 0.0, 255.0)
+
+
+def random_grayscale(key: jax.Array, image: jnp.ndarray, probability: float = 0.1):
+    """Replaces the image by its greyscale version (kept at C channels) with a probability."""
+    gray = jnp.broadcast_to(_grayscale(image), image.shape)
+    return jnp.where(jax.random.bernoulli(key, probability), gray, image)
+
+
+OPS: dict[str, Op] = {
+    "random_crop": random_crop,
+    "flip_lr": flip_lr,
+    "random_resized_crop": random_resized_crop,
+    "brightness": brightness,
+    "contrast": contrast,
+    "saturation": saturation,
+    "random_grayscale": random_grayscale,
+}
 
 
 def parse_pipeline(spec: str) -> list[tuple[Op, tuple]]:

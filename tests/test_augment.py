@@ -51,3 +51,44 @@ def test_pipeline_is_per_example_and_deterministic():
 def test_bad_pipelines_fail_with_a_helpful_message(spec, message):
     with pytest.raises(ValueError, match=message):
         augment.parse_pipeline(spec)
+
+
+def test_random_resized_crop_full_box_is_identity_and_output_is_fixed_size():
+    image = IMAGES[0]
+    same = augment.random_resized_crop(jax.random.key(0), image, 8, (1.0, 1.0), (1.0, 1.0))
+    np.testing.assert_allclose(same, image, atol=1e-3)
+    fn = jax.jit(jax.vmap(lambda k, x: augment.random_resized_crop(k, x, 5)))
+    out = fn(jax.random.split(jax.random.key(1), 6), IMAGES)
+    assert out.shape == (6, 5, 5, 3) and out.dtype == jnp.float32
+    assert float(out.min()) >= -1e-3 and float(out.max()) <= 255 + 1e-3
+    np.testing.assert_array_equal(out, fn(jax.random.split(jax.random.key(1), 6), IMAGES))
+
+
+@pytest.mark.parametrize("op", [augment.brightness, augment.contrast, augment.saturation])
+def test_colour_ops_strength_zero_is_identity_and_stay_in_range(op):
+    for channels in (1, 3):
+        image = IMAGES[0, ..., :channels]
+        np.testing.assert_allclose(op(jax.random.key(0), image, 0.0), image, rtol=1e-5, atol=1e-3)
+        out = jax.jit(op, static_argnums=2)(jax.random.key(1), image, 0.9)
+        assert out.shape == image.shape and 0 <= float(out.min()) and float(out.max()) <= 255
+
+
+def test_saturation_is_a_no_op_on_grayscale_and_random_grayscale_is_gray():
+    gray = IMAGES[0, ..., :1]
+    np.testing.assert_array_equal(augment.saturation(jax.random.key(0), gray, 0.9), gray)
+    out = augment.random_grayscale(jax.random.key(0), IMAGES[0], 1.0)
+    np.testing.assert_allclose(out[..., 0], out[..., 1])
+    np.testing.assert_allclose(out[..., 1], out[..., 2])
+    np.testing.assert_array_equal(
+        augment.random_grayscale(jax.random.key(0), IMAGES[0], 0.0), IMAGES[0]
+    )
+
+
+def test_every_op_runs_in_a_jitted_pipeline_without_host_callbacks():
+    spec = ("random_resized_crop(8)|random_crop(1, 'reflect')|flip_lr|brightness(0.4)|"
+            "contrast(0.4)|saturation(0.4)|random_grayscale(0.2)")  # fmt: skip
+    assert {op.__name__ for op, _ in augment.parse_pipeline(spec)} == set(augment.OPS)
+    fn = jax.jit(augment.build_augment_fn(spec))
+    assert "callback" not in fn.lower(jax.random.key(0), IMAGES).as_text()
+    out = fn(jax.random.key(0), IMAGES.astype(jnp.uint8))
+    assert out.shape == IMAGES.shape and np.isfinite(np.asarray(out)).all()
