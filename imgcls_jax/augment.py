@@ -110,6 +110,67 @@ OPS: dict[str, Op] = {
 }
 
 
+def mix_batch(
+    key: jax.Array,
+    images: jnp.ndarray,
+    labels: jnp.ndarray,
+    num_classes: int,
+    mixup_alpha: float,
+    cutmix_alpha: float,
+    switch_prob: float,
+    prob: float,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Mixup or CutMix (timm's batch mode): each example is mixed with the reversed batch.
+
+    Returns the mixed images and soft labels ``lam * y + (1 - lam) * y_reversed``, where for
+    CutMix ``lam`` is the fraction of the image that was not pasted over.
+    """
+    apply_key, switch_key, mixup_key, cutmix_key, box_key = jax.random.split(key, 5)
+    targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == 1 else labels
+    partner_images, partner_targets = images[::-1], targets[::-1]
+    batch, height, width, _ = images.shape
+    apply = jax.random.bernoulli(apply_key, prob)
+    use_cutmix = jnp.asarray(cutmix_alpha > 0)
+    if mixup_alpha > 0 and cutmix_alpha > 0:
+        use_cutmix = jax.random.bernoulli(switch_key, switch_prob)
+    lam_mixup = jax.random.beta(mixup_key, mixup_alpha, mixup_alpha) if mixup_alpha > 0 else 1.0
+    lam_cut = jax.random.beta(cutmix_key, cutmix_alpha, cutmix_alpha) if cutmix_alpha > 0 else 1.0
+    # CutMix box: side fractions sqrt(1 - lam), centre uniform, clipped to the image.
+    cut = jnp.sqrt(1.0 - lam_cut)
+    cy, cx = jax.random.uniform(box_key, (2,)) * jnp.array([height, width])
+    y0, y1 = (
+        jnp.clip(jnp.round(cy - cut * height / 2), 0, height),
+        jnp.clip(jnp.round(cy + cut * height / 2), 0, height),
+    )
+    x0, x1 = (
+        jnp.clip(jnp.round(cx - cut * width / 2), 0, width),
+        jnp.clip(jnp.round(cx + cut * width / 2), 0, width),
+    )
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    box = ((rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1))[None, :, :, None]
+    lam_cut = 1.0 - (y1 - y0) * (x1 - x0) / (height * width)
+    lam = jnp.where(apply, jnp.where(use_cutmix, lam_cut, lam_mixup), 1.0)
+    cutmixed = jnp.where(box, partner_images, images)
+    mixed = lam * images + (1.0 - lam) * partner_images
+    out = jnp.where(apply & use_cutmix, cutmixed, jnp.where(apply, mixed, images))
+    del batch
+    return out, lam * targets + (1.0 - lam) * partner_targets
+
+
+def build_mix_fn(augment_config, num_classes: int):
+    """``fn(key, images, labels) -> (images, soft labels)``, or None when mixing is off."""
+    if augment_config.mixup_alpha <= 0 and augment_config.cutmix_alpha <= 0:
+        return None
+
+    def mix(key, images, labels):
+        return mix_batch(
+            key, images, labels, num_classes, augment_config.mixup_alpha,
+            augment_config.cutmix_alpha, augment_config.switch_prob, augment_config.mix_prob,
+        )  # fmt: skip
+
+    return mix
+
+
 def parse_pipeline(spec: str) -> list[tuple[Op, tuple]]:
     """Parses a pipeline string into (op, args) pairs; raises on unknown ops or bad arguments."""
     pipeline = []

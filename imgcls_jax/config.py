@@ -38,6 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()
     c.augment.train = ""  # Ops applied per example on device, e.g. "random_crop(4)|flip_lr".
+    c.augment.mixup_alpha = 0.0  # > 0 enables mixup with Beta(alpha, alpha).
+    c.augment.cutmix_alpha = 0.0  # > 0 enables CutMix with Beta(alpha, alpha).
+    c.augment.switch_prob = 0.5  # With both on: probability of CutMix rather than mixup.
+    c.augment.mix_prob = 1.0  # Probability that a batch is mixed at all.
 
     c.input = ml_collections.ConfigDict()
     c.input.batch_size = 128  # Global, across all devices and hosts.

@@ -84,15 +84,19 @@ def train_step(
     tx: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     augment_fn: Callable[[jax.Array, jnp.ndarray], jnp.ndarray],
+    mix_fn: Callable | None,
     mean: tuple,
     std: tuple,
     label_smoothing: float,
     metrics_cls: type[metrics.Collection],
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number."""
-    step_key = jax.random.fold_in(key, state.step)
-    images = normalize(augment_fn(step_key, batch["image"]), mean, std)
+    augment_key, mix_key = jax.random.split(jax.random.fold_in(key, state.step))
+    images = augment_fn(augment_key, batch["image"])
     labels = batch["label"]
+    if mix_fn is not None:
+        images, labels = mix_fn(mix_key, images, labels)
+    images = normalize(images, mean, std)
 
     def loss_fn(params):
         logits, updates = model.apply(

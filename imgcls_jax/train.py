@@ -84,6 +84,7 @@ class Trainer:
                 tx=self.tx,
                 learning_rate_fn=self.learning_rate_fn,
                 augment_fn=augment.build_augment_fn(self.config.augment.train),
+                mix_fn=augment.build_mix_fn(self.config.augment, self.dataset.num_classes),
                 label_smoothing=self.config.loss.label_smoothing,
                 metrics_cls=self.train_metrics_cls,
                 **norm,

@@ -92,3 +92,33 @@ def test_every_op_runs_in_a_jitted_pipeline_without_host_callbacks():
     assert "callback" not in fn.lower(jax.random.key(0), IMAGES).as_text()
     out = fn(jax.random.key(0), IMAGES.astype(jnp.uint8))
     assert out.shape == IMAGES.shape and np.isfinite(np.asarray(out)).all()
+
+
+def _constant_batch(n=4, size=10):
+    """Example i is filled with the value 10 * (i + 1), label i."""
+    values = 10.0 * (jnp.arange(n) + 1)
+    return jnp.broadcast_to(values[:, None, None, None], (n, size, size, 1)), jnp.arange(n)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cutmix_labels_match_the_pasted_area(seed):
+    images, labels = _constant_batch()
+    out, soft = augment.mix_batch(jax.random.key(seed), images, labels, 4, 0.0, 1.0, 0.5, 1.0)
+    np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
+    for i in range(4):
+        partner = 3 - i
+        own_fraction = float(jnp.mean(out[i] == images[i, 0, 0, 0]))
+        assert float(soft[i, i]) == pytest.approx(own_fraction, abs=1e-6)
+        assert float(soft[i, partner]) == pytest.approx(1 - own_fraction, abs=1e-6)
+
+
+def test_mixup_blends_images_and_labels_by_the_same_weight():
+    images, labels = _constant_batch()
+    out, soft = augment.mix_batch(jax.random.key(0), images, labels, 4, 0.4, 0.0, 0.5, 1.0)
+    np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
+    lam = float(soft[0, 0])
+    np.testing.assert_allclose(out[0], lam * images[0] + (1 - lam) * images[3], rtol=1e-5)
+    # mix_prob 0: images and one-hot labels pass through unchanged.
+    same, hard = augment.mix_batch(jax.random.key(0), images, labels, 4, 0.4, 1.0, 0.5, 0.0)
+    np.testing.assert_array_equal(same, images)
+    np.testing.assert_array_equal(hard, jax.nn.one_hot(labels, 4))

@@ -144,3 +144,26 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, dataset):
     with pytest.raises(ValueError, match="does not fit this config"):
         train_and_evaluate(wider, str(tmp_path), dataset)
     assert os.path.isdir(tmp_path / "checkpoints" / "1")  # The old checkpoint is untouched.
+
+
+def test_mixup_cutmix_train_and_compose_with_label_smoothing(dataset):
+    from imgcls_jax import steps
+
+    logits = jnp.array([[2.0, 0.0, -1.0, 0.5]])
+    soft = jnp.array([[0.7, 0.3, 0.0, 0.0]])
+    smoothed = soft * 0.9 + 0.1 / 4
+    expected = -jnp.sum(smoothed * jax.nn.log_softmax(logits), -1)
+    np.testing.assert_allclose(steps.cross_entropy(logits, soft, 0.1), expected, rtol=1e-6)
+
+    config = tiny_config(**{"input.batch_size": 32, "augment.mixup_alpha": 0.2,
+                            "augment.cutmix_alpha": 1.0})  # fmt: skip
+    trainer = Trainer(config, dataset)
+    state = trainer.create_state()
+    batch = {
+        "image": jnp.asarray(dataset.train.images[:32]),
+        "label": jnp.asarray(dataset.train.labels[:32]),
+    }
+    for _ in range(3):
+        state, metrics = trainer.train_step(state, batch, trainer.train_key)
+    assert np.isfinite(float(metrics.compute()["loss"]))
+    assert trainer.train_step._cache_size() == 1
