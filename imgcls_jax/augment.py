@@ -99,6 +99,67 @@ def random_grayscale(key: jax.Array, image: jnp.ndarray, probability: float = 0.
     return jnp.where(jax.random.bernoulli(key, probability), gray, image)
 
 
+def _rgb_to_hsv(rgb: jnp.ndarray) -> jnp.ndarray:
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    value = jnp.max(rgb, axis=-1)
+    chroma = value - jnp.min(rgb, axis=-1)
+    safe = jnp.where(chroma > 0, chroma, 1.0)
+    hue = jnp.where(
+        value == r,
+        (g - b) / safe % 6,
+        jnp.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4),
+    )
+    hue = jnp.where(chroma > 0, hue / 6.0, 0.0)
+    saturation = jnp.where(value > 0, chroma / jnp.where(value > 0, value, 1.0), 0.0)
+    return jnp.stack([hue, saturation, value], axis=-1)
+
+
+def _hsv_to_rgb(hsv: jnp.ndarray) -> jnp.ndarray:
+    hue, saturation, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    k = (jnp.array([5.0, 3.0, 1.0]) + hue[..., None] * 6.0) % 6.0
+    return value[..., None] - value[..., None] * saturation[..., None] * jnp.clip(
+        jnp.minimum(k, 4.0 - k), 0.0, 1.0
+    )
+
+
+def hue(key: jax.Array, image: jnp.ndarray, strength: float):
+    """Rotates the hue by a fraction of the colour wheel drawn from [-strength, strength]."""
+    if image.shape[-1] == 1:
+        return image
+    shift = jax.random.uniform(key, minval=-strength, maxval=strength)
+    hsv = _rgb_to_hsv(image / 255.0)
+    hsv = hsv.at[..., 0].set((hsv[..., 0] + shift) % 1.0)
+    return jnp.clip(_hsv_to_rgb(hsv) * 255.0, 0.0, 255.0)
+
+
+def random_erasing(
+    key: jax.Array,
+    image: jnp.ndarray,
+    probability: float = 0.25,
+    scale: tuple = (0.02, 1 / 3),
+    ratio: tuple = (0.3, 3.3),
+):
+    """With a probability, fills a random rectangle with uniform noise (Zhong et al. 2020)."""
+    height, width, channels = image.shape
+    apply_key, area_key, ratio_key, y_key, x_key, noise_key = jax.random.split(key, 6)
+    area = jax.random.uniform(area_key, (10,), minval=scale[0], maxval=scale[1]) * height * width
+    log_ratio = jax.random.uniform(
+        ratio_key, (10,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])
+    )
+    box_h = jnp.round(jnp.sqrt(area * jnp.exp(log_ratio)))
+    box_w = jnp.round(jnp.sqrt(area / jnp.exp(log_ratio)))
+    fits = (box_h >= 1) & (box_h < height) & (box_w >= 1) & (box_w < width)
+    first = jnp.argmax(fits)
+    box_h, box_w = box_h[first], box_w[first]
+    y0 = jnp.floor(jax.random.uniform(y_key) * (height - box_h + 1))
+    x0 = jnp.floor(jax.random.uniform(x_key) * (width - box_w + 1))
+    rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
+    box = (rows >= y0) & (rows < y0 + box_h) & (cols >= x0) & (cols < x0 + box_w)
+    erase = box[..., None] & fits[first] & jax.random.bernoulli(apply_key, probability)
+    noise = jax.random.uniform(noise_key, (height, width, channels), maxval=255.0)
+    return jnp.where(erase, noise, image)
+
+
 OPS: dict[str, Op] = {
     "random_crop": random_crop,
     "flip_lr": flip_lr,
@@ -107,6 +168,8 @@ OPS: dict[str, Op] = {
     "contrast": contrast,
     "saturation": saturation,
     "random_grayscale": random_grayscale,
+    "hue": hue,
+    "random_erasing": random_erasing,
 }
 
 

@@ -86,7 +86,7 @@ def test_saturation_is_a_no_op_on_grayscale_and_random_grayscale_is_gray():
 
 def test_every_op_runs_in_a_jitted_pipeline_without_host_callbacks():
     spec = ("random_resized_crop(8)|random_crop(1, 'reflect')|flip_lr|brightness(0.4)|"
-            "contrast(0.4)|saturation(0.4)|random_grayscale(0.2)")  # fmt: skip
+            "contrast(0.4)|saturation(0.4)|random_grayscale(0.2)|hue(0.1)|random_erasing(0.5)")  # fmt: skip
     assert {op.__name__ for op, _ in augment.parse_pipeline(spec)} == set(augment.OPS)
     fn = jax.jit(augment.build_augment_fn(spec))
     assert "callback" not in fn.lower(jax.random.key(0), IMAGES).as_text()
@@ -122,3 +122,30 @@ def test_mixup_blends_images_and_labels_by_the_same_weight():
     same, hard = augment.mix_batch(jax.random.key(0), images, labels, 4, 0.4, 1.0, 0.5, 0.0)
     np.testing.assert_array_equal(same, images)
     np.testing.assert_array_equal(hard, jax.nn.one_hot(labels, 4))
+
+
+def test_hue_zero_is_identity_and_a_third_turns_red_green():
+    image = IMAGES[0]
+    np.testing.assert_allclose(augment.hue(jax.random.key(0), image, 0.0), image, atol=1e-2)
+    red = jnp.zeros((2, 2, 3)).at[..., 0].set(255.0)
+    shifted = augment._hsv_to_rgb(augment._rgb_to_hsv(red / 255.0).at[..., 0].add(1 / 3)) * 255
+    np.testing.assert_allclose(shifted[0, 0], [0, 255, 0], atol=1e-3)
+    gray = IMAGES[0, ..., :1]
+    np.testing.assert_array_equal(augment.hue(jax.random.key(0), gray, 0.5), gray)
+
+
+def test_random_erasing_changes_one_rectangle_or_nothing():
+    image = jnp.full((16, 16, 3), 100.0)
+    never = augment.random_erasing(jax.random.key(0), image, 0.0)
+    np.testing.assert_array_equal(never, image)
+    changed = 0
+    for seed in range(5):
+        out = augment.random_erasing(jax.random.key(seed), image, 1.0)
+        mask = np.any(np.asarray(out) != 100.0, axis=-1)
+        if mask.any():
+            changed += 1
+            rows, cols = np.where(mask.any(1))[0], np.where(mask.any(0))[0]
+            # The noisy pixels lie within one rectangle that covers at most a third of the image.
+            assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].mean() > 0.9
+            assert mask.sum() <= 16 * 16 / 3 + 16
+    assert changed >= 4
