@@ -160,6 +160,107 @@ def random_erasing(
     return jnp.where(erase, noise, image)
 
 
+def _affine(image: jnp.ndarray, matrix: jnp.ndarray, fill: float = 128.0) -> jnp.ndarray:
+    """Samples image at matrix @ (row, col, 1) (about the centre), bilinear, `fill` outside."""
+    height, width, channels = image.shape
+    rows, cols = jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij")
+    centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
+    coords = jnp.stack([rows - centre[0], cols - centre[1]])
+    src = jnp.einsum("ij,jhw->ihw", matrix[:, :2], coords) + matrix[:, 2, None, None]
+    src = src + centre[:, None, None]
+    eps = 1e-3  # Rotations by multiples of 90 degrees land within rounding of the border.
+    inside = (src[0] >= -eps) & (src[0] <= height - 1 + eps)
+    inside &= (src[1] >= -eps) & (src[1] <= width - 1 + eps)
+    src = jnp.stack([jnp.clip(src[0], 0, height - 1), jnp.clip(src[1], 0, width - 1)])
+    sample = jax.vmap(
+        lambda c: jax.scipy.ndimage.map_coordinates(c, [src[0], src[1]], order=1),
+        in_axes=2,
+        out_axes=2,
+    )
+    return jnp.where(inside[..., None], sample(image), fill)
+
+
+def _blend(image: jnp.ndarray, other: jnp.ndarray, factor) -> jnp.ndarray:
+    return jnp.clip(other + (image - other) * factor, 0.0, 255.0)
+
+
+def _auto_contrast(image, magnitude, sign):
+    low = image.min(axis=(0, 1), keepdims=True)
+    high = image.max(axis=(0, 1), keepdims=True)
+    scale = jnp.where(high > low, 255.0 / jnp.where(high > low, high - low, 1.0), 1.0)
+    return jnp.where(high > low, (image - low) * scale, image)
+
+
+def _equalize(image, magnitude, sign):
+    def channel(c):
+        values = jnp.clip(jnp.round(c), 0, 255).astype(jnp.int32)
+        cdf = jnp.cumsum(jnp.bincount(values.ravel(), length=256))
+        cdf_min = jnp.min(jnp.where(cdf > 0, cdf, cdf[-1]))
+        lut = jnp.clip(jnp.round((cdf - cdf_min) / jnp.maximum(cdf[-1] - cdf_min, 1) * 255), 0, 255)
+        return lut[values].astype(image.dtype)
+
+    return jax.vmap(channel, in_axes=2, out_axes=2)(image)
+
+
+def _sharpness(image, factor):
+    kernel = jnp.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], image.dtype) / 13
+    padded = jnp.pad(image, ((1, 1), (1, 1), (0, 0)), mode="edge")
+    smooth = sum(
+        kernel[i, j] * padded[i : i + image.shape[0], j : j + image.shape[1]]
+        for i in range(3)
+        for j in range(3)
+    )
+    return _blend(image, smooth, factor)
+
+
+def _enhance(level, sign):
+    return 1.0 + 0.9 * level * sign
+
+
+# RandAugment's op set (Cubuk et al. 2020, timm's ranges); level = magnitude / 10 in [0, 1].
+_RANDAUGMENT_OPS: tuple[Callable, ...] = (
+    lambda x, level, sign: x,  # identity
+    _auto_contrast,
+    _equalize,
+    lambda x, level, sign: _affine(x, _rotation(30.0 * level * sign)),
+    lambda x, level, sign: jnp.where(x >= 256.0 * (1 - level), 255.0 - x, x),  # solarize
+    lambda x, level, sign: _blend(x, _grayscale(x), _enhance(level, sign)),  # colour
+    lambda x, level, sign: jnp.floor(x / 2 ** jnp.round(4 * level)) * 2 ** jnp.round(4 * level),
+    lambda x, level, sign: _blend(x, jnp.mean(_grayscale(x)), _enhance(level, sign)),  # contrast
+    lambda x, level, sign: _blend(x, jnp.zeros_like(x), _enhance(level, sign)),  # brightness
+    lambda x, level, sign: _sharpness(x, _enhance(level, sign)),
+    lambda x, level, sign: _affine(x, jnp.array([[1.0, 0, 0], [0.3 * level * sign, 1, 0]])),
+    lambda x, level, sign: _affine(x, jnp.array([[1.0, 0.3 * level * sign, 0], [0, 1, 0]])),
+    lambda x, level, sign: _affine(
+        x, jnp.array([[1.0, 0, 0], [0, 1, 0.45 * level * sign * x.shape[1]]])
+    ),
+    lambda x, level, sign: _affine(
+        x, jnp.array([[1.0, 0, 0.45 * level * sign * x.shape[0]], [0, 1, 0]])
+    ),
+)
+RANDAUGMENT_OP_NAMES = (
+    "identity", "auto_contrast", "equalize", "rotate", "solarize", "color", "posterize",
+    "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y",
+)  # fmt: skip
+
+
+def _rotation(degrees) -> jnp.ndarray:
+    theta = jnp.deg2rad(degrees)
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    return jnp.array([[cos, -sin, 0.0], [sin, cos, 0.0]])
+
+
+def randaugment(key: jax.Array, image: jnp.ndarray, num_ops: int = 2, magnitude: float = 9.0):
+    """RandAugment: `num_ops` ops drawn uniformly from the standard 14, each at `magnitude`/10."""
+    level = magnitude / 10.0
+    for op_key in jax.random.split(key, num_ops):
+        choice_key, sign_key = jax.random.split(op_key)
+        index = jax.random.randint(choice_key, (), 0, len(_RANDAUGMENT_OPS))
+        sign = jnp.where(jax.random.bernoulli(sign_key), 1.0, -1.0)
+        image = jax.lax.switch(index, _RANDAUGMENT_OPS, image, level, sign)
+    return image
+
+
 OPS: dict[str, Op] = {
     "random_crop": random_crop,
     "flip_lr": flip_lr,
@@ -170,6 +271,7 @@ OPS: dict[str, Op] = {
     "random_grayscale": random_grayscale,
     "hue": hue,
     "random_erasing": random_erasing,
+    "randaugment": randaugment,
 }
 
 

@@ -86,7 +86,8 @@ def test_saturation_is_a_no_op_on_grayscale_and_random_grayscale_is_gray():
 
 def test_every_op_runs_in_a_jitted_pipeline_without_host_callbacks():
     spec = ("random_resized_crop(8)|random_crop(1, 'reflect')|flip_lr|brightness(0.4)|"
-            "contrast(0.4)|saturation(0.4)|random_grayscale(0.2)|hue(0.1)|random_erasing(0.5)")  # fmt: skip
+            "contrast(0.4)|saturation(0.4)|random_grayscale(0.2)|hue(0.1)|random_erasing(0.5)|"
+            "randaugment(2, 9)")  # fmt: skip
     assert {op.__name__ for op, _ in augment.parse_pipeline(spec)} == set(augment.OPS)
     fn = jax.jit(augment.build_augment_fn(spec))
     assert "callback" not in fn.lower(jax.random.key(0), IMAGES).as_text()
@@ -149,3 +150,53 @@ def test_random_erasing_changes_one_rectangle_or_nothing():
             assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].mean() > 0.9
             assert mask.sum() <= 16 * 16 / 3 + 16
     assert changed >= 4
+
+
+FULL_RANGE = (
+    jnp.asarray(np.random.default_rng(0).integers(0, 256, (12, 12, 3)).astype(np.float32))
+    .at[0, 0]
+    .set(0.0)
+    .at[0, 1]
+    .set(255.0)
+)
+
+
+@pytest.mark.parametrize("index", range(len(augment.RANDAUGMENT_OP_NAMES)))
+def test_every_randaugment_op_keeps_shape_and_range(index):
+    op = jax.jit(augment._RANDAUGMENT_OPS[index])
+    for channels in (1, 3):
+        image = FULL_RANGE[..., :channels]
+        out = op(image, 0.9, -1.0)
+        assert out.shape == image.shape and np.isfinite(np.asarray(out)).all()
+        assert float(out.min()) >= -1e-3 and float(out.max()) <= 255 + 1e-3
+        name = augment.RANDAUGMENT_OP_NAMES[index]
+        if name not in ("auto_contrast", "equalize"):  # Magnitude-free ops.
+            zero = op(image, 0.0, 1.0)
+            np.testing.assert_allclose(
+                zero, jnp.floor(image) if name == "posterize" else image, atol=1e-3
+            )
+
+
+def test_geometric_randaugment_ops_move_pixels_exactly():
+    image = FULL_RANGE[..., :1]
+    quarter = augment._affine(image, augment._rotation(90.0))
+    assert any(np.allclose(quarter, np.rot90(image, k, axes=(0, 1)), atol=1e-3) for k in (1, -1))
+    shifted = augment._affine(image, jnp.array([[1.0, 0, 0], [0, 1, 2.0]]))
+    np.testing.assert_allclose(shifted[:, :-2], image[:, 2:], atol=1e-4)
+    np.testing.assert_allclose(shifted[:, -2:], 128.0)
+
+
+def test_equalize_spreads_a_low_contrast_image():
+    low = 100 + FULL_RANGE[..., :1] / 10  # Values in [100, 125.5].
+    out = augment._equalize(low, 0.0, 1.0)
+    assert float(out.max()) == 255.0 and float(out.min()) == 0.0
+
+
+def test_randaugment_magnitude_zero_leaves_images_nearly_unchanged():
+    fn = jax.jit(jax.vmap(lambda k, x: augment.randaugment(k, x, 2, 0.0)))
+    images = jnp.stack([FULL_RANGE] * 8)
+    out = fn(jax.random.split(jax.random.key(0), 8), images)
+    assert float(jnp.mean(jnp.abs(out - images))) < 6.0  # Only equalize moves values, slightly.
+    strong = jax.jit(jax.vmap(lambda k, x: augment.randaugment(k, x, 2, 9.0)))
+    moved = strong(jax.random.split(jax.random.key(0), 8), images)
+    assert float(jnp.mean(jnp.abs(moved - images))) > float(jnp.mean(jnp.abs(out - images)))
