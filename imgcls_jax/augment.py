@@ -34,6 +34,23 @@ def flip_lr(key: jax.Array, image: jnp.ndarray, probability: float = 0.5):
     return jnp.where(jax.random.bernoulli(key, probability), image[:, ::-1], image)
 
 
+def _sample_box(
+    key: jax.Array, height: int, width: int, scale: tuple, ratio: tuple, max_h: int, max_w: int
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """(box_h, box_w, fits): the first of ten draws of area fraction in `scale` and aspect
+    ratio (w/h, log-uniform) in `ratio` whose box fits in max_h x max_w."""
+    area_key, ratio_key = jax.random.split(key)
+    area = jax.random.uniform(area_key, (10,), minval=scale[0], maxval=scale[1]) * height * width
+    log_ratio = jax.random.uniform(
+        ratio_key, (10,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])
+    )
+    box_w = jnp.round(jnp.sqrt(area * jnp.exp(log_ratio)))
+    box_h = jnp.round(jnp.sqrt(area / jnp.exp(log_ratio)))
+    fits = (box_w >= 1) & (box_w <= max_w) & (box_h >= 1) & (box_h <= max_h)
+    first = jnp.argmax(fits)
+    return box_h[first], box_w[first], fits[first]
+
+
 def random_resized_crop(
     key: jax.Array,
     image: jnp.ndarray,
@@ -46,17 +63,10 @@ def random_resized_crop(
     Ten candidate boxes are drawn; the first that fits is used, else the whole image.
     """
     height, width, _ = image.shape
-    area_key, ratio_key, y_key, x_key = jax.random.split(key, 4)
-    area = jax.random.uniform(area_key, (10,), minval=scale[0], maxval=scale[1]) * height * width
-    log_ratio = jax.random.uniform(
-        ratio_key, (10,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])
-    )
-    crop_w = jnp.round(jnp.sqrt(area * jnp.exp(log_ratio)))
-    crop_h = jnp.round(jnp.sqrt(area / jnp.exp(log_ratio)))
-    fits = (crop_w >= 1) & (crop_w <= width) & (crop_h >= 1) & (crop_h <= height)
-    first = jnp.argmax(fits)
-    crop_h = jnp.where(fits[first], crop_h[first], height)
-    crop_w = jnp.where(fits[first], crop_w[first], width)
+    box_key, y_key, x_key = jax.random.split(key, 3)
+    crop_h, crop_w, fits = _sample_box(box_key, height, width, scale, ratio, height, width)
+    crop_h = jnp.where(fits, crop_h, height)
+    crop_w = jnp.where(fits, crop_w, width)
     y0 = jnp.floor(jax.random.uniform(y_key) * (height - crop_h + 1))
     x0 = jnp.floor(jax.random.uniform(x_key) * (width - crop_w + 1))
     scale_yx = jnp.stack([size / crop_h, size / crop_w])
@@ -141,21 +151,13 @@ def random_erasing(
 ):
     """With a probability, fills a random rectangle with uniform noise (Zhong et al. 2020)."""
     height, width, channels = image.shape
-    apply_key, area_key, ratio_key, y_key, x_key, noise_key = jax.random.split(key, 6)
-    area = jax.random.uniform(area_key, (10,), minval=scale[0], maxval=scale[1]) * height * width
-    log_ratio = jax.random.uniform(
-        ratio_key, (10,), minval=jnp.log(ratio[0]), maxval=jnp.log(ratio[1])
-    )
-    box_h = jnp.round(jnp.sqrt(area * jnp.exp(log_ratio)))
-    box_w = jnp.round(jnp.sqrt(area / jnp.exp(log_ratio)))
-    fits = (box_h >= 1) & (box_h < height) & (box_w >= 1) & (box_w < width)
-    first = jnp.argmax(fits)
-    box_h, box_w = box_h[first], box_w[first]
+    apply_key, box_key, y_key, x_key, noise_key = jax.random.split(key, 5)
+    box_h, box_w, fits = _sample_box(box_key, height, width, scale, ratio, height - 1, width - 1)
     y0 = jnp.floor(jax.random.uniform(y_key) * (height - box_h + 1))
     x0 = jnp.floor(jax.random.uniform(x_key) * (width - box_w + 1))
     rows, cols = jnp.arange(height)[:, None], jnp.arange(width)[None, :]
     box = (rows >= y0) & (rows < y0 + box_h) & (cols >= x0) & (cols < x0 + box_w)
-    erase = box[..., None] & fits[first] & jax.random.bernoulli(apply_key, probability)
+    erase = box[..., None] & fits & jax.random.bernoulli(apply_key, probability)
     noise = jax.random.uniform(noise_key, (height, width, channels), maxval=255.0)
     return jnp.where(erase, noise, image)
 
@@ -293,7 +295,7 @@ def mix_batch(
     apply_key, switch_key, mixup_key, cutmix_key, box_key = jax.random.split(key, 5)
     targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == 1 else labels
     partner_images, partner_targets = images[::-1], targets[::-1]
-    batch, height, width, _ = images.shape
+    _, height, width, _ = images.shape
     apply = jax.random.bernoulli(apply_key, prob)
     use_cutmix = jnp.asarray(cutmix_alpha > 0)
     if mixup_alpha > 0 and cutmix_alpha > 0:
@@ -318,7 +320,6 @@ def mix_batch(
     cutmixed = jnp.where(box, partner_images, images)
     mixed = lam * images + (1.0 - lam) * partner_images
     out = jnp.where(apply & use_cutmix, cutmixed, jnp.where(apply, mixed, images))
-    del batch
     return out, lam * targets + (1.0 - lam) * partner_targets
 
 
