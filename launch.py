@@ -48,10 +48,8 @@ def main(argv):
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
         )
-    from imgcls_jax import config as config_lib
     from imgcls_jax.train import train_and_evaluate
 
-    config_lib.validate(FLAGS.config)
     logging.info("Config:\n%s", FLAGS.config)
     results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     logging.info("Results: %s", results)

@@ -198,28 +198,30 @@ def _train(
         trainer.dataset.train, trainer.order, start_step, trainer.mesh
     )
     pending: list = []
-    for step in range(start_step + 1, trainer.total_steps + 1):
-        state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
-        pending.append(step_metrics)
-        report_progress(step)
-        is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
-        is_save = bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
-        if step % cfg.log_every_steps == 0 or is_eval or is_save:
-            # Also before every save, so that a non-finite loss never reaches a checkpoint.
-            summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
-            pending = []
-            _check_finite(summary, step)
-            writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-        if is_eval:
-            val = trainer.evaluate(state, trainer.dataset.validation, "val")
-            writer.write_scalars(step, val)
-            is_best = _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
-            checkpointer.save(step, state, progress, is_best=is_best)
-            if progress["stopped_early"]:
-                break
-        elif is_save:
-            checkpointer.save(step, state, progress)
-    batches.close()
+    try:
+        for step in range(start_step + 1, trainer.total_steps + 1):
+            state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
+            pending.append(step_metrics)
+            report_progress(step)
+            is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
+            is_save = bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
+            if step % cfg.log_every_steps == 0 or is_eval or is_save:
+                # Also before every save, so that a non-finite loss never reaches a checkpoint.
+                summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
+                pending = []
+                _check_finite(summary, step)
+                writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
+            if is_eval:
+                val = trainer.evaluate(state, trainer.dataset.validation, "val")
+                writer.write_scalars(step, val)
+                is_best = _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
+                checkpointer.save(step, state, progress, is_best=is_best)
+                if progress["stopped_early"]:
+                    break
+            elif is_save:
+                checkpointer.save(step, state, progress)
+    finally:
+        batches.close()  # Stops the prefetch thread, also when a step raises.
     return state
 
 
