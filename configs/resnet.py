@@ -19,7 +19,7 @@ def fashion_mnist(c):
     c.optimizer.weight_decay = 5e-4
     c.schedule.warmup_epochs = 1.0
     c.loss.label_smoothing = 0.1
-    c.training.num_epochs = 12.0
+    c.training.num_epochs = 20.0
 
 
 def cifar10(c):
@@ -40,11 +40,12 @@ def imagenet(c):
     c.dataset.name = "imagenet2012"
     c.dataset.test_split = "validation"  # The official validation set serves as test.
     c.dataset.validation_size = 10000  # Held out from train for model selection.
-    c.dataset.image_size = 224
+    c.dataset.image_size = 256  # Host resize; train crops 224 at random, eval takes the centre.
     c.dataset.mean, c.dataset.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     c.model.name, c.model.width, c.model.stem = "resnet50", 64, "imagenet"
     c.model.dtype = "bfloat16"
     c.augment.train = "random_resized_crop(224)|flip_lr"
+    c.augment.eval = "center_crop(224)"
     c.input.batch_size = 1024
     c.input.eval_batch_size = 1000
     c.optimizer.learning_rate = 0.1

@@ -1,8 +1,10 @@
 """On-device, per-example augmentation ops and the pipeline string that composes them.
 
 A pipeline is a string like ``"random_crop(4)|flip_lr"``: ops separated by ``|``, each with
-optional Python-literal arguments. Every op maps ``(key, image) -> image`` for one float32
-HWC image in [0, 255]; the pipeline is vmapped over the batch with one key per example.
+optional Python-literal arguments. Every training op maps ``(key, image) -> image`` for one
+float32 HWC image in [0, 255]; the pipeline is vmapped over the batch with one key per example.
+Evaluation ops (`EVAL_OPS`, e.g. ``"resize(256)|center_crop(224)"``) are deterministic and map
+``image -> image``.
 """
 
 from __future__ import annotations
@@ -337,14 +339,20 @@ def build_mix_fn(augment_config, num_classes: int):
     return mix
 
 
-def parse_pipeline(spec: str) -> list[tuple[Op, tuple]]:
-    """Parses a pipeline string into (op, args) pairs; raises on unknown ops or bad arguments."""
+def parse_pipeline(spec: str, ops: dict[str, Op] | None = None) -> list[tuple[Op, tuple]]:
+    """Parses a pipeline string into (op, args) pairs; raises on unknown ops or bad arguments.
+
+    `ops` defaults to the training ops `OPS` (called as ``op(key, image, *args)``); pass
+    `EVAL_OPS` for evaluation pipelines (``op(image, *args)``).
+    """
+    ops = OPS if ops is None else ops
+    leading = (None, None) if ops is OPS else (None,)
     pipeline = []
     for part in filter(None, (p.strip() for p in spec.split("|"))):
         name, _, rest = part.partition("(")
         name = name.strip()
-        if name not in OPS:
-            raise ValueError(f"Unknown augmentation op {name!r} in {spec!r}.{closest(name, OPS)}")
+        if name not in ops:
+            raise ValueError(f"Unknown augmentation op {name!r} in {spec!r}.{closest(name, ops)}")
         args: tuple = ()
         if rest:
             if not rest.endswith(")"):
@@ -356,13 +364,13 @@ def parse_pipeline(spec: str) -> list[tuple[Op, tuple]]:
                     f"Augmentation op {part!r}: arguments must be literals ({e})."
                 ) from e
         try:
-            inspect.signature(OPS[name]).bind(None, None, *args)
+            inspect.signature(ops[name]).bind(*leading, *args)
         except TypeError as e:
             raise ValueError(
                 f"Augmentation op {part!r} has bad arguments: {e}. "
-                f"Signature: {name}{inspect.signature(OPS[name])}."
+                f"Signature: {name}{inspect.signature(ops[name])}."
             ) from e
-        pipeline.append((OPS[name], args))
+        pipeline.append((ops[name], args))
     return pipeline
 
 
@@ -383,3 +391,41 @@ def build_augment_fn(spec: str) -> Callable[[jax.Array, jnp.ndarray], jnp.ndarra
         return jax.vmap(augment_one)(jax.random.split(key, images.shape[0]), images)
 
     return augment_batch
+
+
+def resize(image: jnp.ndarray, size: int, method: str = "linear"):
+    """Resizes (antialiased) so that the shorter side is `size`, keeping the aspect ratio."""
+    height, width, channels = image.shape
+    scale = size / min(height, width)
+    shape = (max(size, round(height * scale)), max(size, round(width * scale)), channels)
+    return jax.image.resize(image, shape, method=method, antialias=True)
+
+
+def center_crop(image: jnp.ndarray, size: int):
+    """The central size x size window (the image must be at least that large)."""
+    height, width, _ = image.shape
+    if height < size or width < size:
+        raise ValueError(
+            f"center_crop({size}) needs an image at least that large, got {height}x{width}."
+        )
+    top, left = (height - size) // 2, (width - size) // 2
+    return image[top : top + size, left : left + size]
+
+
+EVAL_OPS: dict[str, Op] = {"resize": resize, "center_crop": center_crop}
+
+
+def build_eval_fn(spec: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """Returns ``fn(images) -> float32 images`` applying a deterministic evaluation pipeline."""
+    pipeline = parse_pipeline(spec, EVAL_OPS)
+
+    def preprocess_one(image: jnp.ndarray) -> jnp.ndarray:
+        for op, args in pipeline:
+            image = op(image, *args)
+        return image
+
+    def preprocess_batch(images: jnp.ndarray) -> jnp.ndarray:
+        images = images.astype(jnp.float32)
+        return jax.vmap(preprocess_one)(images) if pipeline else images
+
+    return preprocess_batch

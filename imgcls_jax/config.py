@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.augment = ml_collections.ConfigDict()
     c.augment.train = ""  # Ops applied per example on device, e.g. "random_crop(4)|flip_lr".
+    c.augment.eval = ""  # Deterministic eval ops on device, e.g. "resize(256)|center_crop(224)".
+    c.augment.eval_flip_tta = False  # Average the logits of each eval image and its mirror.
+    c.augment.grid_images = 64  # Images of the first batch shown in TensorBoard and a PNG.
     c.augment.mixup_alpha = 0.0  # > 0 enables mixup with Beta(alpha, alpha).
     c.augment.cutmix_alpha = 0.0  # > 0 enables CutMix with Beta(alpha, alpha).
     c.augment.switch_prob = 0.5  # With both on: probability of CutMix rather than mixup.
@@ -141,6 +144,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
     data.check_dataset_name(config.dataset)
     augment.parse_pipeline(config.augment.train)  # Raises on unknown ops or bad arguments.
+    augment.parse_pipeline(config.augment.eval, augment.EVAL_OPS)
     if len(config.dataset.mean) != len(config.dataset.std):
         raise ValueError("config.dataset.mean and config.dataset.std must have the same length.")
     for key in ("input.batch_size", "input.eval_batch_size"):

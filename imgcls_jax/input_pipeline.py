@@ -40,19 +40,18 @@ class TrainOrder:
         return self._permutation[index * self.batch_size : (index + 1) * self.batch_size]
 
 
+def train_batch(split: Split, order: TrainOrder, step: int, mesh: Mesh) -> dict[str, jax.Array]:
+    """The global batch of train step `step`, assembled from this process's rows."""
+    local = np.sort(order.indices(step)[sharding.process_slice(order.batch_size)])
+    # Sorted: a faster gather of the same set.
+    return sharding.to_global({"image": split.images[local], "label": split.labels[local]}, mesh)
+
+
 def train_batches(
     split: Split, order: TrainOrder, start_step: int, mesh: Mesh, prefetch: int = 2
 ) -> Iterator[dict[str, jax.Array]]:
     """Global train batches from `start_step` on, gathered and put on device in a thread."""
-    rows = sharding.process_slice(order.batch_size)
-
-    def make(step: int) -> dict[str, jax.Array]:
-        local = np.sort(order.indices(step)[rows])  # Sorted: faster gather, same set.
-        return sharding.to_global(
-            {"image": split.images[local], "label": split.labels[local]}, mesh
-        )
-
-    return _prefetch(make, start_step, prefetch)
+    return _prefetch(lambda step: train_batch(split, order, step, mesh), start_step, prefetch)
 
 
 def eval_batches(split: Split, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:

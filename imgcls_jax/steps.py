@@ -75,6 +75,22 @@ def init_state(
     )
 
 
+def augment_batch(
+    key: jax.Array,
+    step: jax.Array,
+    batch: dict[str, jnp.ndarray],
+    augment_fn: Callable[[jax.Array, jnp.ndarray], jnp.ndarray],
+    mix_fn: Callable | None,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The images (float32, [0, 255]) and labels that training step `step` sees."""
+    augment_key, mix_key = jax.random.split(jax.random.fold_in(key, step))
+    images = augment_fn(augment_key, batch["image"])
+    labels = batch["label"]
+    if mix_fn is not None:
+        images, labels = mix_fn(mix_key, images, labels)
+    return images, labels
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jnp.ndarray],
@@ -91,11 +107,7 @@ def train_step(
     metrics_cls: type[metrics.Collection],
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number."""
-    augment_key, mix_key = jax.random.split(jax.random.fold_in(key, state.step))
-    images = augment_fn(augment_key, batch["image"])
-    labels = batch["label"]
-    if mix_fn is not None:
-        images, labels = mix_fn(mix_key, images, labels)
+    images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
 
     def loss_fn(params):
@@ -125,16 +137,22 @@ def eval_step(
     batch: dict[str, jnp.ndarray],
     *,
     model: nn.Module,
+    preprocess_fn: Callable[[jnp.ndarray], jnp.ndarray],
+    flip_tta: bool,
     mean: tuple,
     std: tuple,
     metrics_cls: type[metrics.Collection],
 ) -> metrics.Collection:
-    """Metrics of one (possibly padded) batch; `batch["mask"]` marks the real examples."""
-    logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        normalize(batch["image"], mean, std),
-        train=False,
-    )
+    """Metrics of one (possibly padded) batch; `batch["mask"]` marks the real examples.
+
+    `preprocess_fn` resizes/crops on device; with `flip_tta` the logits are the mean of the
+    image's and its mirror image's.
+    """
+    images = normalize(preprocess_fn(batch["image"]), mean, std)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = model.apply(variables, images, train=False)
+    if flip_tta:
+        logits = (logits + model.apply(variables, images[:, :, ::-1], train=False)) / 2
     loss = cross_entropy(logits, batch["label"], 0.0)
     return metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]

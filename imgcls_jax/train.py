@@ -14,10 +14,12 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from imgcls_jax import augment, data, input_pipeline, optim, reporting, sharding, steps
+from imgcls_jax import augment, data, input_pipeline, optim, reporting, sharding, steps, visualize
 from imgcls_jax import config as config_lib
 from imgcls_jax.checkpoint import Checkpointer
 from imgcls_jax.models import build_model
+
+AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 
 
 class Trainer:
@@ -71,6 +73,8 @@ class Trainer:
         batch = sharding.batch_sharding(self.mesh)
         norm = dict(mean=tuple(self.config.dataset.mean), std=tuple(self.config.dataset.std))
         image_shape = self.dataset.train.images.shape[1:]
+        augment_fn = augment.build_augment_fn(self.config.augment.train)
+        mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
         self.init_state = jax.jit(
             functools.partial(
                 steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape
@@ -83,8 +87,8 @@ class Trainer:
                 model=self.model,
                 tx=self.tx,
                 learning_rate_fn=self.learning_rate_fn,
-                augment_fn=augment.build_augment_fn(self.config.augment.train),
-                mix_fn=augment.build_mix_fn(self.config.augment, self.dataset.num_classes),
+                augment_fn=augment_fn,
+                mix_fn=mix_fn,
                 label_smoothing=self.config.loss.label_smoothing,
                 metrics_cls=self.train_metrics_cls,
                 **norm,
@@ -95,11 +99,29 @@ class Trainer:
         )
         self.eval_step = jax.jit(
             functools.partial(
-                steps.eval_step, model=self.model, metrics_cls=self.eval_metrics_cls, **norm
+                steps.eval_step,
+                model=self.model,
+                preprocess_fn=augment.build_eval_fn(self.config.augment.eval),
+                flip_tta=self.config.augment.eval_flip_tta,
+                metrics_cls=self.eval_metrics_cls,
+                **norm,
             ),
             in_shardings=(replicated, batch),
             out_shardings=replicated,
         )
+
+        self.augment_batch = jax.jit(
+            functools.partial(steps.augment_batch, augment_fn=augment_fn, mix_fn=mix_fn),
+            in_shardings=(replicated, replicated, batch),
+            out_shardings=replicated,
+        )
+
+    def augmented_images(self, step: int, count: int) -> np.ndarray:
+        """The first `count` images of train step `step` exactly as the model sees them
+        (augmented and mixed, before normalisation), as float32 NHWC in [0, 255]."""
+        batch = input_pipeline.train_batch(self.dataset.train, self.order, step, self.mesh)
+        images, _ = self.augment_batch(self.train_key, np.int32(step), batch)
+        return np.asarray(images[:count])
 
     def create_state(self) -> steps.TrainState:
         return self.init_state(self.init_key)
@@ -160,6 +182,7 @@ def train_and_evaluate(
         if int(state.step) == 0:
             writer.write_hparams(_flatten(config.to_dict()))
             parameter_overview.log_parameter_overview(state.params)
+            _write_augmentation_grid(trainer, writer, workdir)
         logging.info(
             "Model %s: %s parameters. %d steps (%d per epoch), batch %d on %d devices.",
             config.model.name, f"{parameter_overview.count_parameters(state.params):,}",
@@ -179,6 +202,21 @@ def train_and_evaluate(
     finally:
         checkpointer.close()
         writer.close()
+
+
+def _write_augmentation_grid(
+    trainer: Trainer, writer: metric_writers.MetricWriter, workdir: str
+) -> None:
+    """Shows the first train batch as the model sees it: TensorBoard and a PNG in `workdir`."""
+    count = trainer.config.augment.grid_images
+    if count <= 0:
+        return
+    grid = visualize.image_grid(trainer.augmented_images(0, count))
+    writer.write_images(0, {"augmented_train_images": grid[None]})
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, AUGMENTATION_GRID_FILE)
+        visualize.save_png(path, grid)
+        logging.info("Wrote the augmented first train batch to %s.", path)
 
 
 def _train(

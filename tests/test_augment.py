@@ -200,3 +200,35 @@ def test_randaugment_magnitude_zero_leaves_images_nearly_unchanged():
     strong = jax.jit(jax.vmap(lambda k, x: augment.randaugment(k, x, 2, 9.0)))
     moved = strong(jax.random.split(jax.random.key(0), 8), images)
     assert float(jnp.mean(jnp.abs(moved - images))) > float(jnp.mean(jnp.abs(out - images)))
+
+
+def test_center_crop_takes_the_middle_and_full_size_is_identity():
+    image = jnp.arange(6 * 8 * 1, dtype=jnp.float32).reshape(6, 8, 1)
+    np.testing.assert_array_equal(augment.center_crop(image, 6)[:, :, 0], image[:, 1:7, 0])
+    np.testing.assert_array_equal(augment.center_crop(IMAGES[0], 8), IMAGES[0])
+    with pytest.raises(ValueError, match="at least"):
+        augment.center_crop(IMAGES[0], 9)
+
+
+def test_resize_matches_tensorflow_and_keeps_the_aspect_ratio():
+    import tensorflow as tf
+
+    image = np.asarray(jax.random.uniform(jax.random.key(2), (20, 30, 3), maxval=255.0))
+    out = augment.resize(jnp.asarray(image), 10)
+    assert out.shape == (10, 15, 3)  # Shorter side 20 -> 10, the other scaled alike.
+    reference = tf.image.resize(image, (10, 15), method="bilinear", antialias=True).numpy()
+    np.testing.assert_allclose(out, reference, atol=1e-2)
+    np.testing.assert_allclose(augment.resize(IMAGES[0], 8), IMAGES[0], atol=1e-3)
+
+
+def test_eval_pipeline_resizes_then_crops_per_batch_and_rejects_train_ops():
+    fn = jax.jit(augment.build_eval_fn("resize(12)|center_crop(10)"))
+    out = fn(IMAGES.astype(jnp.uint8))
+    assert out.shape == (6, 10, 10, 3) and out.dtype == jnp.float32
+    expected = augment.center_crop(augment.resize(IMAGES[3].astype(jnp.uint8) * 1.0, 12), 10)
+    np.testing.assert_allclose(out[3], expected, atol=1e-4)
+    np.testing.assert_array_equal(augment.build_eval_fn("")(IMAGES), IMAGES)
+    with pytest.raises(ValueError, match="Did you mean 'center_crop'"):
+        augment.parse_pipeline("random_crop(4)", augment.EVAL_OPS)
+    with pytest.raises(ValueError, match="bad arguments"):
+        augment.parse_pipeline("resize", augment.EVAL_OPS)

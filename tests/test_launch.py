@@ -51,3 +51,19 @@ def test_launch_rejects_misspelled_override(tmp_path):
     assert run.returncode != 0
     assert 'Did you mean "learning_rate"' in run.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_render_augmentations_script_writes_the_grid(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    run = subprocess.run(
+        [sys.executable, "experiments/render_augmentations.py", "--config=configs/resnet.py:tiny",
+         "--config.augment.train=randaugment(2,9)", f"--out={out}", "--count=9"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (3 * 29 + 1, 3 * 29 + 1)  # 9 Fashion-MNIST images, 28 px + borders.
+    assert grid[1:29, 1:29].std() > 0  # A real image, not blank.

@@ -1,5 +1,6 @@
 """The training loop: 1 vs 8 devices, exact resume, overfitting, compile-once, evaluation."""
 
+import io
 import os
 import shutil
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset, tiny_config
 
-from imgcls_jax import reporting
+from imgcls_jax import data, reporting
 from imgcls_jax.train import Trainer, train_and_evaluate
 
 
@@ -167,3 +168,69 @@ def test_mixup_cutmix_train_and_compose_with_label_smoothing(dataset):
         state, metrics = trainer.train_step(state, batch, trainer.train_key)
     assert np.isfinite(float(metrics.compute()["loss"]))
     assert trainer.train_step._cache_size() == 1
+
+
+def test_flip_tta_makes_evaluation_mirror_invariant(dataset):
+    mirrored = data.Split(dataset.test.images[:, :, ::-1].copy(), dataset.test.labels)
+    for tta in (False, True):
+        trainer = Trainer(tiny_config(**{"augment.eval_flip_tta": tta}), dataset)
+        state = trainer.create_state()
+        plain = trainer.evaluate(state, dataset.test, "test")
+        flipped = trainer.evaluate(state, mirrored, "test")
+        if tta:  # The mean of f(x) and f(mirror x) is the same for x and its mirror.
+            assert flipped["test/loss"] == pytest.approx(plain["test/loss"], rel=1e-6)
+            assert flipped["test/accuracy"] == plain["test/accuracy"]
+        else:  # A random-init network is not mirror invariant, so the check above can fail.
+            assert flipped["test/loss"] != pytest.approx(plain["test/loss"], rel=1e-6)
+
+
+def test_eval_preprocessing_runs_on_device_and_validates(dataset):
+    from imgcls_jax import config as config_lib
+
+    resized = tiny_config(**{"augment.eval": "resize(16)|center_crop(12)"})
+    trainer = Trainer(resized, dataset)
+    batch = {"image": jnp.asarray(dataset.test.images[:8])}
+    assert trainer.eval_step.lower(
+        trainer.create_state(), {**batch, "label": jnp.zeros(8, jnp.int32),
+                                 "mask": jnp.ones(8, bool)}
+    ).compile() is not None  # fmt: skip
+    assert trainer.evaluate(trainer.create_state(), dataset.test, "test")["test/num_examples"] == 70
+    with pytest.raises(ValueError, match="Did you mean 'center_crop'"):
+        config_lib.validate(tiny_config(**{"augment.eval": "centre_crop(8)"}))
+
+
+def test_augmentation_grid_shows_what_the_first_step_sees(tmp_path, dataset):
+    from PIL import Image
+    from tensorboard.backend.event_processing import event_accumulator
+
+    from imgcls_jax import train, visualize
+
+    config = tiny_config(**{"training.num_train_steps": 1, "input.batch_size": 32,
+                            "augment.train": "flip_lr", "augment.grid_images": 12})  # fmt: skip
+    train_and_evaluate(config, str(tmp_path), dataset)
+    trainer = Trainer(config, dataset)
+    shown = trainer.augmented_images(0, 12)
+    # Each shown image is the step-0 batch's image or its mirror (flip_lr), in batch order.
+    raw = dataset.train.images[np.sort(trainer.order.indices(0))][:12].astype(np.float32)
+    assert all(np.array_equal(s, r) or np.array_equal(s, r[:, ::-1]) for s, r in zip(shown, raw))
+    assert any(not np.array_equal(s, r) for s, r in zip(shown, raw))
+    png = np.asarray(Image.open(tmp_path / train.AUGMENTATION_GRID_FILE))
+    np.testing.assert_array_equal(png, visualize.image_grid(shown)[..., 0])
+    assert png.shape == (3 * 9 + 1, 4 * 9 + 1)  # 12 images of 8x8: 4 columns, 1 px borders.
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), {"tensors": 0})
+    events.Reload()
+    (event,) = events.Tensors("augmented_train_images")
+    width, height, encoded = event.tensor_proto.string_val  # TensorBoard's image summary.
+    assert (int(height), int(width)) == png.shape
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))), png)
+
+
+def test_image_grid_places_images_row_by_row():
+    from imgcls_jax import visualize
+
+    images = np.stack([np.full((2, 3, 1), i * 10, np.uint8) for i in range(5)])
+    grid = visualize.image_grid(images, columns=2)
+    assert grid.shape == (3 * 3 + 1, 2 * 4 + 1, 1)
+    assert grid[1, 1, 0] == 0 and grid[1, 5, 0] == 10 and grid[4, 1, 0] == 20
+    assert grid[7, 5, 0] == 255  # The empty sixth cell stays white, like the borders.
+    assert grid[0].min() == 255 and grid[:, 0].min() == 255
