@@ -31,20 +31,6 @@ flags.DEFINE_integer("steps", 100, "Timed steps (after warm-up).")
 flags.DEFINE_string("out", "experiments/results/bench_step.json", "Where to write the JSON.")
 
 
-def synthetic_dataset(num_train: int, size: int, channels: int, classes: int):
-    import numpy as np
-
-    from imgcls_jax import data
-
-    rng = np.random.default_rng(0)
-
-    def split(n):
-        images = rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8)
-        return data.Split(images, rng.integers(0, classes, n).astype(np.int32))
-
-    return data.Dataset(split(num_train), split(256), None, tuple(map(str, range(classes))))
-
-
 def bare_step_images_per_sec(trainer, steps: int) -> float:
     """The jitted train_step alone, on one device-resident batch."""
     import jax
@@ -97,10 +83,12 @@ def main(argv):
     del argv
     import jax
 
+    from imgcls_jax import markdown
+    from imgcls_jax.data.synthetic import random_dataset
     from imgcls_jax.train import Trainer
 
     config = FLAGS.config
-    dataset = synthetic_dataset(
+    dataset = random_dataset(
         max(4 * config.input.batch_size * (FLAGS.steps + 10) // 4, 2048),
         FLAGS.image_size, FLAGS.channels, FLAGS.num_classes,
     )  # fmt: skip
@@ -115,11 +103,12 @@ def main(argv):
         "bare_step_img_per_s": round(bare, 1), "full_loop_img_per_s": round(loop, 1),
         "loop_over_bare": round(loop / bare, 3),
     }  # fmt: skip
-    print("| model | batch | image | augment | bare step img/s | full loop img/s | loop/bare |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {result['model']} (w{result['width']}, {result['dtype']}) | {result['batch_size']} | "
-          f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels} | {result['augment'] or 'none'} | "
-          f"{bare:.0f} | {loop:.0f} | {loop / bare:.1%} |")  # fmt: skip
+    print(markdown.table(
+        ["model", "batch", "image", "augment", "bare step img/s", "full loop img/s", "loop/bare"],
+        [[f"{config.model.name} (w{config.model.width}, {config.model.dtype})",
+          config.input.batch_size, f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
+          config.augment.train or "none", f"{bare:.0f}", f"{loop:.0f}", f"{loop / bare:.1%}"]],
+    ))  # fmt: skip
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
