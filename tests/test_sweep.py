@@ -1,0 +1,112 @@
+"""The sweep runner: grid expansion, overrides reaching configs, resume, aggregation, outputs."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from imgcls_jax import sweep
+
+
+def test_expand_takes_every_combination_times_every_seed():
+    runs = sweep.expand({"model.width": [4, 8], "optimizer.name": ["sgd", "adamw"]}, [0, 1])
+    assert len(runs) == 8
+    assert [r.variant for r in runs[::2]] == [
+        "model.width=4,optimizer.name=sgd", "model.width=4,optimizer.name=adamw",
+        "model.width=8,optimizer.name=sgd", "model.width=8,optimizer.name=adamw",
+    ]  # fmt: skip
+    assert [r.seed for r in runs[:2]] == [0, 1]
+    listed = sweep.expand([{"augment.train": ""}, {"augment.train": "flip_lr"}], [3])
+    assert [r.variant for r in listed] == ["augment.train=''", "augment.train=flip_lr"]
+    assert listed[0].directory == os.path.join("augment.train=_", "seed_3")
+    assert sweep.expand([{}], [0])[0].variant == "base"
+    with pytest.raises(ValueError, match="same name"):
+        sweep.expand([{"a": 1}, {"a": 1}], [0])
+
+
+def test_overrides_and_seed_reach_each_config_and_bad_keys_fail_first(tmp_path):
+    seen = []
+
+    def fake_train(config, workdir, dataset):
+        seen.append((config.model.width, config.seed, workdir))
+        os.makedirs(workdir)
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"test/accuracy": config.model.width / 100 + config.seed / 1000}, f)
+
+    runs = sweep.expand({"model.width": [4, 8]}, [0, 1])
+    rows = sweep.run_sweep(tiny_config(), runs, str(tmp_path), train_fn=fake_train)
+    assert [(w, s) for w, s, _ in seen] == [(4, 0), (4, 1), (8, 0), (8, 1)]
+    assert seen[3][2] == str(tmp_path / "model.width=8" / "seed_1")
+    assert rows[3] == {"variant": "model.width=8", "seed": 1, "model.width": 8,
+                       "test/accuracy": 0.081}  # fmt: skip
+    with pytest.raises(KeyError, match="model.width"):
+        sweep.run_sweep(tiny_config(), sweep.expand({"model.widht": [4]}, [0]), str(tmp_path),
+                        train_fn=fake_train)  # fmt: skip
+    assert len(seen) == 4  # Nothing trained for the misspelled sweep.
+
+
+def record_process(config, workdir, dataset):
+    """A stand-in for training, importable by the sweep's worker processes."""
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump({"pid": os.getpid(), "width": config.model.width}, f)
+
+
+def test_parallel_runs_train_in_worker_processes(tmp_path):
+    runs = sweep.expand({"model.width": [4, 8, 16]}, [0])
+    rows = sweep.run_sweep(tiny_config(), runs, str(tmp_path), parallel=2,
+                           train_fn=record_process)  # fmt: skip
+    assert [r["width"] for r in rows] == [4, 8, 16]
+    assert all(r["pid"] != os.getpid() for r in rows)
+
+
+def test_aggregate_gives_mean_and_sample_std():
+    rows = [{"variant": "a", "accuracy": 0.5}, {"variant": "b", "accuracy": 0.9},
+            {"variant": "a", "accuracy": 0.7}, {"variant": "a", "accuracy": 0.9}]  # fmt: skip
+    a, b = sweep.aggregate(rows, ["accuracy"])
+    assert (a["variant"], a["n"], b["n"]) == ("a", 3, 1)
+    assert a["accuracy/mean"] == pytest.approx(0.7)
+    assert a["accuracy/std"] == pytest.approx(0.2)  # Sample std (ddof 1) of 0.5, 0.7, 0.9.
+    assert b["accuracy/mean"] == 0.9 and math.isnan(b["accuracy/std"])
+    table = sweep.summary_table([a, b], ["accuracy"])  # Accuracies in percent.
+    assert "| a | 3 | 70.00 ± 20.00 |" in table and "| b | 1 | 90.00 |" in table
+    assert "| a | 3 | 0.7000 ± 0.2000 |" in sweep.summary_table(
+        sweep.aggregate([{**r, "loss": r["accuracy"]} for r in rows], ["loss"]), ["loss"]
+    )
+
+
+def test_parse_assignments_reads_literals_and_strings():
+    parsed = sweep.parse_assignments(["a.b=3", "c=0.5", "d=random_crop(2)|flip_lr", "e=(1, 2)"])
+    assert parsed == {"a.b": 3, "c": 0.5, "d": "random_crop(2)|flip_lr", "e": (1, 2)}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        sweep.parse_assignments(["novalue"])
+
+
+def test_real_sweep_resumes_without_rerunning_finished_runs(tmp_path, dataset):
+    from imgcls_jax.train import train_and_evaluate
+
+    calls = []
+
+    def counting_train(config, workdir, dataset):
+        calls.append(workdir)
+        return train_and_evaluate(config, workdir, dataset)
+
+    base = tiny_config(**{"training.num_train_steps": 2, "input.batch_size": 32})
+    runs = sweep.expand({"optimizer.learning_rate": [0.0, 0.05]}, [0, 1])
+    # A sweep interrupted after its first run: only that run is finished.
+    sweep.run_sweep(base, runs[:1], str(tmp_path), dataset, train_fn=counting_train)
+    rows = sweep.run_sweep(base, runs, str(tmp_path), dataset, train_fn=counting_train)
+    assert len(calls) == 4 and calls.count(calls[0]) == 1
+    again = sweep.run_sweep(base, runs, str(tmp_path), dataset, train_fn=counting_train)
+    assert len(calls) == 4 and again == rows
+    summary = sweep.write_outputs(str(tmp_path), rows, runs, ["test/accuracy"])
+    accuracies = [r["test/accuracy"] for r in rows[:2]]
+    assert summary[0]["test/accuracy/mean"] == pytest.approx(np.mean(accuracies))
+    for name in ("runs.csv", "summary.json", "summary.md", "learning_curves.png",
+                 "final_metrics.png"):  # fmt: skip
+        assert os.path.getsize(tmp_path / name) > 0
+    with open(tmp_path / "runs.csv") as f:
+        assert len(f.read().splitlines()) == 1 + 4
