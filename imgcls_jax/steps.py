@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
+from imgcls_jax.confusion import ConfusionMatrix
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -24,7 +26,8 @@ class TrainState:
 
 
 def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection]:
-    """CLU metrics: loss, top-1, top-5 when there are more than 5 classes, lr when training."""
+    """CLU metrics: loss, top-1, top-5 when there are more than 5 classes; the learning rate
+    when training, the confusion matrix when evaluating."""
     fields: dict[str, Any] = {
         "loss": metrics.Average.from_output("loss"),
         "accuracy": metrics.Average.from_fun(_top_k_correct(1)),
@@ -33,6 +36,8 @@ def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection
         fields["top5_accuracy"] = metrics.Average.from_fun(_top_k_correct(5))
     if train:
         fields["learning_rate"] = metrics.LastValue.from_output("learning_rate")
+    else:
+        fields["confusion_matrix"] = ConfusionMatrix
     return metrics.Collection.create(**fields)
 
 

@@ -14,7 +14,18 @@ import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from imgcls_jax import augment, data, input_pipeline, optim, reporting, sharding, steps, visualize
+from imgcls_jax import (
+    augment,
+    confusion,
+    data,
+    input_pipeline,
+    optim,
+    reporting,
+    run_report,
+    sharding,
+    steps,
+    visualize,
+)
 from imgcls_jax import config as config_lib
 from imgcls_jax.checkpoint import Checkpointer
 from imgcls_jax.models import build_model
@@ -131,15 +142,24 @@ class Trainer:
 
     def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
         """Metrics over every example of `split` exactly once, keyed `prefix/name`."""
+        return self.evaluate_with_confusion(state, split, prefix)[0]
+
+    def evaluate_with_confusion(
+        self, state: steps.TrainState, split: data.Split, prefix: str
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """`evaluate`'s metrics (plus balanced accuracy) and the [true, predicted] counts."""
         total = None
         for batch in input_pipeline.eval_batches(
             split, self.config.input.eval_batch_size, self.mesh
         ):
             batch_metrics = self.eval_step(state, batch)
             total = batch_metrics if total is None else total.merge(batch_metrics)
-        results = {f"{prefix}/{k}": float(v) for k, v in total.compute().items()}
+        computed = total.compute()
+        matrix = np.asarray(computed.pop("confusion_matrix"))
+        results = {f"{prefix}/{k}": float(v) for k, v in computed.items()}
+        results[f"{prefix}/balanced_accuracy"] = confusion.balanced_accuracy(matrix)
         results[f"{prefix}/num_examples"] = int(total.loss.count)
-        return results
+        return results, matrix
 
 
 def _restore_or_init(
@@ -193,9 +213,14 @@ def train_and_evaluate(
             state = _train(trainer, state, progress, writer, checkpointer)
         checkpointer.save(int(state.step), state, progress)
         checkpointer.wait()
-        results = _final_results(trainer, state, checkpointer, progress)
+        results, matrix, split = _final_results(trainer, state, checkpointer, progress)
         writer.write_scalars(int(state.step), {k: v for k, v in results.items() if "/" in k})
+        writer.flush()
         if jax.process_index() == 0:
+            run_report.write_run_report(
+                workdir, results, matrix, trainer.dataset.class_names, split
+            )
+            # Last: its presence marks a finished run (sweeps skip those).
             with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
                 json.dump(results, f, indent=2)
         return results
@@ -278,17 +303,24 @@ def _update_progress(progress: dict, value: float, step: int, cfg) -> bool:
     return is_best
 
 
-def _final_results(trainer: Trainer, state, checkpointer: Checkpointer, progress: dict) -> dict:
-    """Validation and test metrics of the final state and of the best checkpoint."""
+def _final_results(
+    trainer: Trainer, state, checkpointer: Checkpointer, progress: dict
+) -> tuple[dict, np.ndarray, str]:
+    """Validation and test metrics of the final state and of the best checkpoint, and the
+    final state's confusion matrix on test (validation when there is no test split)."""
     results: dict[str, Any] = {"step": int(state.step), **progress}
-    results.update(trainer.evaluate(state, trainer.dataset.validation, "val"))
+    val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation, "val")
+    results.update(val)
+    split = "val"
     if trainer.dataset.test is not None:
-        results.update(trainer.evaluate(state, trainer.dataset.test, "test"))
+        test, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.test, "test")
+        results.update(test)
+        split = "test"
     best = checkpointer.restore(trainer.abstract_state(), best=True)
     if best is not None and trainer.dataset.test is not None:
         best_state, _ = best
         results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))
-    return results
+    return results, matrix, split
 
 
 def _check_finite(summary: dict[str, Any], step: int) -> None:

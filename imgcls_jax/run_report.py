@@ -1,0 +1,118 @@
+"""The report every training run leaves in its workdir: curves, confusion matrix, per-class scores.
+
+Files: ``learning_curves.png`` (train vs validation loss and accuracy), ``confusion_matrix.png``,
+``report.json`` (final metrics, confusion matrix, per-class accuracy) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from imgcls_jax import confusion, markdown, reporting
+
+REPORT_FILES = ("learning_curves.png", "confusion_matrix.png", "report.json", "report.md")
+
+
+def write_run_report(
+    workdir: str,
+    results: Mapping[str, Any],
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    split: str,
+) -> None:
+    """Writes the report files; `matrix` holds [true, predicted] counts on `split`."""
+    per_class = confusion.per_class_accuracy(matrix)
+    report = {
+        "results": dict(results),
+        "split": split,
+        "class_names": list(class_names),
+        "confusion_matrix": np.asarray(matrix).tolist(),
+        "per_class_accuracy": {n: _finite(a) for n, a in zip(class_names, per_class)},
+        "balanced_accuracy": confusion.balanced_accuracy(matrix),
+    }
+    with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(_markdown(report, matrix))
+    records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"))
+    plot_confusion_matrix(matrix, class_names, split, os.path.join(workdir, "confusion_matrix.png"))
+
+
+def _finite(value: float) -> float | None:
+    return None if np.isnan(value) else float(value)
+
+
+def _markdown(report: Mapping[str, Any], matrix: np.ndarray) -> str:
+    scalars = {k: v for k, v in report["results"].items() if "/" in k}
+    support = np.asarray(matrix).sum(axis=1)
+    per_class = [
+        [name, int(n), "n/a" if acc is None else f"{100 * acc:.2f}"]
+        for (name, acc), n in zip(report["per_class_accuracy"].items(), support)
+    ]
+    return "\n\n".join([
+        "# Run report",
+        "## Final metrics\n\n" + markdown.table(
+            ["metric", "value"], [[k, f"{v:.6g}"] for k, v in scalars.items()]
+        ),
+        f"## Per-class accuracy ({report['split']}; balanced accuracy "
+        f"{100 * report['balanced_accuracy']:.2f}%)\n\n"
+        + markdown.table(["class", "examples", "accuracy %"], per_class),
+    ]) + "\n"  # fmt: skip
+
+
+def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Loss and accuracy against step, train and validation on the same axes."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-"), ("val", "o-")):
+            key = f"{split}/{metric}"
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points), style, markersize=3, label=split)
+        ax.set(xlabel="step", ylabel=metric, title=f"{metric}: train vs validation")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion_matrix(
+    matrix: np.ndarray, class_names: Sequence[str], split: str, path: str
+) -> None:
+    """Row-normalised colours (recall), counts written in the cells for up to 30 classes."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix)
+    num = len(class_names)
+    rows = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, rows, out=np.zeros(matrix.shape), where=rows > 0)
+    size = min(4 + 0.45 * num, 30)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the true class")
+    if num <= 30:
+        ax.set_xticks(range(num), class_names, rotation=45, ha="right", fontsize="small")
+        ax.set_yticks(range(num), class_names, fontsize="small")
+        for (i, j), count in np.ndenumerate(matrix):
+            color = "white" if normalised[i, j] > 0.5 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({split})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
