@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.validation_size = 5000  # Held out from train; an int count or a fraction < 1.
     c.dataset.split_seed = 0  # Fixes which train examples are held out.
     c.dataset.train_size = 0  # Train on a random subset of this many examples; 0 uses all.
+    c.dataset.class_fractions = ()  # Per class: keep this fraction of its train examples.
     c.dataset.image_size = 0  # Resize to this square size on the host; 0 keeps the stored size.
     c.dataset.strict = False  # image_folder: raise on unreadable files instead of skipping them.
     c.dataset.mean = (0.5,)  # Per-channel normalisation, applied on device, in [0, 1] units.
@@ -49,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input = ml_collections.ConfigDict()
     c.input.batch_size = 128  # Global, across all devices and hosts.
     c.input.eval_batch_size = 500  # Global.
+    c.input.sampling = "uniform"  # uniform (shuffled epochs) | class_balanced (with replacement)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adamw
@@ -71,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.loss = ml_collections.ConfigDict()
     c.loss.label_smoothing = 0.0
+    c.loss.class_weighting = "none"  # none | balanced (n / (K * n_c) per class)
 
     c.training = ml_collections.ConfigDict()
     c.training.num_epochs = 10.0
@@ -142,6 +145,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("dataset.source", config.dataset.source, data.SOURCES)
     check_choice("optimizer.name", config.optimizer.name, ("sgd", "adamw"))
     check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
+    check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
+    check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))
     data.check_dataset_name(config.dataset)
     augment.parse_pipeline(config.augment.train)  # Raises on unknown ops or bad arguments.
     augment.parse_pipeline(config.augment.eval, augment.EVAL_OPS)

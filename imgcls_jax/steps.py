@@ -66,6 +66,12 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: flo
     return optax.softmax_cross_entropy(logits, targets)
 
 
+def example_weights(labels: jnp.ndarray, class_weights: jnp.ndarray) -> jnp.ndarray:
+    """Each example's loss weight: its class's weight (soft labels: the label-weighted mean)."""
+    class_weights = jnp.asarray(class_weights, jnp.float32)
+    return class_weights[labels] if labels.ndim == 1 else labels @ class_weights
+
+
 def init_state(
     key: jax.Array, model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple
 ) -> TrainState:
@@ -109,11 +115,17 @@ def train_step(
     mean: tuple,
     std: tuple,
     label_smoothing: float,
+    class_weights: jnp.ndarray | None,
     metrics_cls: type[metrics.Collection],
 ) -> tuple[TrainState, metrics.Collection]:
-    """One optimisation step; the step's randomness is `key` folded with the step number."""
+    """One optimisation step; the step's randomness is `key` folded with the step number.
+
+    With `class_weights` the optimised loss is the mean of weight x cross-entropy; the
+    reported loss stays the plain mean cross-entropy.
+    """
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
+    weights = 1.0 if class_weights is None else example_weights(labels, class_weights)
 
     def loss_fn(params):
         logits, updates = model.apply(
@@ -123,7 +135,7 @@ def train_step(
             mutable=["batch_stats"],
         )
         loss = cross_entropy(logits, labels, label_smoothing)
-        return loss.mean(), (logits, loss, updates["batch_stats"])
+        return (weights * loss).mean(), (logits, loss, updates["batch_stats"])
 
     grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -18,6 +18,7 @@ from imgcls_jax import (
     augment,
     confusion,
     data,
+    imbalance,
     input_pipeline,
     optim,
     reporting,
@@ -50,9 +51,19 @@ class Trainer:
         self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
         self._check_channels()
         self.model = build_model(config.model, self.dataset.num_classes)
-        self.order = input_pipeline.TrainOrder(
-            len(self.dataset.train), config.input.batch_size, config.seed
-        )
+        train_labels = self.dataset.train.labels
+        if config.input.sampling == "class_balanced":
+            self.order = imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
+        else:
+            self.order = input_pipeline.TrainOrder(
+                len(train_labels), config.input.batch_size, config.seed
+            )
+        self.class_weights = None
+        if config.loss.class_weighting == "balanced":
+            self.class_weights = imbalance.balanced_class_weights(
+                train_labels, self.dataset.num_classes
+            )
+            logging.info("Class weights: %s", np.round(self.class_weights, 3).tolist())
         self.steps_per_epoch = self.order.steps_per_epoch
         self.total_steps = config.training.num_train_steps or max(
             1, int(config.training.num_epochs * self.steps_per_epoch)
@@ -101,6 +112,7 @@ class Trainer:
                 augment_fn=augment_fn,
                 mix_fn=mix_fn,
                 label_smoothing=self.config.loss.label_smoothing,
+                class_weights=self.class_weights,
                 metrics_cls=self.train_metrics_cls,
                 **norm,
             ),

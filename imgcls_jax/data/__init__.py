@@ -132,6 +132,10 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
     )
     if dataset_config.train_size:
         train = subset(train, dataset_config.train_size, dataset_config.split_seed)
+    if dataset_config.class_fractions:
+        from imgcls_jax.imbalance import reduce_classes
+
+        train = reduce_classes(train, dataset_config.class_fractions, dataset_config.split_seed)
     logging.info(
         "Dataset %s (%s): %d train, %d validation, %s test, %d classes, images %s.",
         dataset_config.name,
