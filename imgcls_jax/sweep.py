@@ -28,7 +28,7 @@ import numpy as np
 from imgcls_jax import markdown, reporting
 from imgcls_jax.config import apply_overrides
 
-Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any]]
+Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any] | tuple[str, Mapping[str, Any]]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +50,16 @@ def variant_name(overrides: Mapping[str, Any]) -> str:
 
 
 def expand(grid: Grid, seeds: Sequence[int]) -> list[Run]:
-    """Every variant of `grid` (all combinations of a dict of lists, or each dict of a list)
-    with every seed; variants keep the grid's order."""
+    """Every variant of `grid` with every seed, in the grid's order. A grid is a dict of lists
+    (all combinations) or a list of override dicts, each optionally as (name, dict)."""
     if isinstance(grid, Mapping):
         keys = list(grid)
-        variants = [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
+        entries = [dict(zip(keys, values)) for values in itertools.product(*grid.values())]
     else:
-        variants = [dict(v) for v in grid]
-    names = [variant_name(v) for v in variants]
+        entries = list(grid)
+    named = [e if isinstance(e, tuple) else (variant_name(e), e) for e in entries]
+    names = [name for name, _ in named]
+    variants = [dict(overrides) for _, overrides in named]
     if len(set(names)) != len(names):
         raise ValueError(f"Two variants of the grid have the same name: {names}.")
     return [

@@ -23,6 +23,9 @@ def test_expand_takes_every_combination_times_every_seed():
     assert [r.variant for r in listed] == ["augment.train=''", "augment.train=flip_lr"]
     assert listed[0].directory == os.path.join("augment.train=_", "seed_3")
     assert sweep.expand([{}], [0])[0].variant == "base"
+    named = sweep.expand([("SGD cosine", {"optimizer.name": "sgd"})], [0])
+    assert named[0].variant == "SGD cosine" and named[0].overrides == (("optimizer.name", "sgd"),)
+    assert named[0].directory == os.path.join("SGD_cosine", "seed_0")
     with pytest.raises(ValueError, match="same name"):
         sweep.expand([{"a": 1}, {"a": 1}], [0])
 
