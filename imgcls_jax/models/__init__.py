@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -10,12 +11,33 @@ import jax.numpy as jnp
 import ml_collections
 
 from imgcls_jax.config import check_choice
+from imgcls_jax.models import resnet
 from imgcls_jax.models.resnet import RESNET_ARCHS, ResNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     name: functools.partial(ResNet, **arch) for name, arch in RESNET_ARCHS.items()
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchLayout:
+    """How a model's PyTorch state dict is laid out: our variable -> torch key; the classifier
+    weight (dim 0: classes) and the first convolution (dim 1: input channels)."""
+
+    torch_key: Callable[[str, tuple[str, ...]], str]
+    head_weight: str
+    stem_weight: str
+
+
+TORCH_LAYOUTS: dict[str, TorchLayout] = {
+    name: TorchLayout(
+        functools.partial(resnet.torch_key, stage_sizes=arch["stage_sizes"]),
+        head_weight="fc.weight",
+        stem_weight="conv1.weight",
+    )
+    for name, arch in RESNET_ARCHS.items()
 }
 
 

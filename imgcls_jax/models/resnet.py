@@ -8,8 +8,19 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 ModuleDef = Any
+
+
+class Conv(nn.Conv):
+    """A convolution padded by (k - 1) // 2 on every side, as in PyTorch/torchvision (unlike
+    "SAME", which pads strided convolutions asymmetrically), so converted weights agree."""
+
+    def __post_init__(self):
+        if self.padding == "SAME":  # The default: replace with symmetric padding.
+            object.__setattr__(self, "padding", [((k - 1) // 2,) * 2 for k in self.kernel_size])
+        super().__post_init__()
 
 
 class BasicBlock(nn.Module):
@@ -77,7 +88,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, padding="SAME")
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(
             nn.BatchNorm,
             use_running_average=not train,
@@ -87,7 +98,7 @@ class ResNet(nn.Module):
         )
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
-            x = conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="stem_conv")(x)
+            x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
             x = nn.relu(norm(name="stem_norm")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
@@ -117,3 +128,28 @@ RESNET_ARCHS = {
     "resnet152": dict(stage_sizes=[3, 8, 36, 3], block_cls=BottleneckBlock),
     **{f"resnet{d}": _cifar(d) for d in (8, 20, 32, 44, 56, 110)},
 }
+
+
+_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
+               "var": "running_var"}  # fmt: skip
+_TORCH_STEM_AND_HEAD = {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc"}
+
+
+def torch_key(collection: str, names: tuple[str, ...], stage_sizes: Sequence[int]) -> str:
+    """The torchvision/timm state-dict key of one of our variables, e.g. ("BasicBlock_2",
+    "Conv_1", "kernel") -> "layer2.0.conv2.weight" for ResNet-18."""
+    del collection  # Params and batch stats share torch's module names.
+    module, leaf = names[0], _TORCH_LEAF[names[-1]]
+    if module in _TORCH_STEM_AND_HEAD:
+        return f"{_TORCH_STEM_AND_HEAD[module]}.{leaf}"
+    index = int(module.rsplit("_", 1)[1])
+    starts = np.cumsum([0, *stage_sizes])
+    stage = int(np.searchsorted(starts, index, side="right")) - 1
+    layer, number = names[1].rsplit("_", 1) if names[1][-1].isdigit() else (names[1], "")
+    torch_layer = {
+        "Conv": f"conv{int(number or 0) + 1}",
+        "BatchNorm": f"bn{int(number or 0) + 1}",
+        "proj_conv": "downsample.0",
+        "proj_norm": "downsample.1",
+    }[layer]
+    return f"layer{stage + 1}.{index - starts[stage]}.{torch_layer}.{leaf}"

@@ -1,0 +1,93 @@
+"""A PyTorch ResNet in torchvision's module layout (conv1, bn1, layerN.M.convK, downsample, fc):
+the reference our converted Flax model must match."""
+
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = None
+        if stride != 1 or inplanes != planes * 4:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+            )
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.conv1(x)))
+        y = torch.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet(nn.Module):
+    def __init__(self, block, stage_sizes, num_classes, width=64, stem="imagenet", channels=3):
+        super().__init__()
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(channels, width, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(channels, width, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        self.bn1 = nn.BatchNorm2d(width)
+        inplanes = width
+        for i, blocks in enumerate(stage_sizes):
+            layers = []
+            for j in range(blocks):
+                stride = 2 if i > 0 and j == 0 else 1
+                layers.append(block(inplanes, width * 2**i, stride))
+                inplanes = width * 2**i * block.expansion
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layers))
+        self.num_stages = len(stage_sizes)
+        self.fc = nn.Linear(inplanes, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def randomize(model, seed=0):
+    """Random weights and non-trivial BatchNorm statistics, so that every tensor matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                values = torch.randn(tensor.shape, generator=generator)
+                if name.endswith("running_var"):
+                    values = values.abs() + 0.5
+                elif name.endswith(("conv1.weight", "conv2.weight", "conv3.weight", "0.weight")):
+                    values = values * (2.0 / tensor[0].numel()) ** 0.5
+                tensor.copy_(values)
+    return model.eval()
