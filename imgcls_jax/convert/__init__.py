@@ -143,6 +143,14 @@ def load_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return jax.tree.map(np.asarray, variables), metadata
 
 
+def default_preprocessing(arch: str) -> tuple[int, np.ndarray, np.ndarray]:
+    """(input size, mean, std in [0, 1] units) that `arch`'s published weights expect."""
+    from imgcls_jax import models
+
+    layout = models.TORCH_LAYOUTS[arch]
+    return layout.input_size, np.array(layout.mean), np.array(layout.std)
+
+
 def convert_model(
     arch: str, tensors: Mapping[str, np.ndarray], width: int, stem: str, image_size: int
 ) -> tuple[dict[str, Any], int]:

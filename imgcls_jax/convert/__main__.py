@@ -19,9 +19,9 @@ flags.DEFINE_string("source", None, "A .pth/.pt or .safetensors state dict.", re
 flags.DEFINE_string("out", None, "Output directory.", required=True)
 flags.DEFINE_integer("width", 64, "Channels of the first stage (ResNet).")
 flags.DEFINE_enum("stem", "imagenet", ["imagenet", "small"], "ResNet stem.")
-flags.DEFINE_integer("input_size", 224, "Input size the weights were trained at.")
-flags.DEFINE_list("mean", ["0.485", "0.456", "0.406"], "Per-channel mean in [0, 1] units.")
-flags.DEFINE_list("std", ["0.229", "0.224", "0.225"], "Per-channel std in [0, 1] units.")
+flags.DEFINE_integer("input_size", 0, "Input size of the weights; 0: the architecture's own.")
+flags.DEFINE_list("mean", [], "Per-channel mean in [0, 1] units; empty: the architecture's own.")
+flags.DEFINE_list("std", [], "Per-channel std in [0, 1] units; empty: the architecture's own.")
 flags.DEFINE_string(
     "class_names", "", "'imagenet' (the 1,000 ImageNet-1k names), a text file with one name per "
     "line, or empty for numbered classes."
@@ -33,9 +33,13 @@ def main(argv):
     from imgcls_jax import convert
     from imgcls_jax.data import class_names as class_names_lib
 
+    input_size, mean, std = convert.default_preprocessing(FLAGS.arch)
+    input_size = FLAGS.input_size or input_size
+    mean = [float(m) for m in FLAGS.mean] or mean.tolist()
+    std = [float(s) for s in FLAGS.std] or std.tolist()
     tensors = convert.read_tensors(FLAGS.source)
     variables, num_classes = convert.convert_model(
-        FLAGS.arch, tensors, FLAGS.width, FLAGS.stem, FLAGS.input_size
+        FLAGS.arch, tensors, FLAGS.width, FLAGS.stem, input_size
     )
     names = class_names_lib.resolve(FLAGS.class_names, num_classes)
     metadata = {
@@ -43,9 +47,9 @@ def main(argv):
         "width": FLAGS.width,
         "stem": FLAGS.stem,
         "num_classes": num_classes,
-        "input_size": FLAGS.input_size,
-        "mean": [float(m) for m in FLAGS.mean],
-        "std": [float(s) for s in FLAGS.std],
+        "input_size": input_size,
+        "mean": mean,
+        "std": std,
         "class_names": names,
         "source": FLAGS.source,
         "source_sha256": convert.file_sha256(FLAGS.source),

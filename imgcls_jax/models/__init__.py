@@ -11,13 +11,45 @@ import jax.numpy as jnp
 import ml_collections
 
 from imgcls_jax.config import check_choice
-from imgcls_jax.models import resnet
+from imgcls_jax.models import efficientnet_lite, resnet
+from imgcls_jax.models.efficientnet_lite import EfficientNetLite
 from imgcls_jax.models.resnet import RESNET_ARCHS, ResNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
-MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    name: functools.partial(ResNet, **arch) for name, arch in RESNET_ARCHS.items()
+
+def _resnet(arch: dict, num_classes: int, model_config: ml_collections.ConfigDict) -> nn.Module:
+    return ResNet(
+        **arch,
+        num_classes=num_classes,
+        width=model_config.width,
+        stem=model_config.stem,
+        dtype=DTYPES[model_config.dtype],
+        bn_momentum=model_config.bn_momentum,
+    )
+
+
+def _efficientnet_lite(
+    variant: tuple, num_classes: int, model_config: ml_collections.ConfigDict
+) -> nn.Module:
+    width, depth, _, dropout = variant
+    return EfficientNetLite(
+        num_classes=num_classes,
+        width_coefficient=width,
+        depth_coefficient=depth,
+        dropout_rate=dropout,
+        dtype=DTYPES[model_config.dtype],
+        bn_momentum=model_config.bn_momentum,
+    )
+
+
+# name -> constructor(num_classes, model config).
+MODEL_REGISTRY: dict[str, Callable[[int, ml_collections.ConfigDict], nn.Module]] = {
+    **{name: functools.partial(_resnet, arch) for name, arch in RESNET_ARCHS.items()},
+    **{
+        name: functools.partial(_efficientnet_lite, variant)
+        for name, variant in efficientnet_lite.VARIANTS.items()
+    },
 }
 
 
@@ -29,6 +61,9 @@ class TorchLayout:
     torch_key: Callable[[str, tuple[str, ...]], str]
     head_weight: str
     stem_weight: str
+    input_size: int = 224  # The preprocessing the published weights expect.
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
 
 TORCH_LAYOUTS: dict[str, TorchLayout] = {
@@ -38,16 +73,15 @@ TORCH_LAYOUTS: dict[str, TorchLayout] = {
         stem_weight="conv1.weight",
     )
     for name, arch in RESNET_ARCHS.items()
-}
+} | {
+    name: TorchLayout(efficientnet_lite.torch_key, head_weight="_fc.weight",
+                      stem_weight="_conv_stem.weight", input_size=variant[2],
+                      mean=(127 / 255,) * 3, std=(128 / 255,) * 3)  # TF-Lite's (x - 127) / 128.
+    for name, variant in efficientnet_lite.VARIANTS.items()
+}  # fmt: skip
 
 
 def build_model(model_config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     """Builds the registered model named by `model_config.name`."""
     check_choice("model.name", model_config.name, MODEL_REGISTRY)
-    return MODEL_REGISTRY[model_config.name](
-        num_classes=num_classes,
-        width=model_config.width,
-        stem=model_config.stem,
-        dtype=DTYPES[model_config.dtype],
-        bn_momentum=model_config.bn_momentum,
-    )
+    return MODEL_REGISTRY[model_config.name](num_classes, model_config)
