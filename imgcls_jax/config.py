@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -74,6 +75,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.label_smoothing = 0.0
     c.loss.class_weighting = "none"  # none | balanced (n / (K * n_c) per class)
+
+    c.transfer = ml_collections.ConfigDict()
+    c.transfer.checkpoint = (
+        ""  # A converted checkpoint (python -m imgcls_jax.convert) to start from.
+    )
+    c.transfer.pretrained_preprocessing = True  # Normalise with the checkpoint's mean/std.
+    c.transfer.freeze = ""  # Regex over parameter paths (e.g. "^(stem|BasicBlock_[0-3])"): frozen.
+    c.transfer.linear_probe = False  # Freeze everything but the classifier (`head`).
+    c.transfer.layer_decay = 1.0  # Layer-wise lr decay: lr x decay^(layers above); 1 disables.
 
     c.training = ml_collections.ConfigDict()
     c.training.num_epochs = 10.0
@@ -158,5 +168,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{key} must be positive, got {config[section][field]}.")
     if config.training.num_train_steps <= 0 and config.training.num_epochs <= 0:
         raise ValueError("Set config.training.num_epochs or config.training.num_train_steps > 0.")
+    if config.transfer.freeze:
+        try:
+            re.compile(config.transfer.freeze)
+        except re.error as e:
+            raise ValueError(f"config.transfer.freeze is not a valid regex: {e}.") from e
+    if not 0.0 < config.transfer.layer_decay <= 1.0:
+        raise ValueError("config.transfer.layer_decay must lie in (0, 1]; 1 disables it.")
     if not 0.0 <= config.loss.label_smoothing < 1.0:
         raise ValueError("config.loss.label_smoothing must lie in [0, 1).")

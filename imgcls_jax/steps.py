@@ -102,6 +102,16 @@ def augment_batch(
     return images, labels
 
 
+def replace_variables(variables: dict[str, Any], tx: optax.GradientTransformation) -> TrainState:
+    """A step-0 state holding `variables` (e.g. pretrained ones) and a fresh optimizer state."""
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=variables["params"],
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(variables["params"]),
+    )
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jnp.ndarray],
@@ -116,12 +126,14 @@ def train_step(
     std: tuple,
     label_smoothing: float,
     class_weights: jnp.ndarray | None,
+    frozen_stats: Any | None,
     metrics_cls: type[metrics.Collection],
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number.
 
     With `class_weights` the optimised loss is the mean of weight x cross-entropy; the
-    reported loss stays the plain mean cross-entropy.
+    reported loss stays the plain mean cross-entropy. BatchNorm statistics marked True in
+    `frozen_stats` (a pytree of bools) keep their values.
     """
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
@@ -142,6 +154,11 @@ def train_step(
     grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    if frozen_stats is not None:
+        batch_stats = jax.tree.map(
+            lambda frozen, new, old: old if frozen else new,
+            frozen_stats, batch_stats, state.batch_stats,
+        )  # fmt: skip
     step_metrics = metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step)
     )

@@ -17,6 +17,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from imgcls_jax import (
     augment,
     confusion,
+    convert,
     data,
     imbalance,
     input_pipeline,
@@ -25,6 +26,7 @@ from imgcls_jax import (
     run_report,
     sharding,
     steps,
+    transfer,
     visualize,
 )
 from imgcls_jax import config as config_lib
@@ -49,6 +51,11 @@ class Trainer:
         sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size")
         sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
         self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
+        self.channels = self.dataset.train.images.shape[-1]
+        self.mean, self.std = tuple(config.dataset.mean), tuple(config.dataset.std)
+        self.pretrained = None  # (variables, metadata) of config.transfer.checkpoint.
+        if config.transfer.checkpoint:
+            self._load_pretrained(config.transfer)
         self._check_channels()
         self.model = build_model(config.model, self.dataset.num_classes)
         train_labels = self.dataset.train.labels
@@ -75,26 +82,77 @@ class Trainer:
         self.learning_rate_fn = optim.build_schedule(
             config.schedule, peak_lr, self.steps_per_epoch, self.total_steps
         )
-        self.tx = optim.build_optimizer(config.optimizer, self.learning_rate_fn)
-        self.train_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=True)
-        self.eval_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=False)
         init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
         self.init_key = init_key
+        variables_shape = jax.eval_shape(
+            lambda: self.model.init(init_key, np.zeros((1, *self.image_shape)), train=False)
+        )
+        params_shape = variables_shape["params"]
+        self.frozen = transfer.frozen_mask(
+            params_shape, config.transfer.freeze, config.transfer.linear_probe
+        )
+        self.frozen_stats = None  # BatchNorm statistics that stay as loaded.
+        if any(jax.tree.leaves(self.frozen)):
+            self.frozen_stats = transfer.frozen_stats_mask(
+                variables_shape.get("batch_stats", {}), self.frozen
+            )
+        self.tx = transfer.wrap_optimizer(
+            optim.build_optimizer(config.optimizer, self.learning_rate_fn),
+            params_shape, self.frozen, config.transfer.layer_decay,
+        )  # fmt: skip
+        self._log_frozen()
+        self.train_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=True)
+        self.eval_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=False)
         self._build_steps()
 
-    def _check_channels(self) -> None:
-        channels = self.dataset.train.images.shape[-1]
-        if len(self.config.dataset.mean) != channels:
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.dataset.train.images.shape[1:]
+
+    def _load_pretrained(self, transfer_config: ml_collections.ConfigDict) -> None:
+        """Reads the converted checkpoint; checks its architecture; takes its normalisation."""
+        variables, metadata = convert.load_pretrained(transfer_config.checkpoint)
+        model = self.config.model
+        expected = {"architecture": model.name}
+        if model.name.startswith("resnet"):
+            expected.update(width=model.width, stem=model.stem)
+        wrong = {k: (metadata[k], v) for k, v in expected.items() if metadata.get(k) != v}
+        if wrong:
             raise ValueError(
-                f"The data has {channels} channel(s) but config.dataset.mean/std have "
-                f"{len(self.config.dataset.mean)} entries; set one per channel."
+                f"{transfer_config.checkpoint} holds {metadata['architecture']} "
+                f"(width {metadata.get('width')}, stem {metadata.get('stem')}), which does not "
+                f"match config.model ({', '.join(f'{k}: {v[1]}' for k, v in wrong.items())})."
             )
+        if transfer_config.pretrained_preprocessing:
+            mean, std = metadata["mean"], metadata["std"]
+            if self.channels != len(mean):  # Adapted stem: one shared value per channel.
+                mean, std = (
+                    [float(np.mean(mean))] * self.channels,
+                    [float(np.mean(std))] * self.channels,
+                )
+            self.mean, self.std = tuple(mean), tuple(std)
+            logging.info("Normalising with the checkpoint's mean %s and std %s.", mean, std)
+        self.pretrained = variables, metadata
+
+    def _check_channels(self) -> None:
+        if len(self.mean) != self.channels:
+            raise ValueError(
+                f"The data has {self.channels} channel(s) but config.dataset.mean/std have "
+                f"{len(self.mean)} entries; set one per channel."
+            )
+
+    def _log_frozen(self) -> None:
+        flat = jax.tree_util.tree_leaves_with_path(self.frozen)
+        frozen = [transfer.path_name(p) for p, f in flat if f]
+        if frozen:
+            logging.info("Frozen: %d of %d parameter tensors (%s).", len(frozen), len(flat),
+                         ", ".join(frozen))  # fmt: skip
 
     def _build_steps(self) -> None:
         replicated = sharding.replicated(self.mesh)
         batch = sharding.batch_sharding(self.mesh)
-        norm = dict(mean=tuple(self.config.dataset.mean), std=tuple(self.config.dataset.std))
-        image_shape = self.dataset.train.images.shape[1:]
+        norm = dict(mean=self.mean, std=self.std)
+        image_shape = self.image_shape
         augment_fn = augment.build_augment_fn(self.config.augment.train)
         mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
         self.init_state = jax.jit(
@@ -113,6 +171,7 @@ class Trainer:
                 mix_fn=mix_fn,
                 label_smoothing=self.config.loss.label_smoothing,
                 class_weights=self.class_weights,
+                frozen_stats=self.frozen_stats,
                 metrics_cls=self.train_metrics_cls,
                 **norm,
             ),
@@ -138,6 +197,9 @@ class Trainer:
             in_shardings=(replicated, replicated, batch),
             out_shardings=replicated,
         )
+        self.replace_variables = jax.jit(
+            functools.partial(steps.replace_variables, tx=self.tx), out_shardings=replicated
+        )
 
     def augmented_images(self, step: int, count: int) -> np.ndarray:
         """The first `count` images of train step `step` exactly as the model sees them
@@ -147,10 +209,19 @@ class Trainer:
         return np.asarray(images[:count])
 
     def create_state(self) -> steps.TrainState:
-        return self.init_state(self.init_key)
+        """A fresh state, with the pretrained variables merged in for transfer learning."""
+        state = self.init_state(self.init_key)
+        if self.pretrained is None:
+            return state
+        fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        merged = transfer.merge_pretrained(
+            fresh, self.pretrained[0], self.channels, stem_kernel="stem_conv/kernel"
+        )
+        logging.info("Loaded %s.", self.config.transfer.checkpoint)
+        return self.replace_variables(merged)
 
     def abstract_state(self) -> Any:
-        return jax.eval_shape(self.create_state)
+        return jax.eval_shape(self.init_state, self.init_key)
 
     def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
         """Metrics over every example of `split` exactly once, keyed `prefix/name`."""
