@@ -342,17 +342,18 @@ def build_mix_fn(augment_config, num_classes: int):
 def parse_pipeline(spec: str, ops: dict[str, Op] | None = None) -> list[tuple[Op, tuple]]:
     """Parses a pipeline string into (op, args) pairs; raises on unknown ops or bad arguments.
 
-    `ops` defaults to the training ops `OPS` (called as ``op(key, image, *args)``); pass
-    `EVAL_OPS` for evaluation pipelines (``op(image, *args)``).
+    `ops` defaults to the training ops (called as ``op(key, image, *args)``), which also accept
+    the deterministic `EVAL_OPS` (e.g. ``resize(96)`` before a random crop); pass `EVAL_OPS`
+    for evaluation pipelines (``op(image, *args)``).
     """
-    ops = OPS if ops is None else ops
-    leading = (None, None) if ops is OPS else (None,)
+    training = ops is None
+    known = {**OPS, **EVAL_OPS} if training else ops
     pipeline = []
     for part in filter(None, (p.strip() for p in spec.split("|"))):
         name, _, rest = part.partition("(")
         name = name.strip()
-        if name not in ops:
-            raise ValueError(f"Unknown augmentation op {name!r} in {spec!r}.{closest(name, ops)}")
+        if name not in known:
+            raise ValueError(f"Unknown augmentation op {name!r} in {spec!r}.{closest(name, known)}")
         args: tuple = ()
         if rest:
             if not rest.endswith(")"):
@@ -363,15 +364,22 @@ def parse_pipeline(spec: str, ops: dict[str, Op] | None = None) -> list[tuple[Op
                 raise ValueError(
                     f"Augmentation op {part!r}: arguments must be literals ({e})."
                 ) from e
+        takes_key = training and name in OPS
         try:
-            inspect.signature(ops[name]).bind(*leading, *args)
+            inspect.signature(known[name]).bind(*(None,) * (1 + takes_key), *args)
         except TypeError as e:
             raise ValueError(
                 f"Augmentation op {part!r} has bad arguments: {e}. "
-                f"Signature: {name}{inspect.signature(ops[name])}."
+                f"Signature: {name}{inspect.signature(known[name])}."
             ) from e
-        pipeline.append((ops[name], args))
+        op = known[name] if takes_key or not training else _ignore_key(known[name])
+        pipeline.append((op, args))
     return pipeline
+
+
+def _ignore_key(op: Op) -> Op:
+    """A deterministic op in the form of a training op: ``(key, image, *args)``."""
+    return lambda key, image, *args: op(image, *args)
 
 
 def build_augment_fn(spec: str) -> Callable[[jax.Array, jnp.ndarray], jnp.ndarray]:

@@ -151,3 +151,34 @@ def test_convert_command_writes_a_checkpoint_with_metadata(tmp_path, lite0):
     import jax
 
     jax.tree.map(np.testing.assert_array_equal, restored, variables)
+
+
+def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    variables, _, _, path = lite0
+    from imgcls_jax.data.class_names import imagenet_class_names
+
+    metadata = {"architecture": "efficientnet_lite0", "width": 0, "stem": "", "num_classes": 1000,
+                "input_size": 224, "mean": [127 / 255] * 3, "std": [128 / 255] * 3,
+                "class_names": imagenet_class_names(), "source": path, "source_sha256": ""}  # fmt: skip
+    convert.save_pretrained(str(tmp_path / "lite0"), variables, metadata)
+    Image.fromarray(skimage_data.chelsea()).save(tmp_path / "chelsea.jpg")
+    Image.fromarray(skimage_data.coffee()).save(tmp_path / "coffee.png")
+    run = subprocess.run(
+        [sys.executable, "-m", "imgcls_jax.predict", f"--checkpoint={tmp_path / 'lite0'}",
+         str(tmp_path / "chelsea.jpg"), str(tmp_path / "coffee.png")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    chelsea, coffee = run.stdout.split(str(tmp_path / "coffee.png"))
+    lines = [line.split("%", 1)[1].strip() for line in chelsea.splitlines()[1:6]]
+    assert any("cat" in name.split(",")[0].split() for name in lines), chelsea
+    probabilities = [float(line.split("%")[0]) for line in chelsea.splitlines()[1:6]]
+    assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.0
+    assert "cup" in coffee or "espresso" in coffee, coffee
