@@ -126,14 +126,16 @@ def train_step(
     std: tuple,
     label_smoothing: float,
     class_weights: jnp.ndarray | None,
+    frozen: Any | None,
     frozen_stats: Any | None,
     metrics_cls: type[metrics.Collection],
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number.
 
     With `class_weights` the optimised loss is the mean of weight x cross-entropy; the
-    reported loss stays the plain mean cross-entropy. BatchNorm statistics marked True in
-    `frozen_stats` (a pytree of bools) keep their values.
+    reported loss stays the plain mean cross-entropy. Parameters marked True in `frozen` get
+    no gradient (the optimizer leaves them too); BatchNorm statistics marked True in
+    `frozen_stats` keep their values. Both are pytrees of Python bools, or None.
     """
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
@@ -141,6 +143,8 @@ def train_step(
     weights = 1.0 if class_weights is None else example_weights(labels, class_weights)
 
     def loss_fn(params):
+        if frozen is not None:  # No gradient work below the lowest trainable layer.
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
         logits, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
             images,

