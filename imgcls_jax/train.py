@@ -59,12 +59,11 @@ class Trainer:
         self._check_channels()
         self.model = build_model(config.model, self.dataset.num_classes)
         train_labels = self.dataset.train.labels
-        if config.input.sampling == "class_balanced":
-            self.order = imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
-        else:
-            self.order = input_pipeline.TrainOrder(
-                len(train_labels), config.input.batch_size, config.seed
-            )
+        self.order = (
+            imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
+            if config.input.sampling == "class_balanced"
+            else input_pipeline.TrainOrder(len(train_labels), config.input.batch_size, config.seed)
+        )
         self.class_weights = None
         if config.loss.class_weighting == "balanced":
             self.class_weights = imbalance.balanced_class_weights(
@@ -112,26 +111,11 @@ class Trainer:
     def _load_pretrained(self, transfer_config: ml_collections.ConfigDict) -> None:
         """Reads the converted checkpoint; checks its architecture; takes its normalisation."""
         variables, metadata = convert.load_pretrained(transfer_config.checkpoint)
-        model = self.config.model
-        expected = {"architecture": model.name}
-        if model.name.startswith("resnet"):
-            expected.update(width=model.width, stem=model.stem)
-        wrong = {k: (metadata[k], v) for k, v in expected.items() if metadata.get(k) != v}
-        if wrong:
-            raise ValueError(
-                f"{transfer_config.checkpoint} holds {metadata['architecture']} "
-                f"(width {metadata.get('width')}, stem {metadata.get('stem')}), which does not "
-                f"match config.model ({', '.join(f'{k}: {v[1]}' for k, v in wrong.items())})."
-            )
+        transfer.check_architecture(metadata, self.config.model, transfer_config.checkpoint)
         if transfer_config.pretrained_preprocessing:
-            mean, std = metadata["mean"], metadata["std"]
-            if self.channels != len(mean):  # Adapted stem: one shared value per channel.
-                mean, std = (
-                    [float(np.mean(mean))] * self.channels,
-                    [float(np.mean(std))] * self.channels,
-                )
-            self.mean, self.std = tuple(mean), tuple(std)
-            logging.info("Normalising with the checkpoint's mean %s and std %s.", mean, std)
+            self.mean, self.std = transfer.normalisation(metadata, self.channels)
+            logging.info("Normalising with the checkpoint's mean %s and std %s.", self.mean,
+                         self.std)  # fmt: skip
         self.pretrained = variables, metadata
 
     def _check_channels(self) -> None:

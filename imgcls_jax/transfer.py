@@ -35,6 +35,29 @@ def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
     return np.tile(kernel, (1, 1, repeats, 1))[:, :, :channels] * (trained / channels)
 
 
+def check_architecture(metadata: Mapping[str, Any], model_config, checkpoint: str) -> None:
+    """Raises unless the checkpoint holds config.model's architecture (and ResNet width/stem)."""
+    expected = {"architecture": model_config.name}
+    if model_config.name.startswith("resnet"):
+        expected.update(width=model_config.width, stem=model_config.stem)
+    wrong = {k: v for k, v in expected.items() if metadata.get(k) != v}
+    if wrong:
+        raise ValueError(
+            f"{checkpoint} holds {metadata.get('architecture')} (width {metadata.get('width')}, "
+            f"stem {metadata.get('stem')}), which does not match config.model "
+            f"({', '.join(f'{k}: {v}' for k, v in wrong.items())})."
+        )
+
+
+def normalisation(metadata: Mapping[str, Any], channels: int) -> tuple[tuple, tuple]:
+    """The checkpoint's mean and std for `channels` inputs: their averages when the stem was
+    adapted to another channel count (exact for gray input when the channels agree)."""
+    mean, std = list(metadata["mean"]), list(metadata["std"])
+    if channels != len(mean):
+        mean, std = [float(np.mean(mean))] * channels, [float(np.mean(std))] * channels
+    return tuple(mean), tuple(std)
+
+
 def merge_pretrained(
     fresh: Mapping[str, Any], pretrained: Mapping[str, Any], channels: int, stem_kernel: str
 ) -> dict[str, Any]:
