@@ -24,7 +24,7 @@ FIXED = {
     "training.eval_every_epochs": 5.0,
 }
 SCRATCH = {"transfer.checkpoint": "", "dataset.mean": (0.2860,), "dataset.std": (0.3530,),
-           "optimizer.learning_rate": 0.1}  # fmt: skip
+           "optimizer.learning_rate": 0.05}  # fmt: skip
 GRID = [
     ("scratch", SCRATCH),
     ("linear probe", {"transfer.linear_probe": True, "optimizer.learning_rate": 0.1}),

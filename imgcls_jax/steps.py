@@ -102,6 +102,28 @@ def augment_batch(
     return images, labels
 
 
+def frozen_norm_interceptor(frozen_norms: frozenset[str]) -> Callable:
+    """A Flax method interceptor that runs the BatchNorm layers at the given module paths
+    (e.g. "blocks_3/depthwise_norm") in inference mode: normalised with their running
+    statistics, as in timm's FrozenBatchNorm2d, so that a frozen layer computes the same
+    function in training and evaluation."""
+
+    def intercept(next_fun, args, kwargs, context):
+        module = context.module
+        if not (
+            isinstance(module, nn.BatchNorm)
+            and context.method_name == "__call__"
+            and "/".join(module.path) in frozen_norms
+        ):
+            return next_fun(*args, **kwargs)
+        x = args[0]
+        stats, params = module.variables["batch_stats"], module.variables["params"]
+        y = (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + module.epsilon)
+        return (y * params["scale"] + params["bias"]).astype(module.dtype or x.dtype)
+
+    return intercept
+
+
 def replace_variables(variables: dict[str, Any], tx: optax.GradientTransformation) -> TrainState:
     """A step-0 state holding `variables` (e.g. pretrained ones) and a fresh optimizer state."""
     return TrainState(
@@ -127,15 +149,15 @@ def train_step(
     label_smoothing: float,
     class_weights: jnp.ndarray | None,
     frozen: Any | None,
-    frozen_stats: Any | None,
+    frozen_norms: frozenset[str],
     metrics_cls: type[metrics.Collection],
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number.
 
     With `class_weights` the optimised loss is the mean of weight x cross-entropy; the
-    reported loss stays the plain mean cross-entropy. Parameters marked True in `frozen` get
-    no gradient (the optimizer leaves them too); BatchNorm statistics marked True in
-    `frozen_stats` keep their values. Both are pytrees of Python bools, or None.
+    reported loss stays the plain mean cross-entropy. Parameters marked True in `frozen` (a
+    pytree of Python bools, or None) get no gradient (the optimizer leaves them too); the
+    BatchNorm layers in `frozen_norms` run in inference mode and keep their statistics.
     """
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
@@ -145,24 +167,20 @@ def train_step(
     def loss_fn(params):
         if frozen is not None:  # No gradient work below the lowest trainable layer.
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": state.batch_stats},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-            rngs={"dropout": dropout_key},
-        )
+        with nn.intercept_methods(frozen_norm_interceptor(frozen_norms)):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": dropout_key},
+            )
         loss = cross_entropy(logits, labels, label_smoothing)
         return (weights * loss).mean(), (logits, loss, updates["batch_stats"])
 
     grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    if frozen_stats is not None:
-        batch_stats = jax.tree.map(
-            lambda frozen, new, old: old if frozen else new,
-            frozen_stats, batch_stats, state.batch_stats,
-        )  # fmt: skip
     step_metrics = metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step)
     )

@@ -83,18 +83,13 @@ class Trainer:
         )
         init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
         self.init_key = init_key
-        variables_shape = jax.eval_shape(
+        params_shape = jax.eval_shape(
             lambda: self.model.init(init_key, np.zeros((1, *self.image_shape)), train=False)
-        )
-        params_shape = variables_shape["params"]
+        )["params"]
         self.frozen = transfer.frozen_mask(
             params_shape, config.transfer.freeze, config.transfer.linear_probe
         )
-        self.frozen_stats = None  # BatchNorm statistics that stay as loaded.
-        if any(jax.tree.leaves(self.frozen)):
-            self.frozen_stats = transfer.frozen_stats_mask(
-                variables_shape.get("batch_stats", {}), self.frozen
-            )
+        self.any_frozen = any(jax.tree.leaves(self.frozen))
         self.tx = transfer.wrap_optimizer(
             optim.build_optimizer(config.optimizer, self.learning_rate_fn),
             params_shape, self.frozen, config.transfer.layer_decay,
@@ -155,8 +150,8 @@ class Trainer:
                 mix_fn=mix_fn,
                 label_smoothing=self.config.loss.label_smoothing,
                 class_weights=self.class_weights,
-                frozen=self.frozen if self.frozen_stats is not None else None,
-                frozen_stats=self.frozen_stats,
+                frozen=self.frozen if self.any_frozen else None,
+                frozen_norms=transfer.frozen_norms(self.frozen),
                 metrics_cls=self.train_metrics_cls,
                 **norm,
             ),

@@ -111,15 +111,13 @@ def frozen_mask(params: Any, pattern: str, linear_probe: bool) -> Any:
     return jax.tree_util.tree_map_with_path(frozen, params)
 
 
-def frozen_stats_mask(batch_stats: Any, params_frozen: Any) -> Any:
-    """True for running statistics of BatchNorm layers whose scale is frozen."""
-    frozen = {
+def frozen_norms(params_frozen: Any) -> frozenset[str]:
+    """Module paths of the BatchNorm layers whose scale is frozen (they run in inference
+    mode and keep their running statistics)."""
+    return frozenset(
         path_name(p)[: -len("/scale")]
         for p, f in jax.tree_util.tree_leaves_with_path(params_frozen)
         if f and path_name(p).endswith("/scale")
-    }
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: path_name(p).rsplit("/", 1)[0] in frozen, batch_stats
     )
 
 

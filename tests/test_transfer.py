@@ -135,6 +135,28 @@ def test_frozen_parameters_and_their_statistics_stay_bit_identical(
             assert not np.array_equal(stats_start[name], stats_end[name]), name
 
 
+def test_frozen_batchnorm_layers_compute_in_inference_mode_during_training(tmp_path, dataset):
+    from imgcls_jax import steps
+
+    _pretrained(tmp_path / "ckpt", num_classes=4)
+    config = tiny_config(**{"model.width": WIDTH, "transfer.checkpoint": str(tmp_path / "ckpt"),
+                            "transfer.linear_probe": True})  # fmt: skip
+    trainer = Trainer(config, dataset)
+    norms = transfer.frozen_norms(trainer.frozen)
+    assert "stem_norm" in norms and "BasicBlock_2/proj_norm" in norms
+    state = trainer.create_state()
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    images = (dataset.test.images[:16].astype(np.float32) / 255 - 0.5) / 0.25
+    evaluated = trainer.model.apply(variables, images, train=False)
+    import flax.linen as nn
+
+    with nn.intercept_methods(steps.frozen_norm_interceptor(norms)):
+        trained, _ = trainer.model.apply(variables, images, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(trained, evaluated, rtol=1e-5, atol=1e-5)
+    plain, _ = trainer.model.apply(variables, images, train=True, mutable=["batch_stats"])
+    assert not np.allclose(plain, evaluated, atol=1e-3)  # Batch statistics differ.
+
+
 def test_layer_decay_scales_each_layers_update(dataset):
     overrides = {"model.width": WIDTH, "input.batch_size": 32, "optimizer.momentum": 0.0,
                  "optimizer.weight_decay": 0.0, "schedule.name": "constant"}  # fmt: skip
