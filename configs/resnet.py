@@ -4,7 +4,7 @@ Select one with `--config=configs/resnet.py:NAME`; override any field with
 `--config.FIELD=VALUE`. Every field and its default is declared in `imgcls_jax/config.py`.
 """
 
-from imgcls_jax.config import base_config, lock
+from imgcls_jax.config import preset_config
 
 
 def fashion_mnist(c):
@@ -78,11 +78,4 @@ PRESETS = {"fashion_mnist": fashion_mnist, "cifar10": cifar10, "imagenet": image
 
 def get_config(arg: str | None = None):
     """The locked config of preset `arg` (default: fashion_mnist)."""
-    name = arg or "fashion_mnist"
-    if name not in PRESETS:
-        from imgcls_jax.config import closest
-
-        raise ValueError(f"Unknown preset {name!r} in configs/resnet.py.{closest(name, PRESETS)}")
-    config = base_config()
-    PRESETS[name](config)
-    return lock(config)
+    return preset_config(PRESETS, arg, "fashion_mnist", "configs/resnet.py")

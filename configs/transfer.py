@@ -13,7 +13,7 @@ frozen), `linear_probe` (only the new head trains), `full_llrd` (layer-wise lr d
 `scratch` (same network and budget, random init).
 """
 
-from imgcls_jax.config import base_config, lock
+from imgcls_jax.config import preset_config
 
 PRETRAINED = "pretrained/efficientnet_lite0"
 
@@ -72,11 +72,4 @@ PRESETS = {"full": full, "partial": partial, "linear_probe": linear_probe,
 
 def get_config(arg: str | None = None):
     """The locked config of preset `arg` (default: full)."""
-    name = arg or "full"
-    if name not in PRESETS:
-        from imgcls_jax.config import closest
-
-        raise ValueError(f"Unknown preset {name!r} in configs/transfer.py.{closest(name, PRESETS)}")
-    config = base_config()
-    PRESETS[name](config)
-    return lock(config)
+    return preset_config(PRESETS, arg, "full", "configs/transfer.py")

@@ -103,6 +103,18 @@ def lock(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
+def preset_config(
+    presets: Mapping[str, Any], name: str | None, default: str, config_file: str
+) -> ml_collections.ConfigDict:
+    """The locked base config with preset `name` (or `default`) of `config_file` applied."""
+    name = name or default
+    if name not in presets:
+        raise ValueError(f"Unknown preset {name!r} in {config_file}.{closest(name, presets)}")
+    config = base_config()
+    presets[name](config)
+    return lock(config)
+
+
 def closest(name: str, choices: Iterable[str]) -> str:
     """Formats a 'did you mean' hint naming the closest valid choice."""
     choices = sorted(choices)
