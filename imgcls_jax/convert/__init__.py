@@ -146,7 +146,9 @@ def load_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
 def default_preprocessing(arch: str) -> tuple[int, np.ndarray, np.ndarray]:
     """(input size, mean, std in [0, 1] units) that `arch`'s published weights expect."""
     from imgcls_jax import models
+    from imgcls_jax.config import check_choice
 
+    check_choice("--arch", arch, models.TORCH_LAYOUTS)
     layout = models.TORCH_LAYOUTS[arch]
     return layout.input_size, np.array(layout.mean), np.array(layout.std)
 
