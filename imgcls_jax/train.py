@@ -30,7 +30,7 @@ from imgcls_jax import (
     visualize,
 )
 from imgcls_jax import config as config_lib
-from imgcls_jax.checkpoint import Checkpointer
+from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
 from imgcls_jax.models import build_model
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
@@ -232,16 +232,18 @@ def _restore_or_init(
     if checkpointer.latest_step() is None:
         return trainer.create_state(), progress
     try:
-        restored = checkpointer.restore(trainer.abstract_state())
-    except ValueError as e:
-        raise ValueError(
-            f"The checkpoint in {checkpointer.latest.directory} does not fit this config's "
-            f"model/optimizer ({e}). Use a new --workdir for a different model, or the config "
-            "the checkpoint was trained with."
+        state, saved = checkpointer.restore(trainer.abstract_state())
+    except CheckpointRestoreError as e:
+        raise CheckpointRestoreError(
+            f"The checkpoints do not fit this config's model/optimizer or are damaged: {e}. "
+            "Use a new --workdir for a different model, or the config the checkpoints were "
+            "trained with; nothing was changed in the workdir."
         ) from e
-    state, saved = restored
     progress.update(saved)
-    logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.latest.directory)
+    step = int(state.step)
+    if progress.get("best_step") == step:  # A crash may have cut the best save short.
+        checkpointer.save(step, state, progress, is_best=True)
+    logging.info("Resumed from step %d of %s.", step, checkpointer.latest.directory)
     return state, progress
 
 
@@ -379,7 +381,11 @@ def _final_results(
         test, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.test, "test")
         results.update(test)
         split = "test"
-    best = checkpointer.restore(trainer.abstract_state(), best=True)
+    try:
+        best = checkpointer.restore(trainer.abstract_state(), best=True)
+    except CheckpointRestoreError as e:  # Final metrics stand without it.
+        logging.error("No best_test metrics: %s", e)
+        best = None
     if best is not None and trainer.dataset.test is not None:
         best_state, _ = best
         results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))

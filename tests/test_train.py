@@ -142,7 +142,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 1, "input.batch_size": 32})
     train_and_evaluate(config, str(tmp_path), dataset)
     wider = tiny_config(**{"training.num_train_steps": 2, "input.batch_size": 32, "model.width": 8})
-    with pytest.raises(ValueError, match="does not fit this config"):
+    with pytest.raises(ValueError, match="do not fit this config"):
         train_and_evaluate(wider, str(tmp_path), dataset)
     assert os.path.isdir(tmp_path / "checkpoints" / "1")  # The old checkpoint is untouched.
 

@@ -1,0 +1,98 @@
+"""Checkpoints: restore across device counts, content checksums, fallback from damaged steps."""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from imgcls_jax import checkpoint
+from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
+from imgcls_jax.train import Trainer, train_and_evaluate
+
+CONFIG = {"training.num_train_steps": 4, "input.batch_size": 32,
+          "training.checkpoint_every_steps": 2, "training.eval_every_epochs": 10.0}  # fmt: skip
+
+
+def _restore(workdir, config, dataset, devices=None):
+    trainer = Trainer(config, dataset, devices)
+    checkpointer = Checkpointer(str(workdir), 10)
+    try:
+        return checkpointer.restore(trainer.abstract_state())
+    finally:
+        checkpointer.close()
+
+
+def _assert_trees_equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def _flip_byte_in_state(step_dir):
+    """XORs the middle byte of every array data file of a saved step (bit rot)."""
+    for root, _, names in os.walk(step_dir / "state"):
+        if os.path.basename(root) != "d":
+            continue
+        for name in names:
+            path = os.path.join(root, name)
+            data = bytearray(open(path, "rb").read())
+            data[len(data) // 2] ^= 0xFF
+            open(path, "wb").write(bytes(data))
+
+
+def test_checksum_changes_with_any_single_byte():
+    rng = np.random.default_rng(0)
+    tree = {"w": rng.normal(size=(7, 5)).astype(np.float32), "s": jnp.int32(3),
+            "h": rng.normal(size=11).astype(jnp.bfloat16)}  # fmt: skip
+    reference = checkpoint.state_checksums(tree)
+    assert reference == checkpoint.state_checksums(jax.tree.map(jnp.asarray, tree))
+    raw = tree["w"].view(np.uint8).reshape(-1)
+    for position in rng.choice(raw.size, 20, replace=False):
+        damaged = raw.copy()
+        damaged[position] ^= rng.integers(1, 256, dtype=np.uint8)
+        changed = checkpoint.state_checksums({**tree, "w": damaged.view(np.float32).reshape(7, 5)})
+        assert changed["['w']"] != reference["['w']"]
+        assert changed["['h']"] == reference["['h']"]
+
+
+@pytest.mark.parametrize("save_on, restore_on", [(8, 2), (8, 1), (1, 8)])
+def test_restore_on_another_device_count_is_identical(tmp_path, dataset, save_on, restore_on):
+    config = tiny_config(**CONFIG)
+    devices = jax.devices()
+    train_and_evaluate(config, str(tmp_path), dataset, devices=devices[:save_on])
+    saved, _ = _restore(tmp_path, config, dataset, devices[:save_on])
+    restored, _ = _restore(tmp_path, config, dataset, devices[:restore_on])
+    assert len(jax.tree.leaves(restored.params)[0].sharding.device_set) == restore_on
+    assert int(restored.step) == 4
+    _assert_trees_equal(saved, restored)
+
+
+def test_damaged_step_falls_back_and_the_run_ends_as_if_undamaged(tmp_path, dataset):
+    config = tiny_config(**{**CONFIG, "training.checkpoint_every_steps": 1})
+    reference = train_and_evaluate(config, str(tmp_path / "reference"), dataset)
+    # A run killed after its step-3 save, whose step 3 then got damaged on disk.
+    workdir = tmp_path / "damaged"
+    shutil.copytree(tmp_path / "reference", workdir)
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    _flip_byte_in_state(workdir / "checkpoints" / "3")
+
+    results = train_and_evaluate(config, str(workdir), dataset)  # Falls back to step 2.
+    assert os.listdir(workdir / checkpoint.QUARANTINE_DIR)[0].startswith("checkpoints_3_")
+    assert results["step"] == 4
+    for key in ("test/accuracy", "test/loss", "val/loss"):
+        assert results[key] == reference[key]
+    final, _ = _restore(workdir, config, dataset)
+    expected, _ = _restore(tmp_path / "reference", config, dataset)
+    _assert_trees_equal(final, expected)
+
+
+def test_no_restorable_step_is_an_error_that_moves_nothing(tmp_path, dataset):
+    config = tiny_config(**{**CONFIG, "training.num_train_steps": 2})
+    train_and_evaluate(config, str(tmp_path), dataset)
+    _flip_byte_in_state(tmp_path / "checkpoints" / "2")
+    with pytest.raises(CheckpointRestoreError, match="step 2: "):
+        _restore(tmp_path, config, dataset)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    assert not os.path.exists(tmp_path / checkpoint.QUARANTINE_DIR)
