@@ -3,7 +3,7 @@ deeper network pay off only when data is plentiful?
 
 Fashion-MNIST with 1,000, 5,000 and all 55,000 training images (5,000 are held out for
 validation) x ResNet-8 / ResNet-20 (width 16). Every run sees the same number of images
-(a budget of 330,000: 6 epochs of the full set, 66 of 5,000, 330 of 1,000).
+(a budget of 165,000: 3 epochs of the full set, 33 of 5,000, 165 of 1,000).
 
     python experiments/ablate_data_size.py --root=experiments/results/ablate_data_size --seeds=2
 """
@@ -11,7 +11,7 @@ validation) x ResNet-8 / ResNet-20 (width 16). Every run sees the same number of
 from absl import app
 from run_sweep import main_for
 
-BUDGET = 330_000  # Training images seen per run.
+BUDGET = 165_000  # Training images seen per run.
 FIXED = {"training.eval_every_epochs": 1e9}  # Evaluate at the end only.
 GRID = [
     (f"{size or 55_000} images, {model}",

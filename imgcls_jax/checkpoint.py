@@ -169,4 +169,3 @@ class Checkpointer:
     def close(self) -> None:
         self.latest.close()
         self.best.close()
-

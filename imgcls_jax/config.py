@@ -94,6 +94,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.keep_checkpoints = 3
     c.training.early_stopping_patience = 0  # Evaluations without improvement; 0 disables.
     c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
+    # A non-finite loss or gradient: "stop" the run naming the step, or "skip" that update
+    # (the run still stops when every update between two logs was skipped).
+    c.training.on_nonfinite = "stop"
     return c
 
 
@@ -168,6 +171,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("optimizer.name", config.optimizer.name, ("sgd", "adamw"))
     check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
     check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
+    check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip"))
     check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))
     data.check_dataset_name(config.dataset)
     augment.parse_pipeline(config.augment.train)  # Raises on unknown ops or bad arguments.

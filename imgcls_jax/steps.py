@@ -25,9 +25,31 @@ class TrainState:
     opt_state: Any
 
 
+NEVER = jnp.iinfo(jnp.int32).max  # first_step of a window without non-finite steps.
+
+
+@flax.struct.dataclass
+class NonfiniteSteps(metrics.Metric):
+    """How many steps had a non-finite loss or gradient (their update was not applied), and
+    the first of them; computes (count, first step), the step 0 when there was none."""
+
+    count: jnp.ndarray
+    first_step: jnp.ndarray
+
+    @classmethod
+    def from_model_output(cls, finite: jnp.ndarray, step: jnp.ndarray, **_) -> NonfiniteSteps:
+        return cls(count=(~finite).astype(jnp.int32), first_step=jnp.where(finite, NEVER, step))
+
+    def merge(self, other: NonfiniteSteps) -> NonfiniteSteps:
+        return type(self)(self.count + other.count, jnp.minimum(self.first_step, other.first_step))
+
+    def compute(self) -> tuple[jnp.ndarray, jnp.ndarray]:
+        return self.count, jnp.where(self.count > 0, self.first_step, 0)
+
+
 def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection]:
     """CLU metrics: loss, top-1, top-5 when there are more than 5 classes; the learning rate
-    when training, the confusion matrix when evaluating."""
+    and non-finite steps when training, the confusion matrix when evaluating."""
     fields: dict[str, Any] = {
         "loss": metrics.Average.from_output("loss"),
         "accuracy": metrics.Average.from_fun(_top_k_correct(1)),
@@ -36,6 +58,7 @@ def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection
         fields["top5_accuracy"] = metrics.Average.from_fun(_top_k_correct(5))
     if train:
         fields["learning_rate"] = metrics.LastValue.from_output("learning_rate")
+        fields["nonfinite"] = NonfiniteSteps
     else:
         fields["confusion_matrix"] = ConfusionMatrix
     return metrics.Collection.create(**fields)
@@ -158,6 +181,9 @@ def train_step(
     reported loss stays the plain mean cross-entropy. Parameters marked True in `frozen` (a
     pytree of Python bools, or None) get no gradient (the optimizer leaves them too); the
     BatchNorm layers in `frozen_norms` run in inference mode and keep their statistics.
+
+    When the loss or the gradient is not finite, the update is not applied (only the step
+    advances) and the `nonfinite` metric records the step; the other metrics skip it.
     """
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
@@ -178,16 +204,24 @@ def train_step(
         loss = cross_entropy(logits, labels, label_smoothing)
         return (weights * loss).mean(), (logits, loss, updates["batch_stats"])
 
-    grads, (logits, loss, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    (objective, (logits, loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(objective) & jnp.isfinite(optax.global_norm(grads))
+    updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     step_metrics = metrics_cls.single_from_model_output(
-        loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step)
-    )
-    new_state = state.replace(
-        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
-    )
-    return new_state, step_metrics
+        loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step),
+        finite=finite, step=state.step + 1,
+    )  # fmt: skip
+    for name in ("loss", "accuracy", "top5_accuracy"):  # A skipped step does not count.
+        if name in step_metrics.__dataclass_fields__:
+            metric = getattr(step_metrics, name)
+            kept = jax.tree.map(lambda m, e: jnp.where(finite, m, e), metric, type(metric).empty())
+            step_metrics = step_metrics.replace(**{name: kept})
+    return updated.replace(step=state.step + 1), step_metrics
 
 
 def eval_step(

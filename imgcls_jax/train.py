@@ -336,8 +336,9 @@ def _train(
             if step % cfg.log_every_steps == 0 or is_eval or is_save:
                 # Also before every save, so that a non-finite loss never reaches a checkpoint.
                 summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
+                skipped = _check_finite(summary.pop("nonfinite"), step, len(pending), cfg)
+                summary["skipped_updates"] = skipped
                 pending = []
-                _check_finite(summary, step)
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             if is_eval:
                 val = trainer.evaluate(state, trainer.dataset.validation, "val")
@@ -392,14 +393,29 @@ def _final_results(
     return results, matrix, split
 
 
-def _check_finite(summary: dict[str, Any], step: int) -> None:
-    loss = float(summary["loss"])
-    if not np.isfinite(loss):
+def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
+    """Stops the run at a non-finite loss or gradient (config.training.on_nonfinite="stop"),
+    or at a log window that skipped every update; returns how many updates were skipped."""
+    count, first = (int(x) for x in nonfinite)
+    if count == 0:
+        return 0
+    fix = ("Lower config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or check "
+           "the data, then relaunch.")  # fmt: skip
+    kept = ("Its update was not applied and no checkpoint was written after it; the last good "
+            "one stays in the workdir.")  # fmt: skip
+    if cfg.on_nonfinite == "stop":
         raise FloatingPointError(
-            f"Training loss is {loss} at step {step}. No checkpoint was written for it; the last "
-            "good one stays in the workdir. Lower config.optimizer.learning_rate or set "
-            "config.optimizer.grad_clip_norm, then relaunch."
+            f"Non-finite loss or gradient at step {first}. {kept} {fix} To skip such updates "
+            "instead, set config.training.on_nonfinite=skip."
         )
+    if count == window:
+        raise FloatingPointError(
+            f"Every update of steps {step - window + 1}-{step} had a non-finite loss or "
+            f"gradient and was skipped. {fix}"
+        )
+    logging.warning("Skipped %d update(s) with a non-finite loss or gradient in steps %d-%d "
+                    "(first: step %d).", count, step - window + 1, step, first)  # fmt: skip
+    return count
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:

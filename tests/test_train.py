@@ -11,6 +11,7 @@ import pytest
 from conftest import synthetic_dataset, tiny_config
 
 from imgcls_jax import data, reporting
+from imgcls_jax.config import apply_overrides
 from imgcls_jax.train import Trainer, train_and_evaluate
 
 
@@ -131,11 +132,57 @@ def test_nan_loss_raises_and_keeps_good_checkpoint(tmp_path, dataset):
     train_and_evaluate(config, str(tmp_path), dataset)
     poisoned = tiny_config(**{"training.num_train_steps": 6, "input.batch_size": 32,
                               "optimizer.learning_rate": 1e30})  # fmt: skip
-    with pytest.raises(FloatingPointError, match="at step"):
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss or gradient at step [3-6]\."):
         train_and_evaluate(poisoned, str(tmp_path), dataset)
+    skipping = apply_overrides(poisoned, {"training.on_nonfinite": "skip"})
+    with pytest.raises(
+        FloatingPointError, match="Every update of steps [3-6]-[3-6] had a non-finite"
+    ):
+        train_and_evaluate(skipping, str(tmp_path), dataset)
     state, _ = trainer_restore(Trainer(config, dataset), tmp_path)
     assert int(state.step) == 2
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_nonfinite_update_is_skipped_and_recorded(dataset):
+    trainer = Trainer(tiny_config(**{"input.batch_size": 32}), dataset)
+    state = trainer.create_state()
+    good = {"image": dataset.train.images[:32], "label": dataset.train.labels[:32]}
+    poisoned = {**good, "image": good["image"].astype(np.float32)}
+    poisoned["image"][5, 2, 3] = np.nan
+    before = jax.device_get(state)  # The step donates (deletes) its input state.
+    after, metrics = trainer.train_step(state, poisoned, trainer.train_key)
+    assert int(after.step) == 1
+    jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
+    jax.tree.map(np.testing.assert_array_equal, after.opt_state, before.opt_state)
+    jax.tree.map(np.testing.assert_array_equal, after.batch_stats, before.batch_stats)
+    assert [int(x) for x in metrics.compute()["nonfinite"]] == [1, 1]
+    after, good_metrics = trainer.train_step(after, good, trainer.train_key)
+    assert not np.array_equal(after.params["head"]["kernel"], before.params["head"]["kernel"])
+    summary = metrics.merge(good_metrics).compute()
+    assert [int(x) for x in summary["nonfinite"]] == [1, 1]
+    assert float(summary["loss"]) == pytest.approx(float(good_metrics.compute()["loss"]))
+
+
+def test_skip_mode_trains_through_a_poisoned_batch(tmp_path, dataset, monkeypatch):
+    from imgcls_jax import input_pipeline
+
+    clean = input_pipeline.train_batch
+
+    def poison_step_3(split, order, step, mesh):
+        batch = clean(split, order, step, mesh)
+        if step == 2:  # The batch of step 3 (steps count from 1).
+            batch["image"] = batch["image"].astype(jnp.float32) * jnp.nan
+        return batch
+
+    monkeypatch.setattr(input_pipeline, "train_batch", poison_step_3)
+    config = tiny_config(**{"training.num_train_steps": 6, "input.batch_size": 32,
+                            "training.log_every_steps": 2, "training.on_nonfinite": "skip"})  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path), dataset)
+    assert results["step"] == 6 and np.isfinite(results["val/loss"])
+    records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
+    skipped = {r["step"]: r["train/skipped_updates"] for r in records if "train/loss" in r}
+    assert skipped == {2: 0, 4: 1, 6: 0}
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, dataset):
