@@ -11,6 +11,11 @@ config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with :PRESET.", lock_config=True
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "jax.distributed: auto (with the flags below, or in a multi-process SLURM/Cloud TPU job), "
+    "on (always; Cloud TPU VMs find every worker themselves) or off.",
+)  # fmt: skip
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
@@ -40,14 +45,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     _quiet_library_info_logs()
-    import jax
+    from imgcls_jax import multihost
 
-    if FLAGS.coordinator_address:
-        jax.distributed.initialize(
-            coordinator_address=FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
-        )
+    multihost.initialize(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
     from imgcls_jax.train import train_and_evaluate
 
     logging.info("Config:\n%s", FLAGS.config)

@@ -42,8 +42,9 @@ class TrainOrder:
 
 def train_batch(split: Split, order: TrainOrder, step: int, mesh: Mesh) -> dict[str, jax.Array]:
     """The global batch of train step `step`, assembled from this process's rows."""
-    local = np.sort(order.indices(step)[sharding.process_slice(order.batch_size)])
-    # Sorted: a faster gather of the same set.
+    # Sorted: a faster gather of the same set. Sorted globally before slicing, so each row
+    # (and its augmentation key) is the same for every number of processes.
+    local = np.sort(order.indices(step))[sharding.process_slice(order.batch_size)]
     return sharding.to_global({"image": split.images[local], "label": split.labels[local]}, mesh)
 
 

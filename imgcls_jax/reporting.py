@@ -22,6 +22,7 @@ class JsonlWriter(interface.MetricWriter):
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
         self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # A killed run keeps every metric it logged.
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         self._file.write(json.dumps({"hparams": {k: str(v) for k, v in hparams.items()}}) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -32,6 +33,7 @@ from imgcls_jax import (
 from imgcls_jax import config as config_lib
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
 from imgcls_jax.models import build_model
+from imgcls_jax.preemption import PreemptionWatch
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 
@@ -275,7 +277,12 @@ def train_and_evaluate(
             trainer.mesh.size,
         )  # fmt: skip
         if not progress["stopped_early"] and int(state.step) < trainer.total_steps:
-            state = _train(trainer, state, progress, writer, checkpointer)
+            state, preempted = _train(trainer, state, progress, writer, checkpointer)
+            if preempted:
+                checkpointer.wait()
+                logging.warning("Saved step %d after a preemption notice; relaunch the same "
+                                "command to resume.", int(state.step))  # fmt: skip
+                return {"step": int(state.step), "preempted": True}
         checkpointer.save(int(state.step), state, progress)
         checkpointer.wait()
         results, matrix, split = _final_results(trainer, state, checkpointer, progress)
@@ -315,8 +322,10 @@ def _train(
     progress: dict[str, Any],
     writer: metric_writers.MetricWriter,
     checkpointer: Checkpointer,
-) -> steps.TrainState:
-    """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints."""
+) -> tuple[steps.TrainState, bool]:
+    """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
+
+    Returns the state and whether a preemption notice stopped it (after saving)."""
     cfg = trainer.config.training
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=trainer.total_steps, writer=writer, every_steps=cfg.log_every_steps
@@ -326,13 +335,18 @@ def _train(
         trainer.dataset.train, trainer.order, start_step, trainer.mesh
     )
     pending: list = []
-    try:
+    preempted = False
+    # Closing `batches` stops its prefetch thread, also when a step raises.
+    with PreemptionWatch() as preemption, contextlib.closing(batches):
         for step in range(start_step + 1, trainer.total_steps + 1):
             state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
             pending.append(step_metrics)
             report_progress(step)
+            preempted = preemption.reached(step)
             is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
-            is_save = bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
+            is_save = preempted or (
+                bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
+            )
             if step % cfg.log_every_steps == 0 or is_eval or is_save:
                 # Also before every save, so that a non-finite loss never reaches a checkpoint.
                 summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
@@ -349,9 +363,9 @@ def _train(
                     break
             elif is_save:
                 checkpointer.save(step, state, progress)
-    finally:
-        batches.close()  # Stops the prefetch thread, also when a step raises.
-    return state
+            if preempted:
+                break
+    return state, preempted
 
 
 def _update_progress(progress: dict, value: float, step: int, cfg) -> bool:

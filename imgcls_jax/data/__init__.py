@@ -95,7 +95,8 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
     test = None
     if source == "debian":
         images, labels = fashion_mnist_files.load_split("train")
-        test = Split(*fashion_mnist_files.load_split("test"))
+        if dataset_config.test_split:
+            test = Split(*fashion_mnist_files.load_split(dataset_config.test_split))
         class_names = fashion_mnist_files.CLASS_NAMES
     elif source == "image_folder":
         from imgcls_jax.data.image_folder import load_image_folder

@@ -60,6 +60,8 @@ def load_split(split: str, directory: str = DEBIAN_DIR) -> tuple[np.ndarray, np.
     """Returns (images uint8 [N, 28, 28, 1], labels int32 [N]) after a content check."""
     if not available(directory):
         raise FileNotFoundError(f"Fashion-MNIST IDX files not found in {directory}. {INSTALL_HINT}")
+    if split not in FILES:
+        raise ValueError(f"Fashion-MNIST has the splits {', '.join(FILES)}, not {split!r}.")
     image_file, label_file = FILES[split]
     images = _read_idx(os.path.join(directory, image_file))
     labels = _read_idx(os.path.join(directory, label_file))

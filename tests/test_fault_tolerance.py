@@ -1,0 +1,225 @@
+"""launch.py under faults: SIGTERM, kill -9 (also mid-save), and 2 processes x 4 devices.
+
+Every interrupted run is relaunched until it finishes and must end exactly where one
+uninterrupted run (1 process, 8 devices) ends: same checkpoint checksums, same metrics.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, tiny_config
+
+from imgcls_jax import reporting
+from imgcls_jax.checkpoint import Checkpointer
+from imgcls_jax.data import fashion_mnist_files
+from imgcls_jax.train import Trainer
+
+pytestmark = pytest.mark.skipif(
+    not fashion_mnist_files.available(), reason="needs Debian's dataset-fashion-mnist"
+)
+
+STEPS = 36
+OVERRIDES = {
+    "training.num_train_steps": STEPS,
+    "training.log_every_steps": 1,
+    "training.checkpoint_every_steps": 3,
+    "training.keep_checkpoints": 100,
+    "training.eval_every_epochs": 1000.0,  # Evaluate at the end only.
+    "dataset.validation_size": 500,
+    "dataset.test_split": "",
+    "augment.grid_images": 0,
+    "augment.train": "random_crop(2)|flip_lr",
+}
+TIMEOUT = 300
+
+
+def _start(workdir, devices=8, *extra):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    log = open(os.path.join(str(workdir) + f".{time.monotonic_ns()}.log"), "w+")
+    process = subprocess.Popen(
+        [sys.executable, "launch.py", "--config=configs/resnet.py:tiny",
+         *(f"--config.{k}={v}" for k, v in OVERRIDES.items()), f"--workdir={workdir}", *extra],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    process.log = log
+    return process
+
+
+def _finish(process):
+    """Waits for the process; returns (exit code, its log)."""
+    code = process.wait(TIMEOUT)
+    process.log.seek(0)
+    return code, process.log.read()
+
+
+def _run(workdir, devices=8):
+    code, log = _finish(_start(workdir, devices))
+    assert code == 0, log[-3000:]
+    return log
+
+
+def _logged_steps(workdir):
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    return [json.loads(line)["step"] for line in lines[:-1] if '"train/loss"' in line]
+
+
+def _wait_until(condition, processes, what):
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert all(p.poll() is None for p in processes), f"exited before {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.005)
+
+
+def _complete_steps(workdir):
+    return sorted(int(n) for n in _checkpoint_names(workdir) if n.isdigit())
+
+
+def _checksums(workdir, step=STEPS):
+    path = os.path.join(workdir, "checkpoints", str(step), "integrity", "metadata")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["checksums"]
+
+
+def _train_losses(workdir):
+    records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    steps = [r["step"] for r in records if "train/loss" in r]
+    assert len(steps) == len(set(steps)), "a step was logged twice"
+    return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def _results(workdir):
+    with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    _run(workdir)
+    return workdir
+
+
+def test_sigterm_saves_exits_cleanly_and_the_relaunch_resumes_exactly(tmp_path, reference):
+    workdir = tmp_path / "run"
+    process = _start(workdir)
+    _wait_until(lambda: 3 in _complete_steps(workdir), [process], "checkpoint 3")
+    process.send_signal(signal.SIGTERM)
+    code, log = _finish(process)
+    assert code == 0, log[-3000:]
+    saved = int(log.split("Saved step ")[1].split()[0])
+    assert saved < STEPS and _complete_steps(workdir)[-1] == saved
+    assert not os.path.exists(workdir / "results.json")
+
+    log = _run(workdir)
+    assert f"Resumed from step {saved} " in log
+    assert _checksums(workdir) == _checksums(reference)
+    assert _results(workdir) == _results(reference)
+
+
+def test_kill_9_at_any_moment_even_mid_save_resumes_from_the_last_complete_checkpoint(
+    tmp_path, reference
+):
+    workdir = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    resumes_from = None  # The newest complete checkpoint (None: start from scratch).
+    for attempt, moment in enumerate(["mid-save", "random step", "mid-save"]):
+        stale = _checkpoint_names(workdir)  # Left by the last kill; cleaned up on start.
+        kill_after = len(_logged_steps(workdir)) + rng.integers(3, 10)
+        process = _start(workdir)
+        _wait_until(_kill_condition(moment, workdir, stale, kill_after), [process],
+                    f"the {moment} kill of attempt {attempt}")  # fmt: skip
+        process.send_signal(signal.SIGKILL)
+        code, log = _finish(process)
+        assert code == -signal.SIGKILL
+        _assert_resumed_from(resumes_from, log)
+        complete = _complete_steps(workdir)
+        resumes_from = complete[-1] if complete else None
+    _assert_resumed_from(resumes_from, _run(workdir))
+    assert _checksums(workdir) == _checksums(reference)
+    assert _results(workdir) == _results(reference)
+
+
+def _assert_resumed_from(step, log):
+    if step is None:
+        assert "Resumed from" not in log
+    else:
+        assert f"Resumed from step {step} " in log
+
+
+def _kill_condition(moment, workdir, stale, kill_after):
+    if moment == "mid-save":  # An unfinished (temporary) checkpoint directory exists.
+        return lambda: any("tmp" in name for name in _checkpoint_names(workdir) - stale)
+    return lambda: len(_logged_steps(workdir)) >= kill_after
+
+
+def _checkpoint_names(workdir):
+    path = os.path.join(workdir, "checkpoints")
+    return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_two_processes(workdir):
+    address = f"127.0.0.1:{_free_port()}"
+    return [
+        _start(workdir, 4, f"--coordinator_address={address}", "--num_processes=2",
+               f"--process_id={i}")
+        for i in range(2)
+    ]  # fmt: skip
+
+
+def test_two_processes_of_four_devices_match_one_of_eight_through_a_preemption(tmp_path, reference):
+    workdir = tmp_path / "run"
+    processes = _start_two_processes(workdir)
+    _wait_until(lambda: 3 in _complete_steps(workdir), processes, "checkpoint 3")
+    processes[1].send_signal(signal.SIGTERM)  # One worker gets the notice; both must stop.
+    finished = [_finish(p) for p in processes]
+    assert [code for code, _ in finished] == [0, 0], finished[0][1][-3000:]
+    saved = {int(log.split("Saved step ")[1].split()[0]) for _, log in finished}
+    assert len(saved) == 1 and saved.pop() < STEPS
+
+    finished = [_finish(p) for p in _start_two_processes(workdir)]
+    assert [code for code, _ in finished] == [0, 0], finished[0][1][-3000:]
+    assert "Resumed from step" in finished[1][1]
+    expected, actual = _train_losses(reference), _train_losses(workdir)
+    assert sorted(actual) == sorted(expected) == list(range(1, STEPS + 1))
+    np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=1e-5)
+    final, uninterrupted = (_final_params(w) for w in (workdir, reference))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5),
+                 final, uninterrupted)  # fmt: skip
+    assert _results(workdir)["val/accuracy"] == pytest.approx(
+        _results(reference)["val/accuracy"], abs=1 / 500
+    )
+
+
+def _final_params(workdir):
+    """The params of the last checkpoint, restored here on 8 devices of one process.
+
+    Summation order differs between 1 and 2 processes: 36 SGD steps drift by ~1e-5.
+    """
+    config = tiny_config(**OVERRIDES)
+    trainer = Trainer(config)
+    checkpointer = Checkpointer(str(workdir), 100)
+    try:
+        state, _ = checkpointer.restore(trainer.abstract_state())
+    finally:
+        checkpointer.close()
+    assert int(state.step) == STEPS
+    return jax.device_get(state.params)
