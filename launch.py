@@ -1,6 +1,11 @@
-"""Entry point: `python launch.py --config=configs/resnet.py[:PRESET] --workdir=DIR [--config.X=V]`."""
+"""Entry point: `python launch.py --config=configs/resnet.py[:PRESET] --workdir=DIR [--config.X=V]`.
+
+With `--tpu=NAME --tpu_zone=Z --tpu_type=T` it prints (with `--tpu_run`, also runs) the gcloud
+commands that start the same training on every worker of a Cloud TPU VM instead.
+"""
 
 import logging as std_logging
+import shlex
 import sys
 
 from absl import app, flags, logging
@@ -19,6 +24,13 @@ flags.DEFINE_enum(
 flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+flags.DEFINE_string("tpu", None, "Cloud TPU VM name: print the gcloud commands for this job.")
+flags.DEFINE_string("tpu_zone", None, "Cloud TPU zone, e.g. us-central2-b.")
+flags.DEFINE_string("tpu_type", None, "Cloud TPU accelerator type, e.g. v4-32.")
+flags.DEFINE_string("tpu_version", "tpu-ubuntu2204-base", "Cloud TPU VM runtime version.")
+flags.DEFINE_string("tpu_project", "", "Google Cloud project (default: gcloud's).")
+flags.DEFINE_bool("tpu_spot", False, "Create the TPU VM as Spot (preemptible) capacity.")
+flags.DEFINE_bool("tpu_run", False, "Run the gcloud commands instead of only printing them.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,6 +56,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.tpu:
+        return launch_on_tpu()
     _quiet_library_info_logs()
     from imgcls_jax import multihost
 
@@ -55,6 +69,25 @@ def main(argv):
     logging.info("Config:\n%s", FLAGS.config)
     results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     logging.info("Results: %s", results)
+
+
+def launch_on_tpu() -> None:
+    """Prints (or runs) the commands that train this job on every worker of a TPU VM."""
+    from imgcls_jax import cloud_tpu
+
+    if not (FLAGS.tpu_zone and FLAGS.tpu_type):
+        raise app.UsageError("--tpu needs --tpu_zone and --tpu_type.")
+    try:
+        cloud_tpu.check_workdir(FLAGS.workdir)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    vm = cloud_tpu.TpuVm(FLAGS.tpu, FLAGS.tpu_zone, FLAGS.tpu_type, FLAGS.tpu_version,
+                         FLAGS.tpu_project, FLAGS.tpu_spot)  # fmt: skip
+    launch_args = [a for a in sys.argv[1:] if not a.startswith(("--tpu", "--notpu"))]
+    if not FLAGS.tpu_run:
+        print("# Dry run: the commands of this job (add --tpu_run to run them).")
+    cloud_tpu.run(cloud_tpu.commands(vm, launch_args), dry_run=not FLAGS.tpu_run)
+    print("# When done (the gs:// workdir stays):\n# " + shlex.join(cloud_tpu.delete_command(vm)))
 
 
 if __name__ == "__main__":

@@ -11,13 +11,14 @@ import jax
 import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
+from etils import epath
 
 
 class JsonlWriter(interface.MetricWriter):
     """Appends one JSON object per write of scalars: {"step": s, "split/name": value, ...}."""
 
     def __init__(self, path: str):
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = epath.Path(path).open("a")
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         record = {"step": int(step), **{k: float(np.asarray(v)) for k, v in scalars.items()}}
@@ -41,7 +42,7 @@ class JsonlWriter(interface.MetricWriter):
 
 def read_metrics(path: str) -> list[dict]:
     """Reads a metrics.jsonl file back into a list of records (hparams lines skipped)."""
-    with open(path, encoding="utf-8") as f:
+    with epath.Path(path).open() as f:
         return [r for r in map(json.loads, f) if "step" in r]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 from imgcls_jax import confusion, markdown, reporting
 
@@ -35,9 +36,9 @@ def write_run_report(
         "per_class_accuracy": {n: _finite(a) for n, a in zip(class_names, per_class)},
         "balanced_accuracy": confusion.balanced_accuracy(matrix),
     }
-    with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
+    with epath.Path(workdir, "report.json").open("w") as f:
         json.dump(report, f, indent=2)
-    with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+    with epath.Path(workdir, "report.md").open("w") as f:
         f.write(_markdown(report, matrix))
     records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"))
@@ -80,8 +81,7 @@ def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str) -> Non
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def plot_confusion_matrix(
@@ -105,8 +105,7 @@ def plot_confusion_matrix(
             ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
     ax.set(xlabel="predicted", ylabel="true", title=f"Confusion matrix ({split})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, path)
 
 
 def _pyplot():
@@ -116,3 +115,10 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save_figure(fig, path: str) -> None:
+    """Saves a matplotlib figure as PNG to a local or gs:// path and closes it."""
+    with epath.Path(path).open("wb") as f:
+        fig.savefig(f, dpi=100, format="png")
+    _pyplot().close(fig)

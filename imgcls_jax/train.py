@@ -14,6 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
+from etils import epath
 
 from imgcls_jax import (
     augment,
@@ -261,7 +262,7 @@ def train_and_evaluate(
     their own.
     """
     trainer = Trainer(config, dataset, devices)
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or gs://.
     writer = reporting.create_writer(workdir)
     checkpointer = Checkpointer(workdir, config.training.keep_checkpoints)
     try:
@@ -293,7 +294,7 @@ def train_and_evaluate(
                 workdir, results, matrix, trainer.dataset.class_names, split
             )
             # Last: its presence marks a finished run (sweeps skip those).
-            with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+            with epath.Path(workdir, "results.json").open("w") as f:
                 json.dump(results, f, indent=2)
         return results
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 
@@ -28,4 +29,5 @@ def image_grid(images: np.ndarray, columns: int = 0, border: int = 1) -> np.ndar
 
 def save_png(path: str, image: np.ndarray) -> None:
     """Writes an HWC uint8 image (1 or 3 channels) as PNG."""
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path, format="PNG")
+    with epath.Path(path).open("wb") as f:  # Local or gs://.
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(f, format="PNG")
