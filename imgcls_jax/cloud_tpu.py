@@ -38,7 +38,7 @@ def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
     directory = shlex.quote(vm.remote_dir)
     install = (
         f"mkdir -p {directory} && tar -xzf imgcls_jax.tar.gz -C {directory} && cd {directory} "
-        "&& python3 -m pip install -q -c constraints.txt -e . \"jax[tpu]\""
+        '&& python3 -m pip install -q -c constraints.txt -e . "jax[tpu]"'
     )
     train_args = [a for a in launch_args if not a.startswith("--distributed")]
     train = f"cd {directory} && python3 launch.py --distributed=on " + shlex.join(train_args)

@@ -52,6 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.batch_size = 128  # Global, across all devices and hosts.
     c.input.eval_batch_size = 500  # Global.
     c.input.sampling = "uniform"  # uniform (shuffled epochs) | class_balanced (with replacement)
+    # Keep the train split on the devices and gather batches there: auto (if it fits) | on | off
+    c.input.device_resident = "auto"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adamw
@@ -171,6 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("optimizer.name", config.optimizer.name, ("sgd", "adamw"))
     check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
     check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
+    check_choice("input.device_resident", config.input.device_resident, ("auto", "on", "off"))
     check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip"))
     check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))
     data.check_dataset_name(config.dataset)

@@ -21,6 +21,7 @@ from imgcls_jax import (
     confusion,
     convert,
     data,
+    device_data,
     imbalance,
     input_pipeline,
     optim,
@@ -67,6 +68,12 @@ class Trainer:
             if config.input.sampling == "class_balanced"
             else input_pipeline.TrainOrder(len(train_labels), config.input.batch_size, config.seed)
         )
+        self.resident = None  # The train split on device, when it is placed there.
+        if device_data.use_device_resident(
+            config.input.device_resident, self.dataset.train, self.mesh
+        ):
+            self.resident = device_data.DeviceResidentTrain(self.dataset.train, self.order,
+                                                            self.mesh)  # fmt: skip
         self.class_weights = None
         if config.loss.class_weighting == "balanced":
             self.class_weights = imbalance.balanced_class_weights(
@@ -332,9 +339,12 @@ def _train(
         num_train_steps=trainer.total_steps, writer=writer, every_steps=cfg.log_every_steps
     )
     start_step = int(state.step)
-    batches = input_pipeline.train_batches(
-        trainer.dataset.train, trainer.order, start_step, trainer.mesh
-    )
+    if trainer.resident is not None:
+        batches = trainer.resident.batches(start_step)
+    else:
+        batches = input_pipeline.train_batches(
+            trainer.dataset.train, trainer.order, start_step, trainer.mesh
+        )
     pending: list = []
     preempted = False
     # Closing `batches` stops its prefetch thread, also when a step raises.

@@ -52,3 +52,37 @@ def test_batch_size_must_divide_over_devices():
         assert "multiple of 8" in str(e)
     else:
         raise AssertionError("batch 12 on 8 devices must be refused")
+
+
+def test_device_resident_batches_equal_host_fed_ones():
+    from imgcls_jax import device_data, imbalance
+
+    mesh = sharding.make_mesh()
+    rng = np.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (100, 3, 3, 1), dtype=np.uint8),
+                       rng.integers(0, 4, 100).astype(np.int32))  # fmt: skip
+    for order in (input_pipeline.TrainOrder(100, 16, seed=2),
+                  imbalance.BalancedOrder(split.labels, 16, seed=2)):  # fmt: skip
+        resident = device_data.DeviceResidentTrain(split, order, mesh)
+        batches = resident.batches(start_step=4)  # 6 steps per epoch: crosses an epoch.
+        for step in range(4, 14):
+            on_device, host_fed = (
+                next(batches),
+                input_pipeline.train_batch(split, order, step, mesh),
+            )
+            assert on_device["image"].sharding == host_fed["image"].sharding
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(on_device[key], host_fed[key])
+
+
+def test_auto_places_only_splits_that_fit():
+    from imgcls_jax import device_data
+
+    mesh = sharding.make_mesh()
+    small = data.Split(np.zeros((10, 4, 4, 1), np.uint8), np.zeros(10, np.int32))
+    huge = data.Split(np.broadcast_to(np.zeros((1, 1, 1, 1), np.uint8), (2**31, 1, 1, 1)),
+                      np.broadcast_to(np.zeros(1, np.int32), (2**31,)))  # fmt: skip
+    assert device_data.use_device_resident("auto", small, mesh)
+    assert not device_data.use_device_resident("auto", huge, mesh)
+    assert not device_data.use_device_resident("off", small, mesh)
+    assert device_data.use_device_resident("on", small, mesh)

@@ -76,6 +76,19 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, dataset):
     jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
 
 
+def test_device_resident_and_host_fed_training_end_identical(tmp_path, dataset):
+    runs = {}
+    for mode in ("on", "off"):
+        config = tiny_config(**{"training.num_train_steps": 10, "input.batch_size": 32,
+                                "input.device_resident": mode,
+                                "augment.train": "random_crop(2)|flip_lr"})  # fmt: skip
+        trainer = Trainer(config, dataset)
+        assert (trainer.resident is not None) == (mode == "on")
+        train_and_evaluate(config, str(tmp_path / mode), dataset)
+        runs[mode] = trainer_restore(trainer, tmp_path / mode)[0]
+    jax.tree.map(np.testing.assert_array_equal, runs["on"], runs["off"])
+
+
 def test_overfits_one_batch_and_compiles_once():
     dataset = synthetic_dataset(num_train=16, num_classes=4)
     config = tiny_config(**{"input.batch_size": 16, "optimizer.name": "adamw",
@@ -177,7 +190,8 @@ def test_skip_mode_trains_through_a_poisoned_batch(tmp_path, dataset, monkeypatc
 
     monkeypatch.setattr(input_pipeline, "train_batch", poison_step_3)
     config = tiny_config(**{"training.num_train_steps": 6, "input.batch_size": 32,
-                            "training.log_every_steps": 2, "training.on_nonfinite": "skip"})  # fmt: skip
+                            "training.log_every_steps": 2, "training.on_nonfinite": "skip",
+                            "input.device_resident": "off"})  # The host pipeline is patched.  # fmt: skip
     results = train_and_evaluate(config, str(tmp_path), dataset)
     assert results["step"] == 6 and np.isfinite(results["val/loss"])
     records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
