@@ -1,26 +1,26 @@
 """PyTorch -> Flax conversion: the converted model computes the same function; errors list
 every missing, unused and misshapen tensor."""
 
+import os
+import sys
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import REPO_ROOT  # noqa: E402
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
 import torch_resnet  # noqa: E402
 
 from imgcls_jax import convert  # noqa: E402
-from imgcls_jax.models import RESNET_ARCHS, build_model  # noqa: E402
-from imgcls_jax.models.resnet import BottleneckBlock  # noqa: E402
+from imgcls_jax.models import build_model  # noqa: E402
 
 
 def _torch_resnet(arch, num_classes, width, stem, channels=3):
-    spec = RESNET_ARCHS[arch]
-    block = (
-        torch_resnet.Bottleneck if spec["block_cls"] is BottleneckBlock else torch_resnet.BasicBlock
-    )
-    model = torch_resnet.ResNet(block, spec["stage_sizes"], num_classes, width, stem, channels)
-    return torch_resnet.randomize(model)
+    return torch_resnet.randomize(torch_resnet.build(arch, num_classes, width, stem, channels))
 
 
 def _state_dict(model):

@@ -1,5 +1,6 @@
-"""A PyTorch ResNet in torchvision's module layout (conv1, bn1, layerN.M.convK, downsample, fc):
-the reference our converted Flax model must match."""
+"""A PyTorch ResNet in torchvision's module layout (conv1, bn1, layerN.M.convK, downsample, fc),
+also with the small (3x3) stem: the reference our converted Flax model must match
+(tests/test_convert.py) and the PyTorch side of the benchmarks."""
 
 import torch
 from torch import nn
@@ -91,3 +92,12 @@ def randomize(model, seed=0):
                     values = values * (2.0 / tensor[0].numel()) ** 0.5
                 tensor.copy_(values)
     return model.eval()
+
+
+def build(arch: str, num_classes: int, width: int = 64, stem: str = "imagenet", channels: int = 3):
+    """The PyTorch twin of our registered ResNet `arch` (e.g. "resnet50", "resnet20")."""
+    from imgcls_jax.models.resnet import RESNET_ARCHS, BottleneckBlock
+
+    spec = RESNET_ARCHS[arch]
+    block = Bottleneck if spec["block_cls"] is BottleneckBlock else BasicBlock
+    return ResNet(block, spec["stage_sizes"], num_classes, width, stem, channels)
