@@ -8,8 +8,15 @@ test stay balanced. ResNet-8 (width 16), 15 epochs. Balanced accuracy is the met
     python experiments/ablate_imbalance.py --root=experiments/results/ablate_imbalance --seeds=2
 """
 
+import glob
+import json
+import os
+
+import numpy as np
 from absl import app
-from run_sweep import main_for
+from run_sweep import FLAGS, main_for
+
+from imgcls_jax import markdown
 
 FIXED = {
     "dataset.train_size": 10000,
@@ -27,5 +34,29 @@ GRID = [
     ),
 ]
 
+RARE = 5  # Classes 0-4 are the reduced ones.
+
+
+def rare_and_common_accuracy(root: str) -> str:
+    """Per variant: mean test accuracy of the reduced classes and of the others (from each
+    run's report.json), averaged over seeds."""
+    rows = []
+    for variant, _ in GRID:
+        reports = glob.glob(os.path.join(root, variant.replace(" ", "_"), "seed_*", "report.json"))
+        per_class = [list(json.load(open(r))["per_class_accuracy"].values()) for r in reports]
+        if per_class:
+            rare, common = (
+                np.mean([c[:RARE] for c in per_class]),
+                np.mean([c[RARE:] for c in per_class]),
+            )
+            rows.append([variant, len(per_class), f"{100 * rare:.2f}", f"{100 * common:.2f}"])
+    return markdown.table(["variant", "seeds", "reduced classes 0-4", "other classes 5-9"], rows)
+
+
+def main(argv):
+    main_for(GRID, FIXED, ["test/balanced_accuracy", "test/accuracy"])(argv)
+    print(rare_and_common_accuracy(FLAGS.root))
+
+
 if __name__ == "__main__":
-    app.run(main_for(GRID, FIXED, ["test/balanced_accuracy", "test/accuracy"]))
+    app.run(main)

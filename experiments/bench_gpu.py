@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 from absl import app, flags
 
@@ -39,97 +38,18 @@ flags.DEFINE_string("out", "experiments/results/bench_gpu.json", "Where to write
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0}  # Dense, per device.
 
 
-def our_step(steps: int, warmup: int) -> dict:
-    """Our train_step (imagenet preset, bf16 compute) on one device-resident batch."""
-    import jax
-
-    from configs.resnet import get_config
-    from imgcls_jax import input_pipeline
-    from imgcls_jax.config import apply_overrides
-    from imgcls_jax.data.synthetic import random_dataset
-    from imgcls_jax.train import Trainer
-
-    size, batch_size = FLAGS.image_size, FLAGS.batch_size
-    config = apply_overrides(get_config("imagenet"), {
-        "model.name": FLAGS.model, "model.dtype": "bfloat16", "dataset.image_size": size,
-        "input.batch_size": batch_size, "input.eval_batch_size": batch_size,
-        "augment.train": "", "augment.eval": "", "augment.grid_images": 0,
-        "training.num_train_steps": steps + warmup, "input.device_resident": "off",
-    })  # fmt: skip
-    dataset = random_dataset(batch_size, size, 3, FLAGS.num_classes, num_eval=batch_size)
-    trainer = Trainer(config, dataset)
-    batch = next(iter(input_pipeline.eval_batches(dataset.train, batch_size, trainer.mesh)))
-    batch.pop("mask")
-    state = trainer.create_state()
-    for _ in range(warmup):
-        state, _ = trainer.train_step(state, batch, trainer.train_key)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, _ = trainer.train_step(state, batch, trainer.train_key)
-    jax.block_until_ready(state)
-    seconds = (time.perf_counter() - start) / steps
-    return {"images_per_sec": batch_size / seconds, "ms_per_step": 1e3 * seconds,
-            "forward_flops_per_image": forward_flops_per_image(trainer, state),
-            "devices": trainer.mesh.size, "device_kind": jax.devices()[0].device_kind}  # fmt: skip
-
-
-def forward_flops_per_image(trainer, state) -> float:
-    """XLA's FLOP count of one inference forward pass, per image."""
-    import jax
-    import jax.numpy as jnp
-
-    images = jnp.zeros((8, FLAGS.image_size, FLAGS.image_size, 3), jnp.float32)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    forward = jax.jit(lambda v, x: trainer.model.apply(v, x, train=False))
-    cost = forward.lower(variables, images).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"]) / len(images)
-
-
-def torch_step(steps: int, warmup: int) -> dict:
-    """The same training step in PyTorch eager mode with AMP (bf16 autocast), channels_last."""
-    import torch
-    import torch.nn.functional as F
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def torch_model():
+    """torchvision's model, or where torchvision is missing (CPU tests) our PyTorch twin."""
     try:
         import torchvision
 
-        model, source = getattr(torchvision.models, FLAGS.model)(num_classes=FLAGS.num_classes), \
-            "torchvision"  # fmt: skip
+        return getattr(torchvision.models, FLAGS.model)(
+            num_classes=FLAGS.num_classes
+        ), "torchvision"
     except (ImportError, AttributeError, RuntimeError):  # RuntimeError: a CUDA-only build.
         import torch_resnet
 
-        model, source = torch_resnet.build(FLAGS.model, FLAGS.num_classes), "torch_resnet.py"
-    model = model.to(device, memory_format=torch.channels_last).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True,
-                                weight_decay=1e-4)  # fmt: skip
-    size, batch_size = FLAGS.image_size, FLAGS.batch_size
-    pixels = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
-    labels = torch.randint(0, FLAGS.num_classes, (batch_size,), device=device)
-    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
-
-    def step():
-        images = ((pixels.float() - mean) / std).contiguous(memory_format=torch.channels_last)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(images), labels, label_smoothing=0.1)
-        loss.backward()
-        optimizer.step()
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    seconds = (time.perf_counter() - start) / steps
-    return {"images_per_sec": batch_size / seconds, "ms_per_step": 1e3 * seconds,
-            "model": source, "device": str(device)}  # fmt: skip
+        return torch_resnet.build(FLAGS.model, FLAGS.num_classes), "torch_resnet.py"
 
 
 def peak_flops(device_kind: str) -> float | None:
@@ -143,30 +63,49 @@ def peak_flops(device_kind: str) -> float | None:
 
 def main(argv):
     del argv
-    ours = our_step(FLAGS.steps, FLAGS.warmup)
-    rows = {"imgcls_jax (jit, bf16)": ours}
+    import jax
+    from step_timing import OurStep, TorchStep
+
+    from configs.resnet import get_config
+    from imgcls_jax.config import apply_overrides
+
+    size, batch_size = FLAGS.image_size, FLAGS.batch_size
+    config = apply_overrides(get_config("imagenet"), {
+        "model.name": FLAGS.model, "model.dtype": "bfloat16", "dataset.image_size": size,
+        "input.batch_size": batch_size, "augment.train": "", "augment.eval": "",
+        "input.device_resident": "off",
+    })  # fmt: skip
+    steps = {"ours": ("imgcls_jax jit bf16", OurStep(config, size, 3, FLAGS.num_classes))}
     if FLAGS.torch:
-        rows["PyTorch eager AMP bf16"] = torch_step(FLAGS.steps, FLAGS.warmup)
-    peak = peak_flops(ours["device_kind"])
-    train_flops = 3 * ours["forward_flops_per_image"]
-    print(
-        f"{FLAGS.model}, {FLAGS.image_size} px, batch {FLAGS.batch_size}, "
-        f"{ours['device_kind']} x{ours['devices']}, {train_flops / 1e9:.2f} GFLOP/image/step"
-    )
-    print(f"| {'step':<24} | {'img/s':>9} | {'ms/step':>8} | {'MFU':>6} |")
-    print(f"| {'-' * 24} | {'-' * 9}:| {'-' * 8}:| {'-' * 6}:|")
-    for name, row in rows.items():
-        mfu = train_flops * row["images_per_sec"] / (peak * ours["devices"]) if peak else None
-        row["mfu"] = mfu
-        mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a"
-        print(f"| {name:<24} | {row['images_per_sec']:>9.1f} | {row['ms_per_step']:>8.1f} | "
-              f"{mfu_text:>6} |")  # fmt: skip
+        model, source = torch_model()
+        steps["pytorch"] = (f"PyTorch AMP bf16 ({source})",
+                            TorchStep(model, batch_size, size, 3, FLAGS.num_classes, amp=True))  # fmt: skip
+    rows = {}
+    for key, (name, step) in steps.items():
+        step.run(FLAGS.warmup)
+        seconds = step.run(FLAGS.steps)
+        rows[key] = {"name": name, "images_per_sec": batch_size / seconds,
+                     "ms_per_step": 1e3 * seconds}  # fmt: skip
+    ours = steps["ours"][1]
+    kind, devices = jax.devices()[0].device_kind, ours.trainer.mesh.size
+    peak = peak_flops(kind)
+    train_flops = 3 * ours.forward_flops_per_image()
+    print(f"{FLAGS.model}, {size} px, batch {batch_size}, {kind} x{devices}, "
+          f"{train_flops / 1e9:.2f} GFLOP/image/step")  # fmt: skip
+    print(f"| {'step':<40} | {'img/s':>9} | {'ms/step':>8} | {'MFU':>6} |")
+    print(f"| {'-' * 40} | {'-' * 9}:| {'-' * 8}:| {'-' * 6}:|")
+    for row in rows.values():
+        row["mfu"] = train_flops * row["images_per_sec"] / (peak * devices) if peak else None
+        mfu_text = f"{100 * row['mfu']:.1f}%" if peak else "n/a"
+        print(f"| {row['name']:<40} | {row['images_per_sec']:>9.1f} | {row['ms_per_step']:>8.1f} "
+              f"| {mfu_text:>6} |")  # fmt: skip
     if FLAGS.torch:
-        ratio = ours["images_per_sec"] / rows["PyTorch eager AMP bf16"]["images_per_sec"]
-        print(f"ours / PyTorch: {ratio:.2f}x")
+        print(
+            f"ours / PyTorch: {rows['ours']['images_per_sec'] / rows['pytorch']['images_per_sec']:.2f}x"
+        )
     result = {"model": FLAGS.model, "image_size": FLAGS.image_size,
-              "batch_size": FLAGS.batch_size, "train_flops_per_image": train_flops,
-              "peak_flops": peak, "rows": rows}  # fmt: skip
+              "batch_size": FLAGS.batch_size, "device_kind": kind, "devices": devices,
+              "train_flops_per_image": train_flops, "peak_flops": peak, "rows": rows}  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)

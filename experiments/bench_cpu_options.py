@@ -1,0 +1,115 @@
+"""Benchmark: which XLA:CPU options and compute dtype train our step fastest on this CPU?
+
+Each variant (XLA flags x model dtype) runs in its own process (XLA reads its flags once) and
+times our jitted ResNet-20 step (Fashion-MNIST default, batch 128, no augmentation) on one
+resident batch. The variants are run in interleaved rounds; the median counts. The first
+step's loss of each variant is printed next to the baseline's, so a fast path that computes
+something else shows up.
+
+    python experiments/bench_cpu_options.py --rounds=3 --steps=10
+
+Prints a table and writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median is reported.")
+flags.DEFINE_integer("steps", 10, "Timed steps per variant per round.")
+flags.DEFINE_string("model", "resnet20", "Model of the Fashion-MNIST preset to time.")
+flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_list("variants", [], "Names of VARIANTS to run (default: all).")
+flags.DEFINE_string("measure", "", "Internal: time one variant in this process.")
+flags.DEFINE_string("out", "experiments/results/bench_cpu_options.json", "Where to write JSON.")
+
+# name -> (XLA flags, model dtype).
+VARIANTS = {
+    "baseline f32": ("", "float32"),
+    "bf16": ("", "bfloat16"),
+    "oneDNN custom calls, f32": ("--xla_cpu_experimental_onednn_custom_call=true", "float32"),
+    "oneDNN custom calls, bf16": ("--xla_cpu_experimental_onednn_custom_call=true", "bfloat16"),
+    "YNNPACK convolutions, f32": (
+        "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", "float32"),
+    "XNNPACK dot/eltwise/reduce, f32": (
+        "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce", "float32"),
+}  # fmt: skip
+
+
+def measure(dtype: str) -> dict:
+    """Times our step in this process; returns seconds per step and the first step's loss."""
+    from step_timing import OurStep
+
+    from configs.resnet import get_config
+    from imgcls_jax.config import apply_overrides
+
+    config = apply_overrides(get_config(), {
+        "model.name": FLAGS.model, "model.dtype": dtype, "input.batch_size": FLAGS.batch_size,
+        "augment.train": "", "input.device_resident": "off",
+    })  # fmt: skip
+    step = OurStep(config, 28, 1, 10)
+    _, first = step.trainer.train_step(step.state, step.batch, step.trainer.train_key)
+    step.state = _
+    loss = float(first.compute()["loss"])
+    step.run(2)
+    return {"seconds_per_step": step.run(FLAGS.steps), "first_loss": loss}
+
+
+def run_variant(name: str) -> dict:
+    xla_flags, _ = VARIANTS[name]
+    env = {**os.environ, "XLA_FLAGS": xla_flags}
+    command = [sys.executable, __file__, f"--measure={name}", f"--steps={FLAGS.steps}",
+               f"--model={FLAGS.model}", f"--batch_size={FLAGS.batch_size}"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1][:200]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+    del argv
+    if FLAGS.measure:
+        print(json.dumps(measure(VARIANTS[FLAGS.measure][1])))
+        return
+    from imgcls_jax import markdown
+
+    names = FLAGS.variants or list(VARIANTS)
+    rounds = [{name: run_variant(name) for name in names} for _ in range(FLAGS.rounds)]
+    rows, results = [], {}
+    for name in names:
+        runs = [r[name] for r in rounds]
+        errors = [r["error"] for r in runs if "error" in r]
+        if errors:
+            results[name] = {"error": errors[0]}
+            rows.append([name, VARIANTS[name][0] or "-", "failed: " + errors[0], "", ""])
+            continue
+        seconds = statistics.median(r["seconds_per_step"] for r in runs)
+        results[name] = {
+            "img_per_s": FLAGS.batch_size / seconds,
+            "first_loss": runs[0]["first_loss"],
+        }
+        rows.append([name, VARIANTS[name][0] or "-", f"{FLAGS.batch_size / seconds:.0f}",
+                     f"{runs[0]['first_loss']:.5f}", ""])  # fmt: skip
+    base = results.get("baseline f32", {}).get("img_per_s")
+    for row, name in zip(rows, names):
+        if base and "img_per_s" in results[name]:
+            row[4] = f"{results[name]['img_per_s'] / base:.2f}x"
+    print(markdown.table(["variant", "XLA flags", "img/s", "first loss", "vs baseline"], rows))
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump({"model": FLAGS.model, "batch_size": FLAGS.batch_size, "results": results}, f,
+                  indent=2)  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)
