@@ -29,7 +29,8 @@ def fits(split: Split, device: jax.Device) -> bool:
 
 def use_device_resident(mode: str, split: Split, mesh: Mesh) -> bool:
     """Resolves input.device_resident: "on", "off", or "auto" (when the split fits)."""
-    return mode == "on" or (mode == "auto" and fits(split, mesh.devices.flat[0]))
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return mode == "on" or (mode == "auto" and fits(split, local[0]))  # Same on every process.
 
 
 class DeviceResidentTrain:

@@ -20,16 +20,11 @@ def test_gpu_benchmark_script_times_both_steps_at_tiny_size(tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
-    ours, torch_row = (
-        result["rows"]["imgcls_jax (jit, bf16)"],
-        result["rows"]["PyTorch eager AMP bf16"],
-    )
-    for row in (ours, torch_row):
+    for row in result["rows"].values():
         assert row["images_per_sec"] > 0
-        assert row["mfu"] == pytest.approx(
-            result["train_flops_per_image"] * row["images_per_sec"] / (1e12 * ours["devices"])
-        )
-    # ResNet-8 (width 64, ImageNet stem) at 32 px: the 7x7 stem conv alone is
-    # 16*16 outputs x 64 channels x 7*7*3 MACs = 2.4 MFLOP; the whole net is more, far below 1 GFLOP.
-    assert 2.4e6 < ours["forward_flops_per_image"] < 1e9
+        expected_mfu = result["train_flops_per_image"] * row["images_per_sec"] / result["devices"]
+        assert row["mfu"] == pytest.approx(expected_mfu / 1e12)
+    # ResNet-8 (width 64, ImageNet stem) at 32 px: the 7x7 stem conv alone is 16*16 outputs x
+    # 64 channels x 7*7*3 multiply-adds = 4.8 MFLOP forward; the whole net is more, < 1 GFLOP.
+    assert 3 * 4.8e6 < result["train_flops_per_image"] < 3e9
     assert "ours / PyTorch" in run.stdout

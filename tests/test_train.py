@@ -79,7 +79,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, dataset):
 def test_device_resident_and_host_fed_training_end_identical(tmp_path, dataset):
     runs = {}
     for mode in ("on", "off"):
-        config = tiny_config(**{"training.num_train_steps": 10, "input.batch_size": 32,
+        config = tiny_config(**{"training.num_train_steps": 9, "input.batch_size": 32,
                                 "input.device_resident": mode,
                                 "augment.train": "random_crop(2)|flip_lr"})  # fmt: skip
         trainer = Trainer(config, dataset)
