@@ -15,12 +15,12 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/resnet.py", "Config file[:preset].")
@@ -31,29 +31,13 @@ flags.DEFINE_integer("steps", 100, "Timed steps (after warm-up).")
 flags.DEFINE_string("out", "experiments/results/bench_step.json", "Where to write the JSON.")
 
 
-def bare_step_images_per_sec(trainer, steps: int) -> float:
+def bare_step_images_per_sec(config, steps: int) -> float:
     """The jitted train_step alone, on one device-resident batch."""
-    import jax
+    from step_timing import OurStep
 
-    from imgcls_jax import input_pipeline
-
-    batch = next(
-        iter(
-            input_pipeline.eval_batches(
-                trainer.dataset.train, trainer.config.input.batch_size, trainer.mesh
-            )
-        )
-    )
-    batch.pop("mask")
-    state = trainer.create_state()
-    for _ in range(3):
-        state, _ = trainer.train_step(state, batch, trainer.train_key)
-    jax.block_until_ready(state)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, _ = trainer.train_step(state, batch, trainer.train_key)
-    jax.block_until_ready(state)
-    return steps * trainer.config.input.batch_size / (time.perf_counter() - start)
+    step = OurStep(config, FLAGS.image_size, FLAGS.channels, FLAGS.num_classes)
+    step.run(3)
+    return config.input.batch_size / step.run(steps)
 
 
 def loop_images_per_sec(config, dataset, steps: int) -> float:
@@ -85,15 +69,13 @@ def main(argv):
 
     from imgcls_jax import markdown
     from imgcls_jax.data.synthetic import random_dataset
-    from imgcls_jax.train import Trainer
 
     config = FLAGS.config
     dataset = random_dataset(
         max(4 * config.input.batch_size * (FLAGS.steps + 10) // 4, 2048),
         FLAGS.image_size, FLAGS.channels, FLAGS.num_classes,
     )  # fmt: skip
-    trainer = Trainer(config, dataset)
-    bare = bare_step_images_per_sec(trainer, FLAGS.steps)
+    bare = bare_step_images_per_sec(config, FLAGS.steps)
     loop = loop_images_per_sec(config, dataset, FLAGS.steps)
     result = {
         "model": config.model.name, "width": config.model.width, "dtype": config.model.dtype,
