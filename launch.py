@@ -71,6 +71,20 @@ def main(argv):
     logging.info("Results: %s", results)
 
 
+def _without_tpu_flags(args: list[str]) -> list[str]:
+    """The command line minus the --tpu* flags (also "--tpu NAME" given as two words)."""
+    kept, skip_value = [], False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg.startswith(("--tpu", "--notpu")):
+            name = arg.split("=")[0].lstrip("-").removeprefix("no")
+            skip_value = "=" not in arg and name not in ("tpu_spot", "tpu_run")
+        else:
+            kept.append(arg)
+    return kept
+
+
 def launch_on_tpu() -> None:
     """Prints (or runs) the commands that train this job on every worker of a TPU VM."""
     from imgcls_jax import cloud_tpu
@@ -83,7 +97,7 @@ def launch_on_tpu() -> None:
         raise app.UsageError(str(e)) from e
     vm = cloud_tpu.TpuVm(FLAGS.tpu, FLAGS.tpu_zone, FLAGS.tpu_type, FLAGS.tpu_version,
                          FLAGS.tpu_project, FLAGS.tpu_spot)  # fmt: skip
-    launch_args = [a for a in sys.argv[1:] if not a.startswith(("--tpu", "--notpu"))]
+    launch_args = _without_tpu_flags(sys.argv[1:])
     if not FLAGS.tpu_run:
         print("# Dry run: the commands of this job (add --tpu_run to run them).")
     cloud_tpu.run(cloud_tpu.commands(vm, launch_args), dry_run=not FLAGS.tpu_run)

@@ -48,9 +48,9 @@ def _dry_run(*args):
 
 
 def test_tpu_dry_run_prints_the_job_commands():
-    run = _dry_run("--workdir=gs://bucket/r50", "--config.model.name=resnet50",
-                   "--tpu=my-tpu", "--tpu_zone=us-central2-b", "--tpu_type=v4-32",
-                   "--tpu_project=lab", "--tpu_spot")  # fmt: skip
+    run = _dry_run("--workdir=gs://bucket/r50", "--tpu", "my-tpu", "--config.model.name=resnet50",
+                   "--tpu_zone=us-central2-b", "--tpu_type", "v4-32", "--tpu_project=lab",
+                   "--tpu_spot")  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     commands = [shlex.split(line) for line in run.stdout.splitlines() if not line.startswith("#")]
     where = ["--zone=us-central2-b", "--project=lab"]
