@@ -164,7 +164,7 @@ def apply_overrides(
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks names and values before any device work; raises with the fix."""
-    from imgcls_jax import augment, data, models  # Registries live with their owners.
+    from imgcls_jax import augment, data, device_data, models  # Registries live with their owners.
 
     check_choice("model.name", config.model.name, models.MODEL_REGISTRY)
     check_choice("model.stem", config.model.stem, ("small", "imagenet"))
@@ -173,7 +173,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("optimizer.name", config.optimizer.name, ("sgd", "adamw"))
     check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
     check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
-    check_choice("input.device_resident", config.input.device_resident, ("auto", "on", "off"))
+    check_choice("input.device_resident", config.input.device_resident, device_data.MODES)
     check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip"))
     check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))
     data.check_dataset_name(config.dataset)
