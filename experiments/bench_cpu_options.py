@@ -58,8 +58,7 @@ def measure(dtype: str) -> dict:
         "augment.train": "", "input.device_resident": "off",
     })  # fmt: skip
     step = OurStep(config, 28, 1, 10)
-    _, first = step.trainer.train_step(step.state, step.batch, step.trainer.train_key)
-    step.state = _
+    step.state, first = step.trainer.train_step(step.state, step.batch, step.trainer.train_key)
     loss = float(first.compute()["loss"])
     step.run(2)
     return {"seconds_per_step": step.run(FLAGS.steps), "first_loss": loss}
