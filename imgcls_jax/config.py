@@ -37,6 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 64  # Channels of the first stage.
     c.model.dtype = "float32"  # Compute dtype; parameters stay float32.
     c.model.bn_momentum = 0.9
+    # Convolution and batch-norm kernels: auto (oneDNN on a one-device CPU run) | xla | onednn
+    c.model.kernels = "auto"
 
     c.augment = ml_collections.ConfigDict()
     c.augment.train = ""  # Ops applied per example on device, e.g. "random_crop(4)|flip_lr".
@@ -169,6 +171,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("model.name", config.model.name, models.MODEL_REGISTRY)
     check_choice("model.stem", config.model.stem, ("small", "imagenet"))
     check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16", "float16"))
+    check_choice("model.kernels", config.model.kernels, models.KERNELS)
     check_choice("dataset.source", config.dataset.source, data.SOURCES)
     check_choice("optimizer.name", config.optimizer.name, ("sgd", "adamw"))
     check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))

@@ -50,6 +50,7 @@ class Predictor:
         model_config = ml_collections.ConfigDict({
             "name": self.metadata["architecture"], "width": self.metadata["width"],
             "stem": self.metadata["stem"], "dtype": "float32", "bn_momentum": 0.9,
+            "kernels": "auto",
         })  # fmt: skip
         model = build_model(model_config, self.metadata["num_classes"])
         self.channels = self.variables["params"]["stem_conv"]["kernel"].shape[2]

@@ -31,7 +31,8 @@ def _flax_logits(arch, variables, num_classes, width, stem, images_nchw):
     import ml_collections
 
     config = ml_collections.ConfigDict({"name": arch, "width": width, "stem": stem,
-                                        "dtype": "float32", "bn_momentum": 0.9})  # fmt: skip
+                                        "dtype": "float32", "bn_momentum": 0.9,
+                                        "kernels": "auto"})  # fmt: skip
     model = build_model(config, num_classes)
     return np.asarray(model.apply(variables, jnp.asarray(images_nchw.transpose(0, 2, 3, 1))))
 

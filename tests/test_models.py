@@ -11,7 +11,7 @@ from imgcls_jax.models import MODEL_REGISTRY, build_model
 
 def _config(name, **kw):
     c = ml_collections.ConfigDict(
-        dict(name=name, width=4, stem="small", dtype="float32", bn_momentum=0.9)
+        dict(name=name, width=4, stem="small", dtype="float32", bn_momentum=0.9, kernels="auto")
     )
     c.update(kw)
     return c

@@ -170,9 +170,9 @@ def convert_model(
             f"No classifier {layout.head_weight!r} in the weights: is {arch!r} right?"
         )
     num_classes = int(tensors[layout.head_weight].shape[0])
-    model_config = ml_collections.ConfigDict(
-        {"name": arch, "width": width, "stem": stem, "dtype": "float32", "bn_momentum": 0.9}
-    )
+    model_config = ml_collections.ConfigDict({"name": arch, "width": width, "stem": stem,
+                                              "dtype": "float32", "bn_momentum": 0.9,
+                                              "kernels": "xla"})  # fmt: skip
     model = models.build_model(model_config, num_classes)
     channels = int(tensors[layout.stem_weight].shape[1]) if layout.stem_weight in tensors else 3
     abstract = jax.eval_shape(

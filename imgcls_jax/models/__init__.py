@@ -7,15 +7,44 @@ import functools
 from collections.abc import Callable
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from imgcls_jax.config import check_choice
+from imgcls_jax.kernels import onednn
 from imgcls_jax.models import efficientnet_lite, resnet
 from imgcls_jax.models.efficientnet_lite import EfficientNetLite
 from imgcls_jax.models.resnet import RESNET_ARCHS, ResNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+KERNELS = ("auto", "xla", "onednn")
+
+
+def native_kernels(kernels: str) -> dict:
+    """The model fields that swap in native kernels: {} for XLA's own, or oneDNN's
+    convolution and training-mode batch norm.
+
+    oneDNN's kernels run on the CPU and XLA's partitioner cannot split them (with several
+    devices each would get the whole batch), so "auto" takes them only for a run on one CPU
+    device, and only if they build here.
+    """
+    check_choice("model.kernels", kernels, KERNELS)
+    one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    if kernels == "xla" or (kernels == "auto" and not one_cpu):
+        return {}
+    if kernels == "onednn":
+        if not one_cpu:
+            raise ValueError(
+                f"config.model.kernels='onednn' needs a run on one CPU device; this one has "
+                f"{jax.device_count()} {jax.default_backend()} devices. Use 'auto' or 'xla'."
+            )
+        onednn.load()  # Raises OnednnUnavailable, saying what to install.
+    elif not onednn.available():
+        logging.warning("oneDNN kernels unavailable, using XLA's: %s", onednn.load_error())
+        return {}
+    return dict(conv_fn=onednn.conv_general_dilated, norm_train_fn=onednn.batch_norm_train)
 
 
 def _resnet(arch: dict, num_classes: int, model_config: ml_collections.ConfigDict) -> nn.Module:
@@ -26,6 +55,7 @@ def _resnet(arch: dict, num_classes: int, model_config: ml_collections.ConfigDic
         stem=model_config.stem,
         dtype=DTYPES[model_config.dtype],
         bn_momentum=model_config.bn_momentum,
+        **native_kernels(model_config.kernels),
     )
 
 
@@ -40,6 +70,7 @@ def _efficientnet_lite(
         dropout_rate=dropout,
         dtype=DTYPES[model_config.dtype],
         bn_momentum=model_config.bn_momentum,
+        **native_kernels(model_config.kernels),
     )
 
 

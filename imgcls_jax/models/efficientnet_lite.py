@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from imgcls_jax.models.layers import BatchNorm
 
 # repeats, kernel, stride, expansion, input filters, output filters (efficientnet_lite_builder).
 BLOCKS = (
@@ -106,13 +109,18 @@ class EfficientNetLite(nn.Module):
     drop_connect_rate: float = 0.2
     dtype: Any = jnp.float32
     bn_momentum: float = 0.99
+    conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
+    norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype)
+        conv = functools.partial(
+            nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype,
+            conv_general_dilated=self.conv_fn,
+        )  # fmt: skip
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
-            epsilon=1e-3, dtype=self.dtype,
+            BatchNorm, train_fn=self.norm_train_fn, use_running_average=not train,
+            momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
         )  # fmt: skip
         x = x.astype(self.dtype)
         x = relu6(norm(name="stem_norm")(conv(32, (3, 3), (2, 2), name="stem_conv")(x)))

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from imgcls_jax.models.layers import BatchNorm
+
 ModuleDef = Any
 
 
@@ -85,12 +87,17 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     act: Callable = nn.relu
+    conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
+    norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(
+            Conv, use_bias=False, dtype=self.dtype, conv_general_dilated=self.conv_fn
+        )
         norm = functools.partial(
-            nn.BatchNorm,
+            BatchNorm,
+            train_fn=self.norm_train_fn,
             use_running_average=not train,
             momentum=self.bn_momentum,
             epsilon=1e-5,

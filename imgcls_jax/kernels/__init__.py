@@ -1,0 +1,1 @@
+"""Native CPU kernels that XLA:CPU lacks at speed, each with a plain-JAX twin it must match."""

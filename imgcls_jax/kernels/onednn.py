@@ -1,0 +1,187 @@
+"""oneDNN convolutions and batch normalisation on CPU, called through XLA's FFI.
+
+XLA:CPU computes convolution weight gradients at a quarter of its forward speed, and spends a
+third of a ResNet step on batch normalisation (experiments/results/cpu_perf_notes.md);
+oneDNN, the library PyTorch uses on CPU, does both at full speed. The C++ source
+beside this file is compiled on first use with the system compiler against the system oneDNN
+(Debian/Ubuntu: `apt-get install g++ libdnnl-dev`) and cached under ~/.cache/imgcls_jax.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import subprocess
+import tempfile
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+SOURCE = pathlib.Path(__file__).with_name("onednn_kernels.cc")
+_TARGETS = {  # FFI target name -> C++ handler symbol.
+    "imgcls_onednn_conv_forward": "OnednnConvForward",
+    "imgcls_onednn_conv_input_grad": "OnednnConvInputGrad",
+    "imgcls_onednn_conv_kernel_grad": "OnednnConvKernelGrad",
+    "imgcls_onednn_norm_forward": "OnednnNormForward",
+    "imgcls_onednn_norm_backward": "OnednnNormBackward",
+}
+_NHWC = lax.ConvDimensionNumbers(
+    lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
+)
+
+
+class OnednnUnavailable(RuntimeError):
+    """The oneDNN kernels could not be built or loaded on this machine."""
+
+
+def _cache_dir() -> pathlib.Path:
+    root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(root) / "imgcls_jax"
+
+
+def _build() -> pathlib.Path:
+    """Compiles the kernels once per source and JAX version; returns the shared library."""
+    digest = hashlib.sha256(SOURCE.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
+    library = _cache_dir() / f"onednn_kernels_{digest}.so"
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
+        partial = pathlib.Path(tmp) / library.name
+        command = [os.environ.get("CXX", "g++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+                   f"-I{jax.ffi.include_dir()}", str(SOURCE), "-ldnnl", "-o", str(partial)]  # fmt: skip
+        try:
+            subprocess.run(command, check=True, capture_output=True, text=True)
+        except FileNotFoundError as error:
+            raise OnednnUnavailable(f"No C++ compiler ({command[0]}): install g++.") from error
+        except subprocess.CalledProcessError as error:
+            raise OnednnUnavailable(
+                f"Building {SOURCE.name} failed; install g++ and oneDNN "
+                f"(`apt-get install g++ libdnnl-dev`).\n{error.stderr[-2000:]}"
+            ) from error
+        os.replace(partial, library)  # Atomic: concurrent builders never see half a file.
+    return library
+
+
+@functools.cache
+def load_error() -> str:
+    """Builds (if needed) and registers the FFI targets, once; returns why that failed, or ""."""
+    try:
+        library = ctypes.cdll.LoadLibrary(str(_build()))
+    except (OnednnUnavailable, OSError) as error:
+        return str(error)
+    for target, symbol in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), "cpu")
+    return ""
+
+
+def load() -> None:
+    """Makes the kernels callable; raises OnednnUnavailable, saying what to install, if not."""
+    if error := load_error():
+        raise OnednnUnavailable(error)
+
+
+def available() -> bool:
+    """Whether the oneDNN kernels build and load here."""
+    return not load_error()
+
+
+def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geometry: tuple):
+    (stride_h, stride_w), ((top, bottom), (left, right)) = geometry
+    out = jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32)
+    return jax.ffi.ffi_call(f"imgcls_onednn_conv_{name}", out)(
+        a, b, stride_h=stride_h, stride_w=stride_w, pad_top=top, pad_bottom=bottom,
+        pad_left=left, pad_right=right,
+    )  # fmt: skip
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv2d(x: jax.Array, kernel: jax.Array, geometry: tuple) -> jax.Array:
+    """NHWC x HWIO -> NHWC float32 convolution; `geometry` is ((sh, sw), ((top, bottom),
+    (left, right)))."""
+    (sh, sw), ((top, bottom), (left, right)) = geometry
+    n, h, w, _ = x.shape
+    kh, kw, _, out = kernel.shape
+    out_shape = (n, (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1, out)
+    return _call("forward", out_shape, x, kernel, geometry)
+
+
+def _forward(x, kernel, geometry):
+    return conv2d(x, kernel, geometry), (x, kernel)
+
+
+def _backward(geometry, residuals, grad):
+    x, kernel = residuals
+    return (
+        _call("input_grad", x.shape, grad, kernel, geometry),
+        _call("kernel_grad", kernel.shape, x, grad, geometry),
+    )
+
+
+conv2d.defvjp(_forward, _backward)
+
+
+def conv_general_dilated(
+    lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+    dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+    preferred_element_type=None,
+):  # fmt: skip
+    """`lax.conv_general_dilated` that runs on oneDNN where it can: 2D, float32, NHWC/HWIO,
+    undilated, ungrouped; anything else goes to XLA unchanged."""
+    plain = functools.partial(
+        lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
+        rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
+        preferred_element_type,
+    )  # fmt: skip
+    if (
+        lhs.ndim != 4
+        or lhs.dtype != jnp.float32
+        or rhs.dtype != jnp.float32
+        or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC
+        or any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1))))
+        or feature_group_count != 1
+        or batch_group_count != 1
+        or preferred_element_type not in (None, jnp.float32)
+    ):
+        return plain()
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    geometry = (tuple(int(s) for s in window_strides), tuple(tuple(map(int, p)) for p in padding))
+    load()
+    return conv2d(lhs, rhs, geometry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm_train(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float):
+    """Training-mode batch norm of NHWC float32 `x` over N, H, W: returns (y, batch mean,
+    biased batch variance). The statistics carry no gradient (they feed running averages)."""
+    channels = x.shape[-1:]
+    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
+           *[jax.ShapeDtypeStruct(channels, jnp.float32)] * 2)  # fmt: skip
+    return jax.ffi.ffi_call("imgcls_onednn_norm_forward", out)(
+        x, scale, shift, epsilon=np.float32(epsilon)
+    )
+
+
+def _norm_forward(x, scale, shift, epsilon):
+    y, mean, variance = batch_norm_train(x, scale, shift, epsilon)
+    return (y, mean, variance), (x, mean, variance, scale, shift)
+
+
+def _norm_backward(epsilon, residuals, grads):
+    x, mean, variance, scale, shift = residuals
+    grad_y = grads[0]  # Gradients reaching the statistics are dropped (see docstring).
+    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
+           *[jax.ShapeDtypeStruct(scale.shape, jnp.float32)] * 2)  # fmt: skip
+    return jax.ffi.ffi_call("imgcls_onednn_norm_backward", out)(
+        x, grad_y, mean, variance, scale, shift, epsilon=np.float32(epsilon)
+    )
+
+
+batch_norm_train.defvjp(_norm_forward, _norm_backward)

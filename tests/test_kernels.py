@@ -1,0 +1,140 @@
+"""oneDNN kernels compute the same function as XLA's: convolutions and batch norm, values and
+gradients, alone and inside a whole ResNet training step; and when they are chosen."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from imgcls_jax import models
+from imgcls_jax.kernels import onednn
+from imgcls_jax.models.layers import BatchNorm
+
+# CI installs oneDNN (.ci/run) and sets this, so there a missing kernel fails rather than skips.
+if not onednn.available():
+    if os.environ.get("IMGCLS_REQUIRE_ONEDNN"):
+        raise RuntimeError(onednn.load_error())
+    pytest.skip(f"oneDNN kernels unavailable: {onednn.load_error()}", allow_module_level=True)
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _normal(key, shape, scale=1.0, shift=0.0):
+    return jax.random.normal(jax.random.key(key), shape, jnp.float32) * scale + shift
+
+
+@pytest.mark.parametrize(
+    "kernel_size, strides, padding, channels",
+    [
+        (3, (1, 1), ((1, 1), (1, 1)), (3, 5)),
+        (3, (2, 2), ((1, 1), (1, 1)), (4, 6)),  # ResNet downsampling.
+        (1, (2, 2), ((0, 0), (0, 0)), (3, 4)),  # Projection shortcut.
+        (7, (2, 2), ((3, 3), (3, 3)), (3, 8)),  # ImageNet stem.
+        (3, (1, 2), ((0, 1), (2, 0)), (2, 3)),  # Asymmetric strides and padding.
+        (3, (2, 2), "SAME", (2, 3)),  # EfficientNet's string padding.
+    ],
+)
+def test_convolution_matches_xla_in_value_and_gradients(kernel_size, strides, padding, channels):
+    x = _normal(0, (3, 11, 10, channels[0]))
+    kernel = _normal(1, (kernel_size, kernel_size, *channels), 0.3)
+
+    def xla(x, k):
+        return lax.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+
+    def ours(x, k):
+        return onednn.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC)
+
+    expected = xla(x, kernel)
+    cotangent = _normal(2, expected.shape)
+    np.testing.assert_allclose(jax.jit(ours)(x, kernel), expected, rtol=1e-5, atol=1e-5)
+    expected_grads = jax.grad(lambda *a: jnp.sum(xla(*a) * cotangent), (0, 1))(x, kernel)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(ours(*a) * cotangent), (0, 1)))(x, kernel)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert "imgcls_onednn_conv" in str(
+        jax.make_jaxpr(jax.grad(lambda *a: ours(*a).sum()))(x, kernel)
+    )
+
+
+def test_unsupported_convolutions_fall_back_to_xla():
+    x, kernel = _normal(0, (2, 8, 8, 4)), _normal(1, (3, 3, 1, 4))
+    grouped = jax.make_jaxpr(
+        lambda x, k: onednn.conv_general_dilated(
+            x, k, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=4
+        )  # fmt: skip
+    )(x, kernel)
+    half = jax.make_jaxpr(
+        lambda x, k: onednn.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)
+    )(x.astype(jnp.bfloat16), _normal(1, (3, 3, 4, 4)).astype(jnp.bfloat16))
+    for jaxpr in (grouped, half):
+        assert "ffi_call" not in str(jaxpr) and "conv_general_dilated" in str(jaxpr)
+
+
+def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients():
+    x = _normal(0, (6, 5, 4, 3), 2.0, 1.0)
+    params = {"scale": _normal(1, (3,), 0.5, 1.0), "bias": _normal(2, (3,))}
+    stats = {"mean": _normal(3, (3,)), "var": _normal(4, (3,), 0.1, 1.0)}
+    cotangent = _normal(5, x.shape)
+
+    def run(module, params, x):
+        y, updated = module.apply({"params": params, "batch_stats": stats}, x,
+                                  mutable=["batch_stats"])  # fmt: skip
+        return jnp.sum(y * cotangent), (y, updated["batch_stats"])
+
+    plain = nn.BatchNorm(use_running_average=False, momentum=0.8, epsilon=1e-3)
+    native = BatchNorm(use_running_average=False, momentum=0.8, epsilon=1e-3,
+                       train_fn=onednn.batch_norm_train)  # fmt: skip
+    (_, (want_y, want_stats)), want_grads = jax.value_and_grad(run, (1, 2), has_aux=True)(
+        plain, params, x
+    )
+    (_, (y, new_stats)), grads = jax.jit(
+        jax.value_and_grad(run, (1, 2), has_aux=True), static_argnums=0
+    )(native, params, x)
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    for got, want in zip(
+        jax.tree.leaves((new_stats, grads)), jax.tree.leaves((want_stats, want_grads))
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Evaluation uses the running statistics, through the plain path.
+    variables = {"params": params, "batch_stats": stats}
+    evaluated = native.clone(use_running_average=True).apply(variables, x)
+    expected = plain.clone(use_running_average=True).apply(variables, x)
+    np.testing.assert_allclose(evaluated, expected, rtol=1e-6)
+
+
+def test_resnet_training_step_matches_xla():
+    """A whole ResNet-8 step (forward in train mode, loss, gradients, new BN statistics) with
+    oneDNN's convolutions and batch norm equals the same step with XLA's."""
+    config = dict(width=4, stem="small", dtype="float32", bn_momentum=0.9, kernels="xla")
+    plain = models.build_model(models.ml_collections.ConfigDict(dict(name="resnet8", **config)), 5)
+    native = plain.clone(conv_fn=onednn.conv_general_dilated, norm_train_fn=onednn.batch_norm_train)
+    x = _normal(0, (8, 12, 12, 3))
+    labels = jnp.arange(8) % 5
+    variables = plain.init(jax.random.key(1), x)
+    params = jax.tree.map(lambda p: p + 0.1 * _normal(2, p.shape), variables["params"])
+
+    def loss(model, params):
+        logits, updated = model.apply({"params": params, "batch_stats": variables["batch_stats"]},
+                                      x, train=True, mutable=["batch_stats"])  # fmt: skip
+        return jnp.mean(-jax.nn.log_softmax(logits)[jnp.arange(8), labels]), updated
+
+    def step(model):
+        return jax.jit(jax.value_and_grad(lambda p: loss(model, p), has_aux=True))(params)
+
+    want, got = step(plain), step(native)
+    assert "imgcls_onednn" in str(jax.make_jaxpr(lambda p: loss(native, p))(params))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_takes_onednn_only_on_one_cpu_device():
+    assert jax.device_count() == 8  # The test set-up's fake devices.
+    assert models.native_kernels("auto") == {} and models.native_kernels("xla") == {}
+    with pytest.raises(ValueError, match="needs a run on one CPU device.*'auto' or 'xla'"):
+        models.native_kernels("onednn")
+    with pytest.raises(ValueError, match="Did you mean 'onednn'"):
+        models.native_kernels("onedn")
