@@ -1,6 +1,6 @@
-"""Benchmark: which XLA:CPU options and compute dtype train our step fastest on this CPU?
+"""Benchmark: which XLA:CPU options, compute dtype and kernels train our step fastest here?
 
-Each variant (XLA flags x model dtype) runs in its own process (XLA reads its flags once) and
+Each variant (XLA flags x model dtype x `model.kernels`) runs in its own process (XLA reads its flags once) and
 times our jitted ResNet-20 step (Fashion-MNIST default, batch 128, no augmentation) on one
 resident batch. The variants are run in interleaved rounds; the median counts. The first
 step's loss of each variant is printed next to the baseline's, so a fast path that computes
@@ -33,29 +33,40 @@ flags.DEFINE_list("variants", [], "Names of VARIANTS to run (default: all).")
 flags.DEFINE_string("measure", "", "Internal: time one variant in this process.")
 flags.DEFINE_string("out", "experiments/results/bench_cpu_options.json", "Where to write JSON.")
 
-# name -> (XLA flags, model dtype).
+# name -> (XLA flags, model dtype, model.kernels). "onednn_conv" (this script only) takes
+# oneDNN's convolutions but XLA's batch norm, to show what each kernel adds.
 VARIANTS = {
-    "baseline f32": ("", "float32"),
-    "bf16": ("", "bfloat16"),
-    "oneDNN custom calls, f32": ("--xla_cpu_experimental_onednn_custom_call=true", "float32"),
-    "oneDNN custom calls, bf16": ("--xla_cpu_experimental_onednn_custom_call=true", "bfloat16"),
+    "baseline f32": ("", "float32", "xla"),
+    "bf16": ("", "bfloat16", "xla"),
+    "XLA's oneDNN custom calls, f32": (
+        "--xla_cpu_experimental_onednn_custom_call=true", "float32", "xla"),
+    "XLA's oneDNN custom calls, bf16": (
+        "--xla_cpu_experimental_onednn_custom_call=true", "bfloat16", "xla"),
     "YNNPACK convolutions, f32": (
-        "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", "float32"),
+        "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", "float32", "xla"),
     "XNNPACK dot/eltwise/reduce, f32": (
-        "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce", "float32"),
+        "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce", "float32", "xla"),
+    "our oneDNN convolutions, f32": ("", "float32", "onednn_conv"),
+    "our oneDNN convolutions + batch norm, f32 (default)": ("", "float32", "onednn"),
 }  # fmt: skip
 
 
-def measure(dtype: str) -> dict:
+def measure(dtype: str, kernels: str) -> dict:
     """Times our step in this process; returns seconds per step and the first step's loss."""
     from step_timing import OurStep
 
     from configs.resnet import get_config
+    from imgcls_jax import models
     from imgcls_jax.config import apply_overrides
 
+    if kernels == "onednn_conv":
+        native = models.native_kernels("onednn")
+        models.native_kernels = lambda _: {"conv_fn": native["conv_fn"]}
+        kernels = "onednn"
     config = apply_overrides(get_config(), {
-        "model.name": FLAGS.model, "model.dtype": dtype, "input.batch_size": FLAGS.batch_size,
-        "augment.train": "", "input.device_resident": "off",
+        "model.name": FLAGS.model, "model.dtype": dtype, "model.kernels": kernels,
+        "input.batch_size": FLAGS.batch_size, "augment.train": "",
+        "input.device_resident": "off",
     })  # fmt: skip
     step = OurStep(config, 28, 1, 10)
     step.state, first = step.trainer.train_step(step.state, step.batch, step.trainer.train_key)
@@ -65,7 +76,7 @@ def measure(dtype: str) -> dict:
 
 
 def run_variant(name: str) -> dict:
-    xla_flags, _ = VARIANTS[name]
+    xla_flags = VARIANTS[name][0]
     env = {**os.environ, "XLA_FLAGS": xla_flags}
     command = [sys.executable, __file__, f"--measure={name}", f"--steps={FLAGS.steps}",
                f"--model={FLAGS.model}", f"--batch_size={FLAGS.batch_size}"]  # fmt: skip
@@ -78,7 +89,7 @@ def run_variant(name: str) -> dict:
 def main(argv):
     del argv
     if FLAGS.measure:
-        print(json.dumps(measure(VARIANTS[FLAGS.measure][1])))
+        print(json.dumps(measure(*VARIANTS[FLAGS.measure][1:])))
         return
     from imgcls_jax import markdown
 

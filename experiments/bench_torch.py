@@ -29,6 +29,7 @@ flags.DEFINE_list("cases", "resnet20,resnet18,resnet50", "Which CASES to time.")
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds per case; the median is reported.")
 flags.DEFINE_integer("steps", 10, "Steps per side per round.")
 flags.DEFINE_string("dtype", "float32", "Our compute dtype (PyTorch uses bf16 autocast if bf16).")
+flags.DEFINE_list("kernels", ["onednn", "xla"], "Our model.kernels values, one row each.")
 flags.DEFINE_string("out", "experiments/results/bench_torch.json", "Where to write the JSON.")
 
 # name -> (model, width, stem, image size, channels, batch size).
@@ -40,7 +41,7 @@ CASES = {
 NUM_CLASSES = 10
 
 
-def time_case(name: str) -> dict:
+def time_case(name: str, kernels: str) -> dict:
     import torch_resnet
     from step_timing import OurStep, TorchStep
 
@@ -50,7 +51,8 @@ def time_case(name: str) -> dict:
     model, width, stem, size, channels, batch_size = CASES[name]
     config = apply_overrides(get_config(), {
         "model.name": model, "model.width": width, "model.stem": stem,
-        "model.dtype": FLAGS.dtype, "input.batch_size": batch_size, "augment.train": "",
+        "model.dtype": FLAGS.dtype, "model.kernels": kernels,
+        "input.batch_size": batch_size, "augment.train": "",
         "optimizer.weight_decay": 1e-4, "input.device_resident": "off",
         "dataset.mean": (0.5,) * channels, "dataset.std": (0.25,) * channels,
     })  # fmt: skip
@@ -61,7 +63,8 @@ def time_case(name: str) -> dict:
     rounds = [(ours.run(FLAGS.steps), theirs.run(FLAGS.steps)) for _ in range(FLAGS.rounds)]
     ours_s = statistics.median(r[0] for r in rounds)
     theirs_s = statistics.median(r[1] for r in rounds)
-    return {"case": name, "model": model, "width": width, "image": f"{size}x{size}x{channels}",
+    return {"case": name, "kernels": kernels, "model": model, "width": width,
+            "image": f"{size}x{size}x{channels}",
             "batch_size": batch_size, "dtype": FLAGS.dtype,
             "ours_img_per_s": round(batch_size / ours_s, 1),
             "pytorch_img_per_s": round(batch_size / theirs_s, 1),
@@ -74,10 +77,11 @@ def main(argv):
 
     from imgcls_jax import markdown
 
-    results = [time_case(name) for name in FLAGS.cases]
+    results = [time_case(name, kernels) for name in FLAGS.cases for kernels in FLAGS.kernels]
     print(markdown.table(
-        ["case", "image", "batch", "dtype", "ours img/s", "PyTorch img/s", "ours / PyTorch"],
-        [[r["case"], r["image"], r["batch_size"], r["dtype"], r["ours_img_per_s"],
+        ["case", "image", "batch", "dtype", "our kernels", "ours img/s", "PyTorch img/s",
+         "ours / PyTorch"],
+        [[r["case"], r["image"], r["batch_size"], r["dtype"], r["kernels"], r["ours_img_per_s"],
           r["pytorch_img_per_s"], f"{r['ours_over_pytorch']:.2f}x"] for r in results],
     ))  # fmt: skip
     print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads.")

@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.class_fractions = ()  # Per class: keep this fraction of its train examples.
     c.dataset.image_size = 0  # Resize to this square size on the host; 0 keeps the stored size.
     c.dataset.strict = False  # image_folder: raise on unreadable files instead of skipping them.
+    # image_folder: leave files encoded on disk and decode each batch when needed (parallel,
+    # prefetched) instead of all up front; for folders too big for memory.
+    c.dataset.streaming = False
+    c.dataset.decode_threads = 0  # Decoding threads when streaming; 0: one per CPU core.
     c.dataset.mean = (0.5,)  # Per-channel normalisation, applied on device, in [0, 1] units.
     c.dataset.std = (0.5,)
 
@@ -56,6 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.sampling = "uniform"  # uniform (shuffled epochs) | class_balanced (with replacement)
     # Keep the train split on the devices and gather batches there: auto (if it fits) | on | off
     c.input.device_resident = "auto"
+    c.input.prefetch = 2  # Host-fed train batches prepared ahead, in a thread.
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adamw
@@ -184,7 +189,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     augment.parse_pipeline(config.augment.eval, augment.EVAL_OPS)
     if len(config.dataset.mean) != len(config.dataset.std):
         raise ValueError("config.dataset.mean and config.dataset.std must have the same length.")
-    for key in ("input.batch_size", "input.eval_batch_size"):
+    for key in ("input.batch_size", "input.eval_batch_size", "input.prefetch"):
         section, field = key.split(".")
         if config[section][field] <= 0:
             raise ValueError(f"config.{key} must be positive, got {config[section][field]}.")

@@ -20,7 +20,9 @@ AUTO_MAX_BYTES_WITHOUT_STATS = 1 << 30  # ...or, where devices report no memory 
 
 
 def fits(split: Split, device: jax.Device) -> bool:
-    """Whether "auto" places `split` on the devices."""
+    """Whether "auto" places `split` on the devices: never when it is streamed from disk."""
+    if not isinstance(split.images, np.ndarray):
+        return False
     size = split.images.nbytes + split.labels.nbytes
     stats = device.memory_stats() or {}
     limit = stats.get("bytes_limit")

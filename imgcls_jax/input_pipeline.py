@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -45,54 +46,69 @@ def train_batch(split: Split, order: TrainOrder, step: int, mesh: Mesh) -> dict[
     # Sorted: a faster gather of the same set. Sorted globally before slicing, so each row
     # (and its augmentation key) is the same for every number of processes.
     local = np.sort(order.indices(step))[sharding.process_slice(order.batch_size)]
-    return sharding.to_global({"image": split.images[local], "label": split.labels[local]}, mesh)
+    images = np.asarray(split.images[local])  # Decodes here when the split is streamed.
+    return sharding.to_global({"image": images, "label": split.labels[local]}, mesh)
 
 
 def train_batches(
     split: Split, order: TrainOrder, start_step: int, mesh: Mesh, prefetch: int = 2
 ) -> Iterator[dict[str, jax.Array]]:
     """Global train batches from `start_step` on, gathered and put on device in a thread."""
-    return _prefetch(lambda step: train_batch(split, order, step, mesh), start_step, prefetch)
+    steps = itertools.count(start_step)
+    return _prefetch((train_batch(split, order, step, mesh) for step in steps), prefetch)
 
 
-def eval_batches(split: Split, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
-    """Every example exactly once; the last batch is padded and `mask` marks real rows."""
+def eval_batches(
+    split: Split, batch_size: int, mesh: Mesh, prefetch: int = 2
+) -> Iterator[dict[str, jax.Array]]:
+    """Every example exactly once, prepared in a thread; the last batch is padded and `mask`
+    marks real rows."""
+    return _prefetch(_eval_batches(split, batch_size, mesh), prefetch)
+
+
+def _eval_batches(split: Split, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
     rows = sharding.process_slice(batch_size)
     for start in range(0, len(split), batch_size):
         index = np.arange(start, start + batch_size)[rows]
         mask = index < len(split)
         index = np.where(mask, index, 0)
+        images = np.asarray(split.images[index])  # Decodes here when the split is streamed.
         yield sharding.to_global(
-            {"image": split.images[index], "label": split.labels[index], "mask": mask}, mesh
+            {"image": images, "label": split.labels[index], "mask": mask}, mesh
         )
 
 
-def _prefetch(make: Callable[[int], dict], start: int, depth: int) -> Iterator[dict]:
-    """Runs make(start), make(start+1), ... `depth` batches ahead in a daemon thread."""
+_END = object()  # Marks the end of a finite iterator in the prefetch queue.
+
+
+def _prefetch(items: Iterator[dict], depth: int) -> Iterator[dict]:
+    """Runs `items` up to `depth` ahead of the consumer in a daemon thread."""
     results: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
-    def worker() -> None:
-        step = start
+    def put(item) -> None:
         while not stop.is_set():
             try:
-                item = make(step)
-            except BaseException as e:  # Re-raised in the consumer, with its traceback.
-                results.put(e)
+                results.put(item, timeout=0.1)
                 return
-            while not stop.is_set():
-                try:
-                    results.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            step += 1
+            except queue.Full:
+                continue
+
+    def worker() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                put(item)
+        except BaseException as e:  # Re-raised in the consumer, with its traceback.
+            put(e)
+            return
+        put(_END)
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     try:
-        while True:
-            item = results.get()
+        while (item := results.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
             yield item

@@ -29,6 +29,7 @@ from imgcls_jax import (
     run_report,
     sharding,
     steps,
+    timing,
     transfer,
     visualize,
 )
@@ -38,6 +39,7 @@ from imgcls_jax.models import build_model
 from imgcls_jax.preemption import PreemptionWatch
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
+TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
 
 
 class Trainer:
@@ -266,8 +268,9 @@ def train_and_evaluate(
     """Trains (resuming from `workdir` if it holds checkpoints), then evaluates; returns results.
 
     `dataset` and `devices` default to the configured dataset and all devices; tests pass
-    their own.
+    their own. The run's wall-clock and compile seconds go to `workdir/timing.json`.
     """
+    timer = timing.RunTimer()
     trainer = Trainer(config, dataset, devices)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or gs://.
     writer = reporting.create_writer(workdir)
@@ -300,11 +303,17 @@ def train_and_evaluate(
             run_report.write_run_report(
                 workdir, results, matrix, trainer.dataset.class_names, split
             )
+            timer.stop()
+            with epath.Path(workdir, TIMING_FILE).open("w") as f:
+                json.dump(timer.summary(), f, indent=2)
             # Last: its presence marks a finished run (sweeps skip those).
             with epath.Path(workdir, "results.json").open("w") as f:
                 json.dump(results, f, indent=2)
+        logging.info("Run took %(run_s).1f s, of which compiling %(compile_s).1f s.",
+                     timer.summary())  # fmt: skip
         return results
     finally:
+        timer.stop()
         checkpointer.close()
         writer.close()
 
@@ -343,8 +352,9 @@ def _train(
         batches = trainer.resident.batches(start_step)
     else:
         batches = input_pipeline.train_batches(
-            trainer.dataset.train, trainer.order, start_step, trainer.mesh
-        )
+            trainer.dataset.train, trainer.order, start_step, trainer.mesh,
+            trainer.config.input.prefetch,
+        )  # fmt: skip
     pending: list = []
     preempted = False
     # Closing `batches` stops its prefetch thread, also when a step raises.
@@ -414,7 +424,10 @@ def _final_results(
         best = None
     if best is not None and trainer.dataset.test is not None:
         best_state, _ = best
-        results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))
+        if int(best_state.step) == int(state.step):  # The same weights: reuse their numbers.
+            results.update({f"best_{key}": value for key, value in test.items()})
+        else:
+            results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))
     return results, matrix, split
 
 

@@ -28,3 +28,23 @@ def test_gpu_benchmark_script_times_both_steps_at_tiny_size(tmp_path):
     # 64 channels x 7*7*3 multiply-adds = 4.8 MFLOP forward; the whole net is more, < 1 GFLOP.
     assert 3 * 4.8e6 < result["train_flops_per_image"] < 3e9
     assert "ours / PyTorch" in run.stdout
+
+
+def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, "experiments/bench_input.py", "--images=60", "--image_size=32",
+         "--model=resnet8", "--width=4", "--batch_size=8", "--steps=2", "--threads=2",
+         f"--out={out}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["decode_img_per_s"]) == {"1", "2"}
+    assert all(rate > 0 for rate in result["decode_img_per_s"].values())
+    fed = {loop["input"]: loop for loop in result["loops"]}
+    assert set(fed) == {"one batch on device", "streamed JPEGs"}
+    assert fed["one batch on device"]["wait_per_step_s"] < 1e-3  # No input to wait for.
+    for loop in fed.values():
+        assert 0 <= loop["waited_fraction"] <= 1 and loop["img_per_s"] > 0
+    assert "share of step waiting" in run.stdout

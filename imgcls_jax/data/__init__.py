@@ -15,7 +15,8 @@ SOURCES = ("auto", "tfds", "debian", "image_folder")
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    """One split held in host memory: uint8 NHWC images and int32 labels."""
+    """One split: uint8 NHWC images (in host memory, or `EncodedImages` decoded batch by
+    batch when streaming) and int32 labels."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -49,6 +50,13 @@ def check_dataset_name(dataset_config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.dataset.source='debian' only provides 'fashion_mnist'.")
     elif source == "image_folder" and not dataset_config.data_dir:
         raise ValueError("config.dataset.source='image_folder' needs config.dataset.data_dir=ROOT.")
+    elif source == "image_folder" and not dataset_config.image_size:
+        raise ValueError("config.dataset.image_size must be > 0 for image folders.")
+    if dataset_config.streaming and source != "image_folder":
+        raise ValueError(
+            f"config.dataset.streaming=True needs source 'image_folder' (this is {source!r}); "
+            "the other sources load into memory."
+        )
 
 
 def resolve_source(dataset_config: ml_collections.ConfigDict) -> str:
@@ -98,11 +106,16 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
         if dataset_config.test_split:
             test = Split(*fashion_mnist_files.load_split(dataset_config.test_split))
         class_names = fashion_mnist_files.CLASS_NAMES
+    elif source == "image_folder" and dataset_config.streaming:
+        from imgcls_jax.data.image_folder import list_image_folder
+
+        images, labels, class_names = list_image_folder(
+            dataset_config.data_dir, dataset_config.image_size, len(dataset_config.mean),
+            dataset_config.decode_threads,
+        )  # fmt: skip
     elif source == "image_folder":
         from imgcls_jax.data.image_folder import load_image_folder
 
-        if not dataset_config.image_size:
-            raise ValueError("config.dataset.image_size must be > 0 for image folders.")
         folder = load_image_folder(
             dataset_config.data_dir,
             image_size=dataset_config.image_size,

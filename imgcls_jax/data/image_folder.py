@@ -10,6 +10,8 @@ import os
 import numpy as np
 import PIL.Image
 
+from imgcls_jax.data.encoded import EncodedImages
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 LAYOUT_HINT = (
     "Expected one subfolder per class holding .png/.jpg/.jpeg files, "
@@ -29,7 +31,7 @@ class ImageFolderData:
     skipped: tuple[str, ...]
 
 
-def _decode(path: str, image_size: int, mode: str) -> np.ndarray | None:
+def decode_image(path: str, image_size: int, mode: str) -> np.ndarray | None:
     """Returns `path` as uint8 [S, S, C] (shorter side resized, centre crop); None if unreadable."""
     try:
         with PIL.Image.open(path) as img:
@@ -84,7 +86,7 @@ def load_image_folder(
     paths = [os.path.join(root, rel) for rel, _ in files]
     # Threads suffice: PIL releases the GIL while decoding and resizing.
     with concurrent.futures.ThreadPoolExecutor() as pool:
-        decoded = list(pool.map(lambda p: _decode(p, image_size, mode), paths))
+        decoded = list(pool.map(lambda p: decode_image(p, image_size, mode), paths))
 
     skipped = tuple(
         sorted(rel for (rel, _), arr in zip(files, decoded, strict=True) if arr is None)
@@ -110,3 +112,16 @@ def load_image_folder(
         class_names=class_names,
         skipped=skipped,
     )
+
+
+def list_image_folder(
+    root: str, image_size: int, channels: int = 3, threads: int = 0
+) -> tuple[EncodedImages, np.ndarray, tuple[str, ...]]:
+    """The images under `root` left encoded, decoded later batch by batch: (images, int32
+    labels, class names). Unreadable files surface when a batch needs them."""
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
+    class_names, files = _list_files(root)
+    paths = [os.path.join(root, rel) for rel, _ in files]
+    labels = np.array([label for _, label in files], dtype=np.int32)
+    return EncodedImages(paths, image_size, channels, threads), labels, class_names

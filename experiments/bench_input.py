@@ -1,0 +1,163 @@
+"""Benchmark: can the host feed the step from real JPEGs? Decode rate per core, and whether a
+training step waits for its input.
+
+It writes an ImageNet-like folder of real photos (scikit-image's, randomly cropped and
+resized to 250-450 px, JPEG quality 90), then streams it the way `dataset.streaming=True`
+does: decode, shorter side to --image_size, centre crop, batch, prefetch in a thread.
+
+1. Host decode rate with 1 and with all decode threads: images/s, and per core.
+2. A training loop fed from the stream vs the same loop on one batch kept on the device: time
+   per step and the time each step waited in `next()` for its batch.
+
+    python experiments/bench_input.py                  # 224 px, ResNet-18, batch 32
+    python experiments/bench_input.py --images=256 --steps=4 --model=resnet8 --width=8
+
+Prints tables and writes JSON to --out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("images", 1024, "JPEGs to write and decode.")
+flags.DEFINE_integer("image_size", 224, "Decoded (square) size.")
+flags.DEFINE_string("model", "resnet18", "Model of the training loop.")
+flags.DEFINE_integer("width", 64, "Its width.")
+flags.DEFINE_integer("batch_size", 32, "Global batch of the training loop.")
+flags.DEFINE_integer("steps", 8, "Timed training steps per loop.")
+flags.DEFINE_integer("threads", 0, "Decode threads; 0: one per CPU core.")
+flags.DEFINE_string("out", "experiments/results/bench_input.json", "Where to write the JSON.")
+
+# Photos bundled with scikit-image (no download); camera is grayscale, repeated to RGB.
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
+          "immunohistochemistry", "retina", "colorwheel", "camera")  # fmt: skip
+CLASSES = 10
+
+
+def write_jpegs(root: str, count: int, seed: int = 0) -> None:
+    """`count` JPEGs in CLASSES folders: random crops of real photos at 250-450 px."""
+    import numpy as np
+    import PIL.Image
+    import skimage.data
+
+    rng = np.random.default_rng(seed)
+    photos = [np.asarray(getattr(skimage.data, name)()) for name in PHOTOS]
+    photos = [(p if p.ndim == 3 else np.repeat(p[..., None], 3, -1))[..., :3] for p in photos]
+    for label in range(CLASSES):
+        os.makedirs(os.path.join(root, f"class{label}"), exist_ok=True)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        h, w = photo.shape[:2]
+        ch, cw = rng.integers(int(0.6 * h), h + 1), rng.integers(int(0.6 * w), w + 1)
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        crop = PIL.Image.fromarray(photo[top : top + ch, left : left + cw].astype(np.uint8))
+        short = int(rng.integers(250, 451))
+        scale = short / min(crop.size)
+        crop = crop.resize((round(crop.size[0] * scale), round(crop.size[1] * scale)))
+        crop.save(os.path.join(root, f"class{i % CLASSES}", f"{i:05d}.jpg"), quality=90)
+
+
+def decode_rate(root: str, threads: int) -> float:
+    """Images/s decoding the whole folder with `threads` threads (second of two passes)."""
+    import numpy as np
+
+    from imgcls_jax.data.image_folder import list_image_folder
+
+    images, _, _ = list_image_folder(root, FLAGS.image_size, 3, threads)
+    everything = np.arange(len(images))
+    np.asarray(images[everything[: 4 * threads]])  # Warm the pool.
+    start = time.perf_counter()
+    np.asarray(images[everything])
+    return len(images) / (time.perf_counter() - start)
+
+
+def training_loop(root: str, streamed: bool) -> dict:
+    """Seconds per step and per step waiting for input, through the Trainer's own step."""
+    import jax
+
+    from configs.resnet import get_config
+    from imgcls_jax import data, input_pipeline
+    from imgcls_jax.config import apply_overrides
+    from imgcls_jax.train import Trainer
+
+    config = apply_overrides(get_config(), {
+        "dataset.name": "image_folder", "dataset.data_dir": root, "dataset.test_split": "",
+        "dataset.image_size": FLAGS.image_size, "dataset.validation_size": 2 * CLASSES,
+        "dataset.mean": (0.5,) * 3, "dataset.std": (0.25,) * 3, "dataset.streaming": True,
+        "dataset.decode_threads": FLAGS.threads, "model.name": FLAGS.model,
+        "model.width": FLAGS.width, "model.stem": "imagenet", "augment.train": "flip_lr",
+        "augment.grid_images": 0, "input.batch_size": FLAGS.batch_size,
+        "input.device_resident": "off",
+    })  # fmt: skip
+    trainer = Trainer(config, data.load_dataset(config.dataset))
+    state = trainer.create_state()
+    batches = input_pipeline.train_batches(trainer.dataset.train, trainer.order, 0,
+                                           trainer.mesh, config.input.prefetch)  # fmt: skip
+    fixed = next(batches)
+    state, _ = trainer.train_step(state, fixed, trainer.train_key)  # Compile.
+    jax.block_until_ready(state)
+    waits, start = [], time.perf_counter()
+    for _ in range(FLAGS.steps):
+        before = time.perf_counter()
+        batch = next(batches) if streamed else fixed
+        waits.append(time.perf_counter() - before)
+        state, _ = trainer.train_step(state, batch, trainer.train_key)
+        jax.block_until_ready(state)  # So a wait cannot hide behind asynchronous dispatch.
+    step_s = (time.perf_counter() - start) / FLAGS.steps
+    batches.close()
+    return {"input": "streamed JPEGs" if streamed else "one batch on device",
+            "step_s": round(step_s, 3), "img_per_s": round(FLAGS.batch_size / step_s, 1),
+            "wait_per_step_s": round(statistics.mean(waits), 4),
+            "waited_fraction": round(sum(waits) / (step_s * FLAGS.steps), 3)}  # fmt: skip
+
+
+def main(argv):
+    del argv
+    from imgcls_jax import markdown
+
+    cores = os.cpu_count() or 1
+    threads = FLAGS.threads or cores
+    with tempfile.TemporaryDirectory() as root:
+        write_jpegs(root, FLAGS.images)
+        megabytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root)
+                        for f in fs) / 2**20  # fmt: skip
+        rates = {n: decode_rate(root, n) for n in sorted({1, threads})}
+        loops = [training_loop(root, streamed) for streamed in (False, True)]
+    print(f"{FLAGS.images} JPEGs, {megabytes / FLAGS.images * 1024:.0f} KiB each on average, "
+          f"decoded to {FLAGS.image_size} px on {cores} cores.\n")  # fmt: skip
+    print(markdown.table(
+        ["decode threads", "images/s", "images/s per core"],
+        [[n, f"{r:.0f}", f"{r / min(n, cores):.0f}"] for n, r in rates.items()],
+    ))  # fmt: skip
+    print()
+    print(markdown.table(
+        ["input", "s/step", "img/s", "waited per step (s)", "share of step waiting"],
+        [[r["input"], r["step_s"], r["img_per_s"], r["wait_per_step_s"],
+          f"{100 * r['waited_fraction']:.1f}%"] for r in loops],
+    ))  # fmt: skip
+    per_core = rates[1]
+    print(
+        f"\nAt {per_core:.0f} images/s per core, 6,000 images/s (the H200 target) needs "
+        f"{6000 / per_core:.0f} decoding cores."
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump({"images": FLAGS.images, "image_size": FLAGS.image_size, "cores": cores,
+                   "model": FLAGS.model, "batch_size": FLAGS.batch_size,
+                   "decode_img_per_s": {str(n): round(r, 1) for n, r in rates.items()},
+                   "loops": loops}, f, indent=2)  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)
