@@ -29,7 +29,7 @@ flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median is reported.")
 flags.DEFINE_integer("steps", 10, "Timed steps per variant per round.")
 flags.DEFINE_string("model", "resnet20", "Model of the Fashion-MNIST preset to time.")
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
-flags.DEFINE_list("variants", [], "Names of VARIANTS to run (default: all).")
+flags.DEFINE_list("variants", [], "Names of VARIANTS to run, comma-separated (default: all).")
 flags.DEFINE_string("measure", "", "Internal: time one variant in this process.")
 flags.DEFINE_string("out", "experiments/results/bench_cpu_options.json", "Where to write JSON.")
 
@@ -38,16 +38,16 @@ flags.DEFINE_string("out", "experiments/results/bench_cpu_options.json", "Where 
 VARIANTS = {
     "baseline f32": ("", "float32", "xla"),
     "bf16": ("", "bfloat16", "xla"),
-    "XLA's oneDNN custom calls, f32": (
+    "XLA's oneDNN custom calls (f32)": (
         "--xla_cpu_experimental_onednn_custom_call=true", "float32", "xla"),
-    "XLA's oneDNN custom calls, bf16": (
+    "XLA's oneDNN custom calls (bf16)": (
         "--xla_cpu_experimental_onednn_custom_call=true", "bfloat16", "xla"),
-    "YNNPACK convolutions, f32": (
+    "YNNPACK convolutions (f32)": (
         "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", "float32", "xla"),
-    "XNNPACK dot/eltwise/reduce, f32": (
+    "XNNPACK dot/eltwise/reduce (f32)": (
         "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce", "float32", "xla"),
-    "our oneDNN convolutions, f32": ("", "float32", "onednn_conv"),
-    "our oneDNN convolutions + batch norm, f32 (default)": ("", "float32", "onednn"),
+    "our oneDNN convolutions (f32)": ("", "float32", "onednn_conv"),
+    "our oneDNN convolutions + batch norm (f32; the default)": ("", "float32", "onednn"),
 }  # fmt: skip
 
 
