@@ -98,7 +98,7 @@ def training_loop(root: str, streamed: bool) -> dict:
         "dataset.decode_threads": FLAGS.threads, "model.name": FLAGS.model,
         "model.width": FLAGS.width, "model.stem": "imagenet", "augment.train": "flip_lr",
         "augment.grid_images": 0, "input.batch_size": FLAGS.batch_size,
-        "input.device_resident": "off",
+        "input.eval_batch_size": FLAGS.batch_size, "input.device_resident": "off",
     })  # fmt: skip
     trainer = Trainer(config, data.load_dataset(config.dataset))
     state = trainer.create_state()

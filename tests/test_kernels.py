@@ -65,12 +65,17 @@ def test_unsupported_convolutions_fall_back_to_xla():
     grouped = jax.make_jaxpr(
         lambda x, k: onednn.conv_general_dilated(
             x, k, (1, 1), "SAME", dimension_numbers=NHWC, feature_group_count=4
-        )  # fmt: skip
+        )
     )(x, kernel)
     half = jax.make_jaxpr(
         lambda x, k: onednn.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)
     )(x.astype(jnp.bfloat16), _normal(1, (3, 3, 4, 4)).astype(jnp.bfloat16))
-    for jaxpr in (grouped, half):
+    cropped = jax.make_jaxpr(
+        lambda x, k: onednn.conv_general_dilated(
+            x, k, (1, 1), ((-1, 0), (1, 1)), dimension_numbers=NHWC
+        )
+    )(x, _normal(1, (3, 3, 4, 4)))
+    for jaxpr in (grouped, half, cropped):
         assert "ffi_call" not in str(jaxpr) and "conv_general_dilated" in str(jaxpr)
 
 

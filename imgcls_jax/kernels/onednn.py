@@ -2,7 +2,7 @@
 
 XLA:CPU computes convolution weight gradients at a quarter of its forward speed; oneDNN, the
 library PyTorch uses on CPU, does not. On a ResNet-20 step its convolutions double our img/s
-and its batch norm adds 7% (experiments/results/cpu_perf_notes.md). The C++ source
+and its batch norm adds about 5% (experiments/results/cpu_perf_notes.md). The C++ source
 beside this file is compiled on first use with the system compiler against the system oneDNN
 (Debian/Ubuntu: `apt-get install g++ libdnnl-dev`) and cached under ~/.cache/imgcls_jax.
 """
@@ -139,8 +139,12 @@ def conv_general_dilated(
         rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
         preferred_element_type,
     )  # fmt: skip
+    if isinstance(padding, str) and lhs.ndim == 4:
+        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     if (
         lhs.ndim != 4
+        or isinstance(padding, str)
+        or min(p for pair in padding for p in pair) < 0  # XLA crops there; oneDNN cannot.
         or lhs.dtype != jnp.float32
         or rhs.dtype != jnp.float32
         or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC
@@ -150,8 +154,6 @@ def conv_general_dilated(
         or preferred_element_type not in (None, jnp.float32)
     ):
         return plain()
-    if isinstance(padding, str):
-        padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     geometry = (tuple(int(s) for s in window_strides), tuple(tuple(map(int, p)) for p in padding))
     load()
     return conv2d(lhs, rhs, geometry)
