@@ -1,16 +1,22 @@
 """oneDNN kernels compute the same function as XLA's: convolutions and batch norm, values and
 gradients, alone and inside a whole ResNet training step; and when they are chosen."""
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPO_ROOT
 from jax import lax
 
 from imgcls_jax import models
+from imgcls_jax.data import fashion_mnist_files
 from imgcls_jax.kernels import onednn
 from imgcls_jax.models.layers import BatchNorm
 
@@ -143,3 +149,28 @@ def test_auto_takes_onednn_only_on_one_cpu_device():
         models.native_kernels("onednn")
     with pytest.raises(ValueError, match="Did you mean 'onednn'"):
         models.native_kernels("onedn")
+
+
+@pytest.mark.skipif(not fashion_mnist_files.available(), reason="needs dataset-fashion-mnist")
+def test_one_cpu_device_launch_trains_on_onednn_and_resumes_exactly(tmp_path):
+    """The default on a one-device CPU machine: launch.py picks the oneDNN kernels, and a run
+    that lost its last checkpoint resumes from the one before and ends exactly as before."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+    def launch(workdir):
+        run = subprocess.run(
+            [sys.executable, "launch.py", "--config=configs/resnet.py:tiny",
+             f"--workdir={workdir}"],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        return run.stderr, json.loads((workdir / "results.json").read_text())
+
+    log, straight = launch(tmp_path / "run")
+    assert "run on oneDNN's kernels (model.kernels=auto)" in log
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["3", "6"]
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "6")
+    os.remove(tmp_path / "run" / "results.json")
+    log, resumed = launch(tmp_path / "run")
+    assert "Resumed from step 3" in log
+    assert resumed == straight

@@ -44,6 +44,7 @@ def native_kernels(kernels: str) -> dict:
     elif not onednn.available():
         logging.warning("oneDNN kernels unavailable, using XLA's: %s", onednn.load_error())
         return {}
+    logging.info("Convolutions and batch norm run on oneDNN's kernels (model.kernels=%s).", kernels)
     return dict(conv_fn=onednn.conv_general_dilated, norm_train_fn=onednn.batch_norm_train)
 
 
