@@ -48,9 +48,20 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-std::mutex& Lock() {
+// Runs `body(stream)` holding the lock (which also guards the primitive caches), on a fresh
+// stream; a oneDNN error becomes an FFI error.
+template <typename Body>
+ffi::Error Guarded(Body body) {
   static std::mutex lock;
-  return lock;
+  try {
+    std::lock_guard<std::mutex> guard(lock);
+    dnnl::stream stream(Engine());
+    body(stream);
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
 }
 
 dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
@@ -94,10 +105,8 @@ Geometry MakeGeometry(ffi::Span<const int64_t> input, ffi::Span<const int64_t> k
 // Runs one cached primitive; `kernel` is the user's HWIO buffer, reordered to and from the
 // primitive's preferred layout when they differ.
 ffi::Error Run(Kind kind, const Geometry& g, float* input, float* kernel, float* output) {
-  try {
-    std::lock_guard<std::mutex> guard(Lock());
+  return Guarded([&](dnnl::stream& stream) {
     const Cached& cached = Primitive(kind, g);
-    dnnl::stream stream(Engine());
     dnnl::memory input_mem(g.input(tag::nhwc), Engine(), input);
     dnnl::memory output_mem(g.output(tag::nhwc), Engine(), output);
     dnnl::memory user_kernel(g.kernel(tag::hwio), Engine(), kernel);
@@ -120,11 +129,7 @@ ffi::Error Run(Kind kind, const Geometry& g, float* input, float* kernel, float*
                                         {DNNL_ARG_DIFF_DST, output_mem}});
       if (reorder) dnnl::reorder(kernel_mem, user_kernel).execute(stream, kernel_mem, user_kernel);
     }
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -181,34 +186,24 @@ dnnl::memory WrapVector(int64_t size, float* data) {
 
 ffi::Error NormForward(F32 x, F32 scale, F32 shift, F32Out y, F32Out mean, F32Out variance,
                        float epsilon) {
-  try {
-    std::lock_guard<std::mutex> guard(Lock());
-    auto dims = x.dimensions();
-    const NormCached& cached = NormPrimitives(dims, epsilon);
-    dnnl::stream stream(Engine());
-    cached.forward_primitive.execute(
+  auto dims = x.dimensions();
+  return Guarded([&](dnnl::stream& stream) {
+    NormPrimitives(dims, epsilon).forward_primitive.execute(
         stream, {{DNNL_ARG_SRC, Wrap(dims, x.typed_data())},
                  {DNNL_ARG_DST, Wrap(dims, y->typed_data())},
                  {DNNL_ARG_SCALE, WrapVector(dims[3], scale.typed_data())},
                  {DNNL_ARG_SHIFT, WrapVector(dims[3], shift.typed_data())},
                  {DNNL_ARG_MEAN, WrapVector(dims[3], mean->typed_data())},
                  {DNNL_ARG_VARIANCE, WrapVector(dims[3], variance->typed_data())}});
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 // oneDNN 2.6 insists on being given the shift, though the gradients do not depend on it.
 ffi::Error NormBackward(F32 x, F32 dy, F32 mean, F32 variance, F32 scale, F32 shift, F32Out dx,
                         F32Out dscale, F32Out dshift, float epsilon) {
-  try {
-    std::lock_guard<std::mutex> guard(Lock());
-    auto dims = x.dimensions();
-    const NormCached& cached = NormPrimitives(dims, epsilon);
-    dnnl::stream stream(Engine());
-    cached.backward_primitive.execute(
+  auto dims = x.dimensions();
+  return Guarded([&](dnnl::stream& stream) {
+    NormPrimitives(dims, epsilon).backward_primitive.execute(
         stream, {{DNNL_ARG_SRC, Wrap(dims, x.typed_data())},
                  {DNNL_ARG_DIFF_DST, Wrap(dims, dy.typed_data())},
                  {DNNL_ARG_MEAN, WrapVector(dims[3], mean.typed_data())},
@@ -218,11 +213,7 @@ ffi::Error NormBackward(F32 x, F32 dy, F32 mean, F32 variance, F32 scale, F32 sh
                  {DNNL_ARG_DIFF_SRC, Wrap(dims, dx->typed_data())},
                  {DNNL_ARG_DIFF_SCALE, WrapVector(dims[3], dscale->typed_data())},
                  {DNNL_ARG_DIFF_SHIFT, WrapVector(dims[3], dshift->typed_data())}});
-    stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 #define CONV_ATTRS                                                                  \
