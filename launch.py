@@ -31,6 +31,11 @@ flags.DEFINE_string("tpu_version", "tpu-ubuntu2204-base", "Cloud TPU VM runtime 
 flags.DEFINE_string("tpu_project", "", "Google Cloud project (default: gcloud's).")
 flags.DEFINE_bool("tpu_spot", False, "Create the TPU VM as Spot (preemptible) capacity.")
 flags.DEFINE_bool("tpu_run", False, "Run the gcloud commands instead of only printing them.")
+flags.DEFINE_bool(
+    "reuse_host_memory", True,
+    "glibc: keep freed host memory in the process, so XLA:CPU's step buffers are not "
+    "page-faulted in again every step (imgcls_jax/host_memory.py).",
+)  # fmt: skip
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -59,7 +64,10 @@ def main(argv):
     if FLAGS.tpu:
         return launch_on_tpu()
     _quiet_library_info_logs()
-    from imgcls_jax import multihost
+    from imgcls_jax import host_memory, multihost
+
+    if FLAGS.reuse_host_memory and host_memory.reuse_freed_memory():  # Before JAX's threads.
+        logging.info("Host memory: freed memory is kept for reuse (--reuse_host_memory).")
 
     multihost.initialize(
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id

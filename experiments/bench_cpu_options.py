@@ -1,7 +1,7 @@
 """Benchmark: which XLA:CPU options, compute dtype and kernels train our step fastest here?
 
-Each variant (XLA flags x model dtype x `model.kernels`) runs in its own process (XLA reads its flags once) and
-times our jitted ResNet-20 step (Fashion-MNIST default, batch 128, no augmentation) on one
+Each variant (XLA flags x model dtype x `model.kernels` x host malloc settings) runs in its
+own process (XLA reads its flags once) and times our jitted ResNet-20 step (Fashion-MNIST default, batch 128, no augmentation) on one
 resident batch. The variants are run in interleaved rounds; the median counts. The first
 step's loss of each variant is printed next to the baseline's, so a fast path that computes
 something else shows up.
@@ -33,26 +33,34 @@ flags.DEFINE_list("variants", [], "Names of VARIANTS to run, comma-separated (de
 flags.DEFINE_string("measure", "", "Internal: time one variant in this process.")
 flags.DEFINE_string("out", "experiments/results/bench_cpu_options.json", "Where to write JSON.")
 
-# name -> (XLA flags, model dtype, model.kernels). "onednn_conv" (this script only) takes
-# oneDNN's convolutions but XLA's batch norm, to show what each kernel adds.
+# name -> (XLA flags, model dtype, model.kernels, host memory reused). "onednn_conv" (this
+# script only) takes oneDNN's convolutions but XLA's batch norm, to show what each kernel
+# adds. Host memory reused is what launch.py does by default (imgcls_jax/host_memory.py).
 VARIANTS = {
-    "baseline f32": ("", "float32", "xla"),
-    "bf16": ("", "bfloat16", "xla"),
+    "baseline f32": ("", "float32", "xla", True),
+    "bf16": ("", "bfloat16", "xla", True),
     "XLA's oneDNN custom calls (f32)": (
-        "--xla_cpu_experimental_onednn_custom_call=true", "float32", "xla"),
+        "--xla_cpu_experimental_onednn_custom_call=true", "float32", "xla", True),
     "XLA's oneDNN custom calls (bf16)": (
-        "--xla_cpu_experimental_onednn_custom_call=true", "bfloat16", "xla"),
+        "--xla_cpu_experimental_onednn_custom_call=true", "bfloat16", "xla", True),
     "YNNPACK convolutions (f32)": (
-        "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", "float32", "xla"),
+        "--xla_cpu_experimental_ynn_fusion_type=individual_convolution", "float32", "xla", True),
     "XNNPACK dot/eltwise/reduce (f32)": (
-        "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce", "float32", "xla"),
-    "our oneDNN convolutions (f32)": ("", "float32", "onednn_conv"),
-    "our oneDNN convolutions + batch norm (f32; the default)": ("", "float32", "onednn"),
+        "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise,reduce", "float32", "xla", True),
+    "our oneDNN convolutions (f32)": ("", "float32", "onednn_conv", True),
+    "our oneDNN kernels (f32; glibc's default malloc)": ("", "float32", "onednn", False),
+    "our oneDNN kernels (f32; the default)": ("", "float32", "onednn", True),
+    "our oneDNN kernels (bf16; glibc's default malloc)": ("", "bfloat16", "onednn", False),
+    "our oneDNN kernels (bf16)": ("", "bfloat16", "onednn", True),
 }  # fmt: skip
 
 
-def measure(dtype: str, kernels: str) -> dict:
+def measure(dtype: str, kernels: str, reuse_host_memory: bool) -> dict:
     """Times our step in this process; returns seconds per step and the first step's loss."""
+    from imgcls_jax import host_memory
+
+    if reuse_host_memory:
+        host_memory.reuse_freed_memory()  # Before JAX starts its threads, as launch.py does.
     from step_timing import OurStep
 
     from configs.resnet import get_config

@@ -73,6 +73,9 @@ def time_case(name: str, kernels: str) -> dict:
 
 def main(argv):
     del argv
+    from imgcls_jax import host_memory
+
+    host_memory.reuse_freed_memory()  # As launch.py does; PyTorch's side gets it too.
     import torch
 
     from imgcls_jax import markdown

@@ -7,6 +7,10 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from imgcls_jax import host_memory  # noqa: E402
+
+host_memory.reuse_freed_memory()  # As launch.py does, before any library starts threads.
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

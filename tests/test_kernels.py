@@ -66,6 +66,41 @@ def test_convolution_matches_xla_in_value_and_gradients(kernel_size, strides, pa
     )
 
 
+def _assert_close_to_bfloat16(got, want):
+    """`got`, computed in bfloat16, is `want` (float32) up to a few bfloat16 roundings."""
+    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2)])
+def test_bfloat16_convolution_matches_a_float32_reference(strides):
+    """bfloat16 in and out (on AMX where the CPU has it), accumulating in float32: values and
+    gradients equal a float32 convolution of the same bfloat16 numbers, to bfloat16 rounding."""
+    x = _normal(0, (4, 10, 10, 16)).astype(jnp.bfloat16)
+    kernel = _normal(1, (3, 3, 16, 8), 0.2).astype(jnp.bfloat16)
+
+    def conv(fn, x, k, **kwargs):
+        return fn(x, k, strides, ((1, 1), (1, 1)), dimension_numbers=NHWC, **kwargs)
+
+    def reference(x, k):
+        f32 = (x.astype(jnp.float32), k.astype(jnp.float32))
+        return conv(lax.conv_general_dilated, *f32, precision=lax.Precision.HIGHEST)
+
+    expected = reference(x, kernel)
+    cotangent = _normal(2, expected.shape).astype(jnp.bfloat16)
+    got = jax.jit(lambda x, k: conv(onednn.conv_general_dilated, x, k))(x, kernel)
+    assert got.dtype == jnp.bfloat16
+    _assert_close_to_bfloat16(got, expected)
+    grads = jax.jit(jax.grad(
+        lambda x, k: jnp.sum(conv(onednn.conv_general_dilated, x, k) * cotangent, dtype=jnp.float32),
+        (0, 1),
+    ))(x, kernel)  # fmt: skip
+    want_grads = jax.grad(lambda *a: jnp.sum(reference(*a) * cotangent), (0, 1))(x, kernel)
+    for got, want in zip(grads, want_grads):
+        assert got.dtype == jnp.bfloat16
+        _assert_close_to_bfloat16(got, want)
+
+
 def test_unsupported_convolutions_fall_back_to_xla():
     x, kernel = _normal(0, (2, 8, 8, 4)), _normal(1, (3, 3, 1, 4))
     grouped = jax.make_jaxpr(
@@ -75,7 +110,7 @@ def test_unsupported_convolutions_fall_back_to_xla():
     )(x, kernel)
     half = jax.make_jaxpr(
         lambda x, k: onednn.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=NHWC)
-    )(x.astype(jnp.bfloat16), _normal(1, (3, 3, 4, 4)).astype(jnp.bfloat16))
+    )(x.astype(jnp.float16), _normal(1, (3, 3, 4, 4)).astype(jnp.float16))
     cropped = jax.make_jaxpr(
         lambda x, k: onednn.conv_general_dilated(
             x, k, (1, 1), ((-1, 0), (1, 1)), dimension_numbers=NHWC
@@ -117,9 +152,36 @@ def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients():
     np.testing.assert_allclose(evaluated, expected, rtol=1e-6)
 
 
+def test_bfloat16_batch_norm_matches_flax():
+    """bfloat16 activations, float32 parameters and statistics, as flax computes them."""
+    x = _normal(0, (6, 5, 4, 8), 2.0, 1.0).astype(jnp.bfloat16)
+    params = {"scale": _normal(1, (8,), 0.5, 1.0), "bias": _normal(2, (8,))}
+    stats = {"mean": jnp.zeros(8), "var": jnp.ones(8)}
+    cotangent = _normal(5, x.shape).astype(jnp.bfloat16)
+
+    def run(module, params, x):
+        y, updated = module.apply({"params": params, "batch_stats": stats}, x,
+                                  mutable=["batch_stats"])  # fmt: skip
+        return jnp.sum(y * cotangent, dtype=jnp.float32), (y, updated["batch_stats"])
+
+    kwargs = dict(use_running_average=False, momentum=0.8, dtype=jnp.bfloat16)
+    step = jax.jit(jax.grad(run, (1, 2), has_aux=True), static_argnums=0)
+    want_grads, (want_y, want_stats) = step(nn.BatchNorm(**kwargs), params, x)
+    grads, (y, new_stats) = step(BatchNorm(**kwargs, train_fn=onednn.batch_norm_train), params, x)
+    assert y.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
+    assert "imgcls_onednn_norm" in str(jax.make_jaxpr(
+        lambda p: run(BatchNorm(**kwargs, train_fn=onednn.batch_norm_train), p, x)
+    )(params))  # fmt: skip
+    for got, want in zip(jax.tree.leaves(new_stats), jax.tree.leaves(want_stats)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # float32 of the same data
+    for got, want in zip(jax.tree.leaves((y, grads)), jax.tree.leaves((want_y, want_grads))):
+        _assert_close_to_bfloat16(got, want)
+
+
 def test_resnet_training_step_matches_xla():
     """A whole ResNet-8 step (forward in train mode, loss, gradients, new BN statistics) with
-    oneDNN's convolutions and batch norm equals the same step with XLA's."""
+    oneDNN's convolutions and batch norm equals the same step with XLA's; in bfloat16, it is
+    as accurate as XLA's."""
     config = dict(width=4, stem="small", dtype="float32", bn_momentum=0.9, kernels="xla")
     plain = models.build_model(models.ml_collections.ConfigDict(dict(name="resnet8", **config)), 5)
     native = plain.clone(conv_fn=onednn.conv_general_dilated, norm_train_fn=onednn.batch_norm_train)
@@ -140,6 +202,20 @@ def test_resnet_training_step_matches_xla():
     assert "imgcls_onednn" in str(jax.make_jaxpr(lambda p: loss(native, p))(params))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    # In bfloat16 the two round differently: oneDNN's step must be as close to the float32
+    # step as XLA's bfloat16 step is.
+    (loss_f32, _), grads_f32 = want
+
+    def error(grads):
+        leaves = [np.ravel(leaf) for leaf in jax.tree.leaves((grads, grads_f32))]
+        got, reference = np.split(np.concatenate(leaves), 2)
+        return np.linalg.norm(got - reference) / np.linalg.norm(reference)
+
+    (loss_native, _), grads_native = step(native.clone(dtype=jnp.bfloat16))
+    (loss_xla, _), grads_xla = step(plain.clone(dtype=jnp.bfloat16))
+    assert {leaf.dtype for leaf in jax.tree.leaves(grads_native)} == {jnp.dtype(jnp.float32)}
+    np.testing.assert_allclose(loss_native, loss_f32, rtol=2 * abs(loss_xla / loss_f32 - 1) + 1e-3)
+    assert error(grads_native) <= 1.5 * error(grads_xla)
 
 
 def test_auto_takes_onednn_only_on_one_cpu_device():

@@ -39,6 +39,7 @@ def test_launch_trains_checkpoints_and_resumes(tmp_path):
     assert results["test/num_examples"] == 10000 and results["val/num_examples"] == 5000
     assert 0.0 <= results["test/accuracy"] <= 1.0 and "test/top5_accuracy" in results
     assert "parameters" in run.stderr and "steps_per_sec" in run.stderr
+    assert "freed memory is kept for reuse" in run.stderr
 
     resumed = _launch(tmp_path, "--config.training.num_train_steps=8")
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -31,6 +31,7 @@ _TARGETS = {  # FFI target name -> C++ handler symbol.
     "imgcls_onednn_norm_forward": "OnednnNormForward",
     "imgcls_onednn_norm_backward": "OnednnNormBackward",
 }
+KERNEL_DTYPES = (jnp.float32, jnp.bfloat16)  # Activation dtypes the kernels take.
 _NHWC = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
@@ -94,7 +95,7 @@ def available() -> bool:
 
 def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geometry: tuple):
     (stride_h, stride_w), ((top, bottom), (left, right)) = geometry
-    out = jax.ShapeDtypeStruct(tuple(out_shape), jnp.float32)
+    out = jax.ShapeDtypeStruct(tuple(out_shape), a.dtype)
     return jax.ffi.ffi_call(f"imgcls_onednn_conv_{name}", out)(
         a, b, stride_h=stride_h, stride_w=stride_w, pad_top=top, pad_bottom=bottom,
         pad_left=left, pad_right=right,
@@ -103,8 +104,8 @@ def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geome
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def conv2d(x: jax.Array, kernel: jax.Array, geometry: tuple) -> jax.Array:
-    """NHWC x HWIO -> NHWC float32 convolution; `geometry` is ((sh, sw), ((top, bottom),
-    (left, right)))."""
+    """NHWC x HWIO -> NHWC convolution, float32 or bfloat16 (both operands alike); `geometry`
+    is ((sh, sw), ((top, bottom), (left, right)))."""
     (sh, sw), ((top, bottom), (left, right)) = geometry
     n, h, w, _ = x.shape
     kh, kw, _, out = kernel.shape
@@ -132,8 +133,8 @@ def conv_general_dilated(
     dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
     preferred_element_type=None,
 ):  # fmt: skip
-    """`lax.conv_general_dilated` that runs on oneDNN where it can: 2D, float32, NHWC/HWIO,
-    undilated, ungrouped; anything else goes to XLA unchanged."""
+    """`lax.conv_general_dilated` that runs on oneDNN where it can: 2D, float32 or bfloat16,
+    NHWC/HWIO, undilated, ungrouped; anything else goes to XLA unchanged."""
     plain = functools.partial(
         lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
         rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
@@ -145,13 +146,13 @@ def conv_general_dilated(
         lhs.ndim != 4
         or isinstance(padding, str)
         or min(p for pair in padding for p in pair) < 0  # XLA crops there; oneDNN cannot.
-        or lhs.dtype != jnp.float32
-        or rhs.dtype != jnp.float32
+        or lhs.dtype not in KERNEL_DTYPES
+        or rhs.dtype != lhs.dtype
         or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC
         or any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1))))
         or feature_group_count != 1
         or batch_group_count != 1
-        or preferred_element_type not in (None, jnp.float32)
+        or preferred_element_type not in (None, lhs.dtype)
     ):
         return plain()
     geometry = (tuple(int(s) for s in window_strides), tuple(tuple(map(int, p)) for p in padding))
@@ -161,10 +162,11 @@ def conv_general_dilated(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def batch_norm_train(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float):
-    """Training-mode batch norm of NHWC float32 `x` over N, H, W: returns (y, batch mean,
-    biased batch variance). The statistics carry no gradient (they feed running averages)."""
+    """Training-mode batch norm of NHWC `x` (float32 or bfloat16) over N, H, W, computed in
+    float32 with float32 `scale` and `shift`: returns (y like x, batch mean, biased batch
+    variance). The statistics carry no gradient (they feed running averages)."""
     channels = x.shape[-1:]
-    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
+    out = (jax.ShapeDtypeStruct(x.shape, x.dtype),
            *[jax.ShapeDtypeStruct(channels, jnp.float32)] * 2)  # fmt: skip
     return jax.ffi.ffi_call("imgcls_onednn_norm_forward", out)(
         x, scale, shift, epsilon=np.float32(epsilon)
@@ -179,7 +181,7 @@ def _norm_forward(x, scale, shift, epsilon):
 def _norm_backward(epsilon, residuals, grads):
     x, mean, variance, scale, shift = residuals
     grad_y = grads[0]  # Gradients reaching the statistics are dropped (see docstring).
-    out = (jax.ShapeDtypeStruct(x.shape, jnp.float32),
+    out = (jax.ShapeDtypeStruct(x.shape, x.dtype),
            *[jax.ShapeDtypeStruct(scale.shape, jnp.float32)] * 2)  # fmt: skip
     return jax.ffi.ffi_call("imgcls_onednn_norm_backward", out)(
         x, grad_y, mean, variance, scale, shift, epsilon=np.float32(epsilon)

@@ -1,10 +1,13 @@
-// oneDNN kernels as XLA:CPU FFI handlers, float32, NHWC activations:
+// oneDNN kernels as XLA:CPU FFI handlers, float32 or bfloat16, NHWC activations:
 // - 2D convolution (HWIO kernels): forward, gradient wrt the input, gradient wrt the kernel;
 // - training-mode batch normalisation: forward (also returning the batch mean and biased
 //   variance) and backward (gradients wrt the input, scale and shift).
+// A bfloat16 call takes and returns bfloat16 activations and kernels (on CPUs with AMX, oneDNN
+// runs them on its tile units); batch norm's scale, shift and statistics stay float32.
 // Primitives are built once per shape and cached; calls are serialised because each one
 // already uses every core through oneDNN's own OpenMP threads.
 #include <array>
+#include <initializer_list>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -22,17 +25,19 @@ namespace {
 
 enum class Kind { kForward, kInputGrad, kKernelGrad };
 
-// N, H, W, C of the input; KH, KW, O of the kernel; OH, OW; strides; paddings (lo/hi per axis).
-using Key = std::array<int64_t, 14>;
+// Kind, data type; N, H, W, C of the input; KH, KW, O of the kernel; strides; paddings.
+using Key = std::array<int64_t, 15>;
 
 struct Geometry {
+  dt type;
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr;
   Key key(Kind kind) const {
-    return {static_cast<int64_t>(kind), n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr};
+    return {static_cast<int64_t>(kind), static_cast<int64_t>(type), n, h, w, c, kh, kw, o,
+            sh, sw, pt, pb, pl, pr};
   }
-  dnnl::memory::desc input(tag t) const { return {{n, c, h, w}, dt::f32, t}; }
-  dnnl::memory::desc output(tag t) const { return {{n, o, oh, ow}, dt::f32, t}; }
-  dnnl::memory::desc kernel(tag t) const { return {{o, c, kh, kw}, dt::f32, t}; }
+  dnnl::memory::desc input(tag t) const { return {{n, c, h, w}, type, t}; }
+  dnnl::memory::desc output(tag t) const { return {{n, o, oh, ow}, type, t}; }
+  dnnl::memory::desc kernel(tag t) const { return {{o, c, kh, kw}, type, t}; }
   dnnl::memory::dims strides() const { return {sh, sw}; }
   dnnl::memory::dims pad_lo() const { return {pt, pl}; }
   dnnl::memory::dims pad_hi() const { return {pb, pr}; }
@@ -95,16 +100,34 @@ const Cached& Primitive(Kind kind, const Geometry& g) {
   return *slot;
 }
 
-Geometry MakeGeometry(ffi::Span<const int64_t> input, ffi::Span<const int64_t> kernel,
-                      ffi::Span<const int64_t> output, int64_t sh, int64_t sw, int64_t pt,
+// The oneDNN data type of an FFI buffer; only float32 and bfloat16 are handled.
+dt DataType(const ffi::AnyBuffer& buffer) {
+  return buffer.element_type() == ffi::DataType::BF16 ? dt::bf16 : dt::f32;
+}
+
+ffi::Error CheckTypes(std::initializer_list<const ffi::AnyBuffer*> buffers) {
+  auto type = (*buffers.begin())->element_type();
+  for (const ffi::AnyBuffer* buffer : buffers) {
+    if (buffer->element_type() != type ||
+        (type != ffi::DataType::F32 && type != ffi::DataType::BF16)) {
+      return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                        "oneDNN kernels take float32 or bfloat16 buffers, all of one type");
+    }
+  }
+  return ffi::Error::Success();
+}
+
+Geometry MakeGeometry(const ffi::AnyBuffer& input, const ffi::AnyBuffer& kernel,
+                      const ffi::AnyBuffer& output, int64_t sh, int64_t sw, int64_t pt,
                       int64_t pb, int64_t pl, int64_t pr) {
-  return {input[0], input[1], input[2], input[3], kernel[0], kernel[1], kernel[3],
-          output[1], output[2], sh, sw, pt, pb, pl, pr};
+  auto in = input.dimensions(), k = kernel.dimensions(), out = output.dimensions();
+  return {DataType(input), in[0], in[1], in[2], in[3], k[0], k[1], k[3], out[1], out[2],
+          sh, sw, pt, pb, pl, pr};
 }
 
 // Runs one cached primitive; `kernel` is the user's HWIO buffer, reordered to and from the
 // primitive's preferred layout when they differ.
-ffi::Error Run(Kind kind, const Geometry& g, float* input, float* kernel, float* output) {
+ffi::Error Run(Kind kind, const Geometry& g, void* input, void* kernel, void* output) {
   return Guarded([&](dnnl::stream& stream) {
     const Cached& cached = Primitive(kind, g);
     dnnl::memory input_mem(g.input(tag::nhwc), Engine(), input);
@@ -132,25 +155,30 @@ ffi::Error Run(Kind kind, const Geometry& g, float* input, float* kernel, float*
   });
 }
 
+using Any = ffi::AnyBuffer;
+using AnyOut = ffi::Result<ffi::AnyBuffer>;
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 
-ffi::Error Forward(F32 x, F32 w, F32Out y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+ffi::Error Forward(Any x, Any w, AnyOut y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                    int64_t pl, int64_t pr) {
-  auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kForward, g, x.typed_data(), w.typed_data(), y->typed_data());
+  if (auto error = CheckTypes({&x, &w, &*y}); error.failure()) return error;
+  auto g = MakeGeometry(x, w, *y, sh, sw, pt, pb, pl, pr);
+  return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
 }
 
-ffi::Error InputGrad(F32 dy, F32 w, F32Out dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+ffi::Error InputGrad(Any dy, Any w, AnyOut dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                      int64_t pl, int64_t pr) {
-  auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kInputGrad, g, dx->typed_data(), w.typed_data(), dy.typed_data());
+  if (auto error = CheckTypes({&dy, &w, &*dx}); error.failure()) return error;
+  auto g = MakeGeometry(*dx, w, dy, sh, sw, pt, pb, pl, pr);
+  return Run(Kind::kInputGrad, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
 }
 
-ffi::Error KernelGrad(F32 x, F32 dy, F32Out dw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+ffi::Error KernelGrad(Any x, Any dy, AnyOut dw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                       int64_t pl, int64_t pr) {
-  auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kKernelGrad, g, x.typed_data(), dw->typed_data(), dy.typed_data());
+  if (auto error = CheckTypes({&x, &dy, &*dw}); error.failure()) return error;
+  auto g = MakeGeometry(x, *dw, dy, sh, sw, pt, pb, pl, pr);
+  return Run(Kind::kKernelGrad, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
 
 // Batch normalisation over N, H, W of an NHWC tensor, with learned scale and shift.
@@ -159,12 +187,19 @@ struct NormCached {
   dnnl::primitive forward_primitive, backward_primitive;
 };
 
-const NormCached& NormPrimitives(ffi::Span<const int64_t> dims, float epsilon) {
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, float>,
+dnnl::memory::desc DataDesc(const ffi::AnyBuffer& x) {
+  auto dims = x.dimensions();
+  return {{dims[0], dims[3], dims[1], dims[2]}, DataType(x), tag::nhwc};
+}
+
+const NormCached& NormPrimitives(const ffi::AnyBuffer& x, float epsilon) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, float>,
                   std::unique_ptr<NormCached>> cache;
-  auto& slot = cache[{dims[0], dims[1], dims[2], dims[3], epsilon}];
+  auto dims = x.dimensions();
+  auto& slot = cache[{static_cast<int64_t>(DataType(x)), dims[0], dims[1], dims[2], dims[3],
+                      epsilon}];
   if (slot) return *slot;
-  dnnl::memory::desc data({dims[0], dims[3], dims[1], dims[2]}, dt::f32, tag::nhwc);
+  auto data = DataDesc(x);
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
   dnnl::batch_normalization_forward::primitive_desc forward(
       {dnnl::prop_kind::forward_training, data, epsilon, flags}, Engine());
@@ -175,44 +210,45 @@ const NormCached& NormPrimitives(ffi::Span<const int64_t> dims, float epsilon) {
   return *slot;
 }
 
-dnnl::memory Wrap(ffi::Span<const int64_t> dims, float* data) {
-  dnnl::memory::desc desc({dims[0], dims[3], dims[1], dims[2]}, dt::f32, tag::nhwc);
-  return dnnl::memory(desc, Engine(), data);
+dnnl::memory Wrap(const ffi::AnyBuffer& x, void* data) {
+  return dnnl::memory(DataDesc(x), Engine(), data);
 }
 
 dnnl::memory WrapVector(int64_t size, float* data) {
   return dnnl::memory({{size}, dt::f32, tag::x}, Engine(), data);
 }
 
-ffi::Error NormForward(F32 x, F32 scale, F32 shift, F32Out y, F32Out mean, F32Out variance,
+ffi::Error NormForward(Any x, F32 scale, F32 shift, AnyOut y, F32Out mean, F32Out variance,
                        float epsilon) {
-  auto dims = x.dimensions();
+  if (auto error = CheckTypes({&x, &*y}); error.failure()) return error;
+  int64_t channels = x.dimensions()[3];
   return Guarded([&](dnnl::stream& stream) {
-    NormPrimitives(dims, epsilon).forward_primitive.execute(
-        stream, {{DNNL_ARG_SRC, Wrap(dims, x.typed_data())},
-                 {DNNL_ARG_DST, Wrap(dims, y->typed_data())},
-                 {DNNL_ARG_SCALE, WrapVector(dims[3], scale.typed_data())},
-                 {DNNL_ARG_SHIFT, WrapVector(dims[3], shift.typed_data())},
-                 {DNNL_ARG_MEAN, WrapVector(dims[3], mean->typed_data())},
-                 {DNNL_ARG_VARIANCE, WrapVector(dims[3], variance->typed_data())}});
+    NormPrimitives(x, epsilon).forward_primitive.execute(
+        stream, {{DNNL_ARG_SRC, Wrap(x, x.untyped_data())},
+                 {DNNL_ARG_DST, Wrap(x, y->untyped_data())},
+                 {DNNL_ARG_SCALE, WrapVector(channels, scale.typed_data())},
+                 {DNNL_ARG_SHIFT, WrapVector(channels, shift.typed_data())},
+                 {DNNL_ARG_MEAN, WrapVector(channels, mean->typed_data())},
+                 {DNNL_ARG_VARIANCE, WrapVector(channels, variance->typed_data())}});
   });
 }
 
 // oneDNN 2.6 insists on being given the shift, though the gradients do not depend on it.
-ffi::Error NormBackward(F32 x, F32 dy, F32 mean, F32 variance, F32 scale, F32 shift, F32Out dx,
+ffi::Error NormBackward(Any x, Any dy, F32 mean, F32 variance, F32 scale, F32 shift, AnyOut dx,
                         F32Out dscale, F32Out dshift, float epsilon) {
-  auto dims = x.dimensions();
+  if (auto error = CheckTypes({&x, &dy, &*dx}); error.failure()) return error;
+  int64_t channels = x.dimensions()[3];
   return Guarded([&](dnnl::stream& stream) {
-    NormPrimitives(dims, epsilon).backward_primitive.execute(
-        stream, {{DNNL_ARG_SRC, Wrap(dims, x.typed_data())},
-                 {DNNL_ARG_DIFF_DST, Wrap(dims, dy.typed_data())},
-                 {DNNL_ARG_MEAN, WrapVector(dims[3], mean.typed_data())},
-                 {DNNL_ARG_VARIANCE, WrapVector(dims[3], variance.typed_data())},
-                 {DNNL_ARG_SCALE, WrapVector(dims[3], scale.typed_data())},
-                 {DNNL_ARG_SHIFT, WrapVector(dims[3], shift.typed_data())},
-                 {DNNL_ARG_DIFF_SRC, Wrap(dims, dx->typed_data())},
-                 {DNNL_ARG_DIFF_SCALE, WrapVector(dims[3], dscale->typed_data())},
-                 {DNNL_ARG_DIFF_SHIFT, WrapVector(dims[3], dshift->typed_data())}});
+    NormPrimitives(x, epsilon).backward_primitive.execute(
+        stream, {{DNNL_ARG_SRC, Wrap(x, x.untyped_data())},
+                 {DNNL_ARG_DIFF_DST, Wrap(x, dy.untyped_data())},
+                 {DNNL_ARG_MEAN, WrapVector(channels, mean.typed_data())},
+                 {DNNL_ARG_VARIANCE, WrapVector(channels, variance.typed_data())},
+                 {DNNL_ARG_SCALE, WrapVector(channels, scale.typed_data())},
+                 {DNNL_ARG_SHIFT, WrapVector(channels, shift.typed_data())},
+                 {DNNL_ARG_DIFF_SRC, Wrap(x, dx->untyped_data())},
+                 {DNNL_ARG_DIFF_SCALE, WrapVector(channels, dscale->typed_data())},
+                 {DNNL_ARG_DIFF_SHIFT, WrapVector(channels, dshift->typed_data())}});
   });
 }
 
@@ -223,18 +259,18 @@ ffi::Error NormBackward(F32 x, F32 dy, F32 mean, F32 variance, F32 scale, F32 sh
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGrad, InputGrad,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>() CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnNormForward, NormForward,
                               ffi::Ffi::Bind()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Arg<Any>().Arg<F32>().Arg<F32>()
+                                  .Ret<Any>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("epsilon"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnNormBackward, NormBackward,
                               ffi::Ffi::Bind()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Ret<F32>().Ret<F32>().Ret<F32>()
+                                  .Arg<Any>().Arg<Any>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Ret<Any>().Ret<F32>().Ret<F32>()
                                   .Attr<float>("epsilon"));

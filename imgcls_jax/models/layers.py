@@ -13,8 +13,8 @@ class BatchNorm(nn.BatchNorm):
     """`nn.BatchNorm` whose training-mode statistics, normalisation and backward pass can run
     in one native kernel, `train_fn(x, scale, bias, epsilon) -> (y, mean, biased var)` (e.g.
     oneDNN's). Same variables and, to float rounding, the same numbers; any case the kernel
-    does not cover (evaluation, init, masks, cross-device statistics, not NHWC float32) takes
-    the plain path."""
+    does not cover (evaluation, init, masks, cross-device statistics, not NHWC float32 or
+    bfloat16, non-float32 parameters) takes the plain path."""
 
     train_fn: Callable | None = None
 
@@ -31,8 +31,9 @@ class BatchNorm(nn.BatchNorm):
             or self.axis_name is not None
             or x.ndim != 4
             or self.axis not in (-1, 3)
-            or x.dtype != jnp.float32
-            or self.dtype not in (None, jnp.float32)
+            or x.dtype not in (jnp.float32, jnp.bfloat16)
+            or self.dtype not in (None, x.dtype)
+            or self.param_dtype != jnp.float32
             or not (self.use_scale and self.use_bias)
         ):
             return super().__call__(x, use_running_average, mask=mask)

@@ -1,0 +1,31 @@
+"""Host memory: let glibc keep freed memory for reuse, so XLA:CPU's step buffers stop
+page-faulting.
+
+Each XLA:CPU execution allocates its temporary buffers in one block (about 230 MB for a
+ResNet-20 step at batch 128) and frees it at the end. glibc serves a block that large with
+fresh mmap pages (a worker thread's arena cannot do otherwise), so every step faults all of it
+in again: 57,000 page faults, about a quarter of the step on our 2-core machine
+(experiments/results/cpu_perf_notes.md). One arena, no mmap and no trimming keep those pages
+in the process instead; the price is that the process keeps its peak heap until it exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+# mallopt(3) parameters, from glibc's malloc.h.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def reuse_freed_memory() -> bool:
+    """Makes glibc's malloc serve every thread from one heap that is never given back; returns
+    whether it could (Linux with glibc only). Call it before threads other than the main one
+    allocate, i.e. before JAX starts its backend: a thread keeps the arena it first used."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "gnu_get_libc_version"):  # Not glibc (e.g. musl): nothing to tune.
+        return False
+    return all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)

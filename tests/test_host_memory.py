@@ -1,0 +1,44 @@
+"""Reusing freed host memory: XLA:CPU's per-call buffers stop being page-faulted in again."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+from imgcls_jax import host_memory
+
+# Calls a jitted function whose 32 MB buffers XLA allocates and frees on every call; prints
+# the page faults per call.
+SCRIPT = """
+import resource, sys
+from imgcls_jax import host_memory
+if sys.argv[1] == "reuse":
+    assert host_memory.reuse_freed_memory()
+import jax, jax.numpy as jnp
+f = jax.jit(lambda x: jnp.sort(jnp.sin(x)) + jnp.sort(jnp.cos(x))[::-1])
+x = jnp.ones(1 << 23)
+f(x).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    f(x).block_until_ready()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+def _faults_per_call(mode: str) -> float:
+    run = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    return float(run.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
+def test_reused_memory_is_not_page_faulted_in_on_every_call():
+    system, reused = _faults_per_call("system"), _faults_per_call("reuse")
+    assert system > 3 * 8192  # 3 x 32 MB of 4 KiB pages: the buffers fault in every call...
+    assert reused < system / 4  # ...unless freed memory is kept.
+
+
+def test_reuse_reports_whether_it_applied():
+    assert host_memory.reuse_freed_memory() == sys.platform.startswith("linux")
