@@ -1,11 +1,16 @@
 """Test set-up: 8 fake CPU devices (before JAX is imported), tiny configs and datasets."""
 
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent compilation cache for the session, inherited by launch.py subprocesses: the
+# many relaunches of one config (resume and fault tests) compile it once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="imgcls_jax_xla_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from imgcls_jax import host_memory  # noqa: E402
 
