@@ -120,6 +120,12 @@ def test_unsupported_convolutions_fall_back_to_xla():
         assert "ffi_call" not in str(jaxpr) and "conv_general_dilated" in str(jaxpr)
 
 
+def test_a_kernel_given_mixed_dtypes_raises_instead_of_misreading_memory():
+    x, kernel = _normal(0, (1, 4, 4, 2)), _normal(1, (1, 1, 2, 2)).astype(jnp.bfloat16)
+    with pytest.raises(Exception, match="float32 or bfloat16 buffers, all of one type"):
+        onednn._call("forward", x.shape, x, kernel, ((1, 1), ((0, 0), (0, 0))))
+
+
 def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients():
     x = _normal(0, (6, 5, 4, 3), 2.0, 1.0)
     params = {"scale": _normal(1, (3,), 0.5, 1.0), "bias": _normal(2, (3,))}

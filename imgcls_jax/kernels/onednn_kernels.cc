@@ -7,8 +7,8 @@
 // Primitives are built once per shape and cached; calls are serialised because each one
 // already uses every core through oneDNN's own OpenMP threads.
 #include <array>
-#include <initializer_list>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
