@@ -1,8 +1,8 @@
 """Benchmark: which XLA:CPU options, compute dtype and kernels train our step fastest here?
 
 Each variant (XLA flags x model dtype x `model.kernels` x host malloc settings) runs in its
-own process (XLA reads its flags once) and times our jitted ResNet-20 step (Fashion-MNIST default, batch 128, no augmentation) on one
-resident batch. The variants are run in interleaved rounds; the median counts. The first
+own process (XLA reads its flags once) and times our jitted ResNet-20 step (Fashion-MNIST
+default, batch 128, no augmentation) on one resident batch. The variants are run in interleaved rounds; the median counts. The first
 step's loss of each variant is printed next to the baseline's, so a fast path that computes
 something else shows up.
 

@@ -111,7 +111,8 @@ class Worker:
         return float(self._read())
 
     def close(self) -> None:
-        self.process.stdin.close()
+        if self.process.poll() is None:
+            self.process.kill()
         self.process.wait()
 
 
@@ -119,12 +120,17 @@ def time_case(name: str) -> list[dict]:
     """One row per value of --kernels; PyTorch's workers are shared by the rows."""
     specs = {"torch": f"torch:{name}:system", "torch_reuse": f"torch:{name}:reuse",
              **{kernels: f"ours:{name}:{kernels}" for kernels in FLAGS.kernels}}  # fmt: skip
-    workers = {key: Worker(spec) for key, spec in specs.items()}
-    for worker in workers.values():
-        worker.run(2)  # Compile / warm up.
-    rounds = [{key: w.run(FLAGS.steps) for key, w in workers.items()} for _ in range(FLAGS.rounds)]
-    for worker in workers.values():
-        worker.close()
+    workers = {}
+    try:
+        for key, spec in specs.items():
+            workers[key] = Worker(spec)
+        for worker in workers.values():
+            worker.run(2)  # Compile / warm up.
+        rounds = [{key: w.run(FLAGS.steps) for key, w in workers.items()}
+                  for _ in range(FLAGS.rounds)]  # fmt: skip
+    finally:  # Also when one worker died: the others must not outlive the script.
+        for worker in workers.values():
+            worker.close()
     seconds = {key: statistics.median(r[key] for r in rounds) for key in workers}
     model, width, _, size, channels, batch_size = CASES[name]
     return [{"case": name, "kernels": kernels, "model": model, "width": width,
