@@ -2,11 +2,13 @@
 training step waits for its input.
 
 It writes an ImageNet-like folder of real photos (scikit-image's, randomly cropped and
-resized to 250-450 px, JPEG quality 90), then streams it the way `dataset.streaming=True`
+resized to 250-450 px, JPEG quality 90) and the same JPEG bytes as a TFDS dataset (TFRecord
+shards, as `tfds build` writes ImageNet), then streams each the way `dataset.streaming=True`
 does: decode, shorter side to --image_size, centre crop, batch, prefetch in a thread.
 
-1. Host decode rate with 1 and with all decode threads: images/s, and per core.
-2. A training loop fed from the stream vs the same loop on one batch kept on the device: time
+1. Host decode rate of each source with 1 and with all decode threads: images/s, and per core;
+   and how fast the TFRecord index (one pass reading every record's label) is built.
+2. A training loop fed from each stream vs the same loop on one batch kept on the device: time
    per step and the time each step waited in `next()` for its batch.
 
     python experiments/bench_input.py                  # 224 px, ResNet-18, batch 32
@@ -43,6 +45,8 @@ flags.DEFINE_string("out", "experiments/results/bench_input.json", "Where to wri
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
           "immunohistochemistry", "retina", "colorwheel", "camera")  # fmt: skip
 CLASSES = 10
+TFDS_NAME = "bench_jpegs"
+SOURCE_NAMES = {"folder": "an image folder", "tfds": "TFDS TFRecords"}
 
 
 def write_jpegs(root: str, count: int, seed: int = 0) -> None:
@@ -68,13 +72,48 @@ def write_jpegs(root: str, count: int, seed: int = 0) -> None:
         crop.save(os.path.join(root, f"class{i % CLASSES}", f"{i:05d}.jpg"), quality=90)
 
 
-def decode_rate(root: str, threads: int) -> float:
-    """Images/s decoding the whole folder with `threads` threads (second of two passes)."""
-    import numpy as np
+def store_as_tfds(root: str, data_dir: str, shards: int = 4) -> None:
+    """The folder's JPEG files, byte for byte, as TFDS dataset `bench_jpegs` in `data_dir`."""
+    import tensorflow_datasets as tfds
 
     from imgcls_jax.data.image_folder import list_image_folder
 
-    images, _, _ = list_image_folder(root, FLAGS.image_size, 3, threads)
+    images, labels, class_names = list_image_folder(root, FLAGS.image_size)
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=class_names),
+    })  # fmt: skip
+    examples = [(i, {"image": p, "label": y}) for i, (p, y) in enumerate(zip(images.items, labels))]
+    tfds.dataset_builders.store_as_tfds_dataset(
+        TFDS_NAME, "1.0.0", features, {"train": examples}, data_dir=data_dir,
+        download_config=tfds.download.DownloadConfig(num_shards=shards),
+    )  # fmt: skip
+
+
+def stream(source: str, roots: dict, threads: int):
+    """The images of source ("folder" or "tfds", stored under roots[source]), left encoded."""
+    from imgcls_jax.data import tfds_source
+    from imgcls_jax.data.image_folder import list_image_folder
+
+    if source == "folder":
+        return list_image_folder(roots["folder"], FLAGS.image_size, 3, threads)[0]
+    return tfds_source.list_split(TFDS_NAME, "train", roots["tfds"], False,
+                                  FLAGS.image_size, 3, threads)[0]  # fmt: skip
+
+
+def index_rate(roots: dict, threads: int) -> float:
+    """Records/s building the TFRecord index (labels read from every record)."""
+    stream("tfds", roots, threads)  # Warm: TF's import, the page cache.
+    start = time.perf_counter()
+    count = len(stream("tfds", roots, threads))
+    return count / (time.perf_counter() - start)
+
+
+def decode_rate(source: str, roots: dict, threads: int) -> float:
+    """Images/s decoding the whole source with `threads` threads (second of two passes)."""
+    import numpy as np
+
+    images = stream(source, roots, threads)
     everything = np.arange(len(images))
     np.asarray(images[everything[: 4 * threads]])  # Warm the pool.
     start = time.perf_counter()
@@ -82,7 +121,7 @@ def decode_rate(root: str, threads: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
-def training_loop(root: str, streamed: bool) -> dict:
+def training_loop(source: str | None, roots: dict) -> dict:
     """Seconds per step and per step waiting for input, through the Trainer's own step."""
     import jax
 
@@ -91,8 +130,10 @@ def training_loop(root: str, streamed: bool) -> dict:
     from imgcls_jax.config import apply_overrides
     from imgcls_jax.train import Trainer
 
+    name = TFDS_NAME if source == "tfds" else "image_folder"
+    data_dir = roots["tfds"] if source == "tfds" else roots["folder"]
     config = apply_overrides(get_config(), {
-        "dataset.name": "image_folder", "dataset.data_dir": root, "dataset.test_split": "",
+        "dataset.name": name, "dataset.data_dir": data_dir, "dataset.test_split": "",
         "dataset.image_size": FLAGS.image_size, "dataset.validation_size": 2 * CLASSES,
         "dataset.mean": (0.5,) * 3, "dataset.std": (0.25,) * 3, "dataset.streaming": True,
         "dataset.decode_threads": FLAGS.threads, "model.name": FLAGS.model,
@@ -110,13 +151,14 @@ def training_loop(root: str, streamed: bool) -> dict:
     waits, start = [], time.perf_counter()
     for _ in range(FLAGS.steps):
         before = time.perf_counter()
-        batch = next(batches) if streamed else fixed
+        batch = next(batches) if source else fixed
         waits.append(time.perf_counter() - before)
         state, _ = trainer.train_step(state, batch, trainer.train_key)
         jax.block_until_ready(state)  # So a wait cannot hide behind asynchronous dispatch.
     step_s = (time.perf_counter() - start) / FLAGS.steps
     batches.close()
-    return {"input": "streamed JPEGs" if streamed else "one batch on device",
+    return {"input": f"JPEGs streamed from {SOURCE_NAMES[source]}" if source else
+                     "one batch on device",
             "step_s": round(step_s, 3), "img_per_s": round(FLAGS.batch_size / step_s, 1),
             "wait_per_step_s": round(statistics.mean(waits), 4),
             "waited_fraction": round(sum(waits) / (step_s * FLAGS.steps), 3)}  # fmt: skip
@@ -128,25 +170,31 @@ def main(argv):
 
     cores = os.cpu_count() or 1
     threads = FLAGS.threads or cores
-    with tempfile.TemporaryDirectory() as root:
-        write_jpegs(root, FLAGS.images)
-        megabytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root)
-                        for f in fs) / 2**20  # fmt: skip
-        rates = {n: decode_rate(root, n) for n in sorted({1, threads})}
-        loops = [training_loop(root, streamed) for streamed in (False, True)]
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = {"folder": os.path.join(tmp, "folder"), "tfds": os.path.join(tmp, "tfds")}
+        write_jpegs(roots["folder"], FLAGS.images)
+        store_as_tfds(roots["folder"], roots["tfds"])
+        megabytes = sum(os.path.getsize(os.path.join(d, f))
+                        for d, _, fs in os.walk(roots["folder"]) for f in fs) / 2**20  # fmt: skip
+        rates = {(source, n): decode_rate(source, roots, n)
+                 for source in SOURCE_NAMES for n in sorted({1, threads})}  # fmt: skip
+        indexed = index_rate(roots, threads)
+        loops = [training_loop(source, roots) for source in (None, *SOURCE_NAMES)]
     print(f"{FLAGS.images} JPEGs, {megabytes / FLAGS.images * 1024:.0f} KiB each on average, "
           f"decoded to {FLAGS.image_size} px on {cores} cores.\n")  # fmt: skip
     print(markdown.table(
-        ["decode threads", "images/s", "images/s per core"],
-        [[n, f"{r:.0f}", f"{r / min(n, cores):.0f}"] for n, r in rates.items()],
+        ["source", "decode threads", "images/s", "images/s per core"],
+        [[SOURCE_NAMES[s], n, f"{r:.0f}", f"{r / min(n, cores):.0f}"]
+         for (s, n), r in rates.items()],
     ))  # fmt: skip
+    print(f"\nTFRecord index ({threads} threads): {indexed:.0f} records/s.\n")
     print()
     print(markdown.table(
         ["input", "s/step", "img/s", "waited per step (s)", "share of step waiting"],
         [[r["input"], r["step_s"], r["img_per_s"], r["wait_per_step_s"],
           f"{100 * r['waited_fraction']:.1f}%"] for r in loops],
     ))  # fmt: skip
-    per_core = rates[1]
+    per_core = rates["tfds", 1]
     print(
         f"\nAt {per_core:.0f} images/s per core, 6,000 images/s (the H200 target) needs "
         f"{6000 / per_core:.0f} decoding cores."
@@ -155,7 +203,8 @@ def main(argv):
     with open(FLAGS.out, "w", encoding="utf-8") as f:
         json.dump({"images": FLAGS.images, "image_size": FLAGS.image_size, "cores": cores,
                    "model": FLAGS.model, "batch_size": FLAGS.batch_size,
-                   "decode_img_per_s": {str(n): round(r, 1) for n, r in rates.items()},
+                   "decode_img_per_s": {f"{s}/{n}": round(r, 1) for (s, n), r in rates.items()},
+                   "tfrecord_index_records_per_s": round(indexed, 1),
                    "loops": loops}, f, indent=2)  # fmt: skip
 
 

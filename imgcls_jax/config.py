@@ -26,10 +26,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.split_seed = 0  # Fixes which train examples are held out.
     c.dataset.train_size = 0  # Train on a random subset of this many examples; 0 uses all.
     c.dataset.class_fractions = ()  # Per class: keep this fraction of its train examples.
-    c.dataset.image_size = 0  # Resize to this square size on the host; 0 keeps the stored size.
+    # On the host: shorter side resized to this, centre square kept; 0 keeps the stored size.
+    c.dataset.image_size = 0
     c.dataset.strict = False  # image_folder: raise on unreadable files instead of skipping them.
-    # image_folder: leave files encoded on disk and decode each batch when needed (parallel,
-    # prefetched) instead of all up front; for folders too big for memory.
+    # image_folder / tfds: leave images encoded on disk (files, TFRecords) and decode each batch
+    # when needed (parallel, prefetched) instead of all up front; for datasets too big for memory.
     c.dataset.streaming = False
     c.dataset.decode_threads = 0  # Decoding threads when streaming; 0: one per CPU core.
     c.dataset.mean = (0.5,)  # Per-channel normalisation, applied on device, in [0, 1] units.

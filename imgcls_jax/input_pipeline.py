@@ -82,7 +82,9 @@ _END = object()  # Marks the end of a finite iterator in the prefetch queue.
 
 
 def _prefetch(items: Iterator[dict], depth: int) -> Iterator[dict]:
-    """Runs `items` up to `depth` ahead of the consumer in a daemon thread."""
+    """Runs `items` up to `depth` ahead of the consumer in a daemon thread, which closing the
+    iterator stops and joins (a thread still decoding or copying to the device when the
+    interpreter exits aborts the process)."""
     results: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -105,7 +107,7 @@ def _prefetch(items: Iterator[dict], depth: int) -> Iterator[dict]:
             return
         put(_END)
 
-    thread = threading.Thread(target=worker, daemon=True)
+    thread = threading.Thread(target=worker, name="prefetch", daemon=True)
     thread.start()
     try:
         while (item := results.get()) is not _END:
@@ -114,3 +116,4 @@ def _prefetch(items: Iterator[dict], depth: int) -> Iterator[dict]:
             yield item
     finally:
         stop.set()
+        thread.join()

@@ -37,10 +37,12 @@ def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     run = _run("bench_input.py", "--images=60", "--image_size=32", "--model=resnet8",
                "--width=4", "--batch_size=8", "--steps=2", "--threads=2", f"--out={out}")  # fmt: skip
     result = json.loads(out.read_text())
-    assert set(result["decode_img_per_s"]) == {"1", "2"}
+    assert set(result["decode_img_per_s"]) == {"folder/1", "folder/2", "tfds/1", "tfds/2"}
     assert all(rate > 0 for rate in result["decode_img_per_s"].values())
+    assert result["tfrecord_index_records_per_s"] > 0
     fed = {loop["input"]: loop for loop in result["loops"]}
-    assert set(fed) == {"one batch on device", "streamed JPEGs"}
+    assert set(fed) == {"one batch on device", "JPEGs streamed from an image folder",
+                        "JPEGs streamed from TFDS TFRecords"}  # fmt: skip
     for loop in fed.values():
         assert 0 <= loop["waited_fraction"] <= 1 and loop["img_per_s"] > 0
     assert "share of step waiting" in run.stdout

@@ -86,3 +86,20 @@ def test_auto_places_only_splits_that_fit():
     assert not device_data.use_device_resident("auto", huge, mesh)
     assert not device_data.use_device_resident("off", small, mesh)
     assert device_data.use_device_resident("on", small, mesh)
+
+
+def test_closing_a_prefetching_iterator_joins_its_thread():
+    """A prefetch thread left decoding when the interpreter exits aborts the process."""
+    import threading
+    import time
+
+    def slow_items():
+        for i in range(100):
+            time.sleep(0.05)  # Still producing when the consumer closes.
+            yield {"i": i}
+
+    batches = input_pipeline._prefetch(slow_items(), depth=2)
+    assert next(batches) == {"i": 0}
+    assert any(t.name == "prefetch" for t in threading.enumerate())
+    batches.close()
+    assert not any(t.name == "prefetch" for t in threading.enumerate())

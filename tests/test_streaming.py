@@ -1,5 +1,6 @@
-"""Streaming an image folder (files decoded batch by batch) equals loading it into memory:
-the same splits, batches and training; unreadable files stop the run naming the file."""
+"""Streaming an image folder or a TFDS dataset (images decoded batch by batch) equals loading
+it into memory: the same splits, batches and training; unreadable images stop the run naming
+where they lie."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from conftest import tiny_config
 
 from imgcls_jax import data, device_data, input_pipeline, sharding
 from imgcls_jax.data.encoded import EncodedImages
+from imgcls_jax.data.image_folder import list_image_folder
 from imgcls_jax.train import TIMING_FILE, train_and_evaluate
 
 CLASSES = ("ant", "bee", "cat")
@@ -91,7 +93,114 @@ def test_an_unreadable_file_stops_the_run_naming_it(folder, tmp_path):
         train_and_evaluate(config, str(tmp_path / "run"))
 
 
-def test_streaming_needs_an_image_folder():
-    config = tiny_config(**{"dataset.streaming": True})
-    with pytest.raises(ValueError, match="streaming=True needs source 'image_folder'"):
+def test_streaming_needs_an_image_folder_or_tfds():
+    config = tiny_config(**{"dataset.streaming": True, "dataset.source": "debian"})
+    with pytest.raises(ValueError, match="streaming=True needs source 'image_folder' or 'tfds'"):
         data.check_dataset_name(config.dataset)
+
+
+def _store_as_tfds(name: str, data_dir, examples, image_shape, encoding: str, shards: int = 1):
+    """Writes `examples` ({"image": path or array, "label": int}) as a prepared TFDS dataset."""
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=image_shape, encoding_format=encoding),
+        "label": tfds.features.ClassLabel(names=CLASSES),
+    })  # fmt: skip
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name, "1.0.0", features, {"train": list(enumerate(examples))}, data_dir=str(data_dir),
+        disable_shuffling=True, download_config=tfds.download.DownloadConfig(num_shards=shards),
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tfds_jpegs(folder, tmp_path_factory) -> pathlib.Path:
+    """The folder's JPEG files, byte for byte, as a TFDS dataset of 3 TFRecord shards."""
+    images, labels, class_names = list_image_folder(str(folder), 12)
+    assert class_names == CLASSES
+    data_dir = tmp_path_factory.mktemp("tfds")
+    examples = [{"image": path, "label": label} for path, label in zip(images.items, labels)]
+    _store_as_tfds("stream_jpegs", data_dir, examples, (None, None, 3), "jpeg", shards=3)
+    assert len(list(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))) == 3
+    return data_dir
+
+
+def _tfds_config(data_dir, name, streaming, **overrides):
+    return _config(data_dir, streaming, **{"dataset.name": name, "dataset.source": "tfds",
+                                           **overrides})  # fmt: skip
+
+
+def test_tfds_records_stream_as_the_same_files_do(folder, tfds_jpegs):
+    split = "train[5:110]"  # Starts inside the first shard and ends inside the last.
+    config = _tfds_config(tfds_jpegs, "stream_jpegs", True, **{"dataset.train_split": split})
+    from_tfds = data.load_dataset(config.dataset)
+    assert isinstance(from_tfds.train.images, EncodedImages)
+    assert from_tfds.class_names == CLASSES
+    # The folder's files 5..109, streamed and held out as the TFDS split must be.
+    images, labels, _ = list_image_folder(str(folder), 12, 3, threads=2)
+    train, validation = data.split_validation(
+        images[5:110], labels[5:110], config.dataset.validation_size, config.dataset.split_seed
+    )
+    for streamed, reference in ((from_tfds.train, train), (from_tfds.validation, validation)):
+        np.testing.assert_array_equal(streamed.labels, reference.labels)
+        np.testing.assert_array_equal(np.asarray(streamed.images), np.asarray(reference.images))
+
+
+def test_tfds_in_memory_resizes_as_streaming_does(tfds_jpegs):
+    """Shorter side to image_size, centre square; TF's and PIL's resizers round differently."""
+    memory = data.load_dataset(_tfds_config(tfds_jpegs, "stream_jpegs", False).dataset)
+    streamed = data.load_dataset(_tfds_config(tfds_jpegs, "stream_jpegs", True).dataset)
+    np.testing.assert_array_equal(memory.train.labels, streamed.train.labels)
+    difference = np.abs(memory.train.images - np.asarray(streamed.train.images).astype(int))
+    assert difference.max() <= 8 and difference.mean() < 1.5, (difference.max(), difference.mean())
+
+
+@pytest.fixture(scope="module")
+def tfds_pngs(folder, tmp_path_factory) -> pathlib.Path:
+    """The folder's images decoded to 12x12, stored as PNGs in a TFDS dataset of 2 shards."""
+    images, labels, _ = list_image_folder(str(folder), 12)
+    data_dir = tmp_path_factory.mktemp("tfds")
+    examples = [{"image": image, "label": label} for image, label in zip(np.asarray(images), labels)]
+    _store_as_tfds("stream_pngs", data_dir, examples, (12, 12, 3), "png", shards=2)
+    return data_dir
+
+
+def test_tfds_streamed_training_equals_in_memory_training(tfds_pngs, tmp_path):
+    overrides = {"dataset.image_size": 0, "input.device_resident": "off", "input.prefetch": 3}
+    memory_config = _tfds_config(tfds_pngs, "stream_pngs", False, **overrides)
+    streamed_config = _tfds_config(tfds_pngs, "stream_pngs", True, **overrides)
+    memory, streamed = data.load_dataset(memory_config.dataset), data.load_dataset(
+        streamed_config.dataset)  # fmt: skip
+    assert isinstance(streamed.train.images, EncodedImages)
+    for a, b in ((memory.train, streamed.train), (memory.validation, streamed.validation)):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_array_equal(a.images, np.asarray(b.images))
+    assert train_and_evaluate(streamed_config, str(tmp_path / "stream")) == train_and_evaluate(
+        memory_config, str(tmp_path / "memory"))  # fmt: skip
+
+
+def _copy_tfds(data_dir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
+    import shutil
+
+    shutil.copytree(data_dir, to)
+    return to
+
+
+def test_a_corrupt_tfds_image_stops_the_run_naming_its_record(tfds_jpegs, tmp_path):
+    data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
+    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))[1]
+    contents = shard.read_bytes()
+    start = contents.index(b"\xff\xd8\xff", 100)  # A JPEG's first bytes, inside a record.
+    shard.write_bytes(contents[:start] + b"XXX" + contents[start + 3 :])
+    config = _tfds_config(data_dir, "stream_jpegs", True)
+    streamed = data.load_dataset(config.dataset)  # Indexing reads labels, not pixels.
+    with pytest.raises(ValueError, match=r"image in .*tfrecord-00001-of-00003 at byte \d+ is unre"):
+        np.asarray(streamed.train.images)
+
+
+def test_a_truncated_tfrecord_file_is_named(tfds_jpegs, tmp_path):
+    data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
+    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))[2]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"tfrecord-00002-of-00003', record \d+ is truncated"):
+        data.load_dataset(_tfds_config(data_dir, "stream_jpegs", True).dataset)

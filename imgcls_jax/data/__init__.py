@@ -45,17 +45,17 @@ def check_dataset_name(dataset_config: ml_collections.ConfigDict) -> None:
     if source == "tfds":
         from imgcls_jax.data import tfds_source
 
-        tfds_source.builder_class(dataset_config.name)
+        tfds_source.check_name(dataset_config.name, dataset_config.data_dir)
     elif source == "debian" and dataset_config.name != "fashion_mnist":
         raise ValueError("config.dataset.source='debian' only provides 'fashion_mnist'.")
     elif source == "image_folder" and not dataset_config.data_dir:
         raise ValueError("config.dataset.source='image_folder' needs config.dataset.data_dir=ROOT.")
     elif source == "image_folder" and not dataset_config.image_size:
         raise ValueError("config.dataset.image_size must be > 0 for image folders.")
-    if dataset_config.streaming and source != "image_folder":
+    if dataset_config.streaming and source not in ("image_folder", "tfds"):
         raise ValueError(
-            f"config.dataset.streaming=True needs source 'image_folder' (this is {source!r}); "
-            "the other sources load into memory."
+            f"config.dataset.streaming=True needs source 'image_folder' or 'tfds' (this is "
+            f"{source!r}, which loads into memory)."
         )
 
 
@@ -127,13 +127,12 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
         from imgcls_jax.data import tfds_source
 
         def load(split: str):
-            return tfds_source.load_split(
-                dataset_config.name,
-                split,
-                dataset_config.data_dir,
-                dataset_config.download,
-                dataset_config.image_size,
-            )
+            common = (dataset_config.name, split, dataset_config.data_dir,
+                      dataset_config.download, dataset_config.image_size)  # fmt: skip
+            if dataset_config.streaming:
+                channels = len(dataset_config.mean)
+                return tfds_source.list_split(*common, channels, dataset_config.decode_threads)
+            return tfds_source.load_split(*common)
 
         images, labels, class_names = load(dataset_config.train_split)
         if dataset_config.test_split:

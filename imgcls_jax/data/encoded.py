@@ -1,4 +1,5 @@
-"""Image files left encoded on disk and decoded batch by batch, for folders too big for memory."""
+"""Images left encoded on disk (files or TFRecord entries), decoded batch by batch, for
+datasets too big for memory."""
 
 from __future__ import annotations
 
@@ -9,23 +10,27 @@ import numpy as np
 
 
 class EncodedImages:
-    """A lazy uint8 [N, S, S, C] array over image files.
+    """A lazy uint8 [N, S, S, C] array over encoded images.
 
-    Indexing selects files without reading them (so splits and subsets stay lazy);
+    `items` are file paths, or, with a `reader` (such as `tfrecord_index.RecordImages`), what
+    `reader.open(item)` turns into a file object and `reader.name(item)` names in errors.
+    Indexing selects items without reading them (so splits and subsets stay lazy);
     `np.asarray` decodes the selection in parallel threads (PIL releases the GIL), each image
     resized on its shorter side and centre-cropped exactly as the in-memory image folder does.
     """
 
-    def __init__(self, paths, image_size: int, channels: int, threads: int = 0, pool=None):
-        self.paths = np.asarray(paths, dtype=object)
+    def __init__(self, items, image_size: int, channels: int, threads: int = 0, pool=None,
+                 reader=None):  # fmt: skip
+        self.items = np.asarray(items, dtype=object if reader is None else None)
         self.image_size = image_size
         self.channels = channels
         self.threads = threads or os.cpu_count() or 1
+        self.reader = reader
         self._pool = pool
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
-        return (len(self.paths), self.image_size, self.image_size, self.channels)
+        return (len(self.items), self.image_size, self.image_size, self.channels)
 
     dtype = np.dtype(np.uint8)
     ndim = 4
@@ -36,13 +41,13 @@ class EncodedImages:
         return int(np.prod(self.shape))
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, index) -> EncodedImages:
         if isinstance(index, (int, np.integer)):
             raise TypeError("Select with an index array or slice, then decode with np.asarray.")
-        return EncodedImages(self.paths[index], self.image_size, self.channels, self.threads,
-                             self._executor())  # fmt: skip
+        return EncodedImages(self.items[index], self.image_size, self.channels, self.threads,
+                             self._executor(), self.reader)  # fmt: skip
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
@@ -53,15 +58,19 @@ class EncodedImages:
         from imgcls_jax.data.image_folder import decode_image
 
         mode = "RGB" if self.channels == 3 else "L"
-        decoded = list(
-            self._executor().map(lambda p: decode_image(p, self.image_size, mode), self.paths)
-        )
-        for path, image in zip(self.paths, decoded):
+        reader = self.reader
+
+        def decode(item):
+            return decode_image(reader.open(item) if reader else item, self.image_size, mode)
+
+        decoded = list(self._executor().map(decode, self.items))
+        for item, image in zip(self.items, decoded):
             if image is None:
+                what = f"The image in {reader.name(item)}" if reader else f"Image file {item!r}"
                 raise ValueError(
-                    f"Image file {path!r} is unreadable. Streaming decodes files only when a "
-                    "batch needs them, so it was not caught up front: remove or re-save it, "
-                    "then relaunch the same command to resume from the last checkpoint."
+                    f"{what} is unreadable. Streaming decodes images only when a batch needs "
+                    "them, so it was not caught up front: remove or re-save it, then relaunch "
+                    "the same command to resume from the last checkpoint."
                 )
         images = np.stack(decoded) if decoded else np.zeros(self.shape, np.uint8)
         return images if dtype is None else images.astype(dtype)

@@ -31,10 +31,11 @@ class ImageFolderData:
     skipped: tuple[str, ...]
 
 
-def decode_image(path: str, image_size: int, mode: str) -> np.ndarray | None:
-    """Returns `path` as uint8 [S, S, C] (shorter side resized, centre crop); None if unreadable."""
+def decode_image(source, image_size: int, mode: str) -> np.ndarray | None:
+    """Returns the image in `source` (a path or a binary file object) as uint8 [S, S, C]
+    (shorter side resized, centre crop); None if unreadable."""
     try:
-        with PIL.Image.open(path) as img:
+        with PIL.Image.open(source) as img:
             # convert() fully loads the pixels, so truncation surfaces inside the try.
             img = img.convert(mode)
     except DECODE_ERRORS:

@@ -1,10 +1,13 @@
-"""Loads a TFDS image-classification split into host memory as uint8 arrays."""
+"""TFDS image-classification splits: loaded into host memory as uint8 arrays, or listed for
+streaming (encoded images read from the TFRecord files batch by batch)."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
+
+from imgcls_jax.data.encoded import EncodedImages
 
 
 def check_fits_in_memory(name: str, split: str, num_examples: int, image_shape: tuple) -> None:
@@ -16,29 +19,32 @@ def check_fits_in_memory(name: str, split: str, num_examples: int, image_shape: 
             f"TFDS {name}[{split}] needs {needed / 2**30:.1f} GiB as uint8 arrays at "
             f"{image_shape}, over half of this host's {available / 2**30:.1f} GiB. Datasets are "
             "held in host memory; lower config.dataset.image_size or use a subset split such "
-            "as 'train[:10%]' (a streaming input pipeline for large datasets is not built yet)."
+            "as 'train[:10%]', or stream it: --config.dataset.streaming=True."
         )
 
 
-def builder_class(name: str):
-    """Returns the TFDS builder class for `name`; raises naming the closest registered name."""
+def check_name(name: str, data_dir: str) -> None:
+    """Raises naming the closest registered name unless `name` is a TFDS dataset, registered
+    or prepared without its code under `data_dir` (DIR/NAME/VERSION, as `tfds.builder` reads)."""
     import tensorflow_datasets as tfds
 
     from imgcls_jax.config import closest
 
+    base_name = name.split(":")[0].split("/")[0]
     try:
-        return tfds.builder_cls(name.split(":")[0].split("/")[0])
+        tfds.builder_cls(base_name)
     except tfds.core.registered.DatasetNotFoundError:
+        if data_dir and os.path.isdir(os.path.join(data_dir, base_name)):
+            return
         names = tfds.list_builders(with_community_datasets=False)
         raise ValueError(
-            f"config.dataset.name={name!r} is not a TFDS dataset.{closest(name, names)}"
+            f"config.dataset.name={name!r} is not a TFDS dataset, nor prepared in "
+            f"config.dataset.data_dir={data_dir!r}.{closest(name, names)}"
         ) from None
 
 
-def load_split(
-    name: str, split: str, data_dir: str, download: bool, image_size: int
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Returns (images uint8 NHWC, labels int32, class names) of one TFDS split."""
+def _prepared_builder(name: str, data_dir: str, download: bool):
+    """The TFDS builder of `name`, prepared (downloaded first if `download`)."""
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
@@ -53,23 +59,85 @@ def load_split(
             f"`tfds build {name} --data_dir=DIR` there and set --config.dataset.data_dir=DIR, "
             "or download it manually as TFDS documents for this dataset."
         )
+    return builder
+
+
+def image_and_label_keys(builder) -> tuple[str, str]:
+    """The feature names of image and label: the dataset's supervised keys, else the usual."""
+    return tuple(builder.info.supervised_keys or ("image", "label"))
+
+
+def load_split(
+    name: str, split: str, data_dir: str, download: bool, image_size: int
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Returns (images uint8 NHWC, labels int32, class names) of one TFDS split; with
+    `image_size`, each image's shorter side is resized to it and the centre square kept."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    builder = _prepared_builder(name, data_dir, download)
+    image_key, label_key = image_and_label_keys(builder)
     if builder.info.splits:  # Unknown for mock data.
-        stored = builder.info.features["image"].shape
+        stored = builder.info.features[image_key].shape
         shape = (image_size, image_size, stored[-1]) if image_size else stored
         if None not in shape:
             check_fits_in_memory(name, split, builder.info.splits[split].num_examples, shape)
-    ds = builder.as_dataset(split=split, as_supervised=True)
+    ds = builder.as_dataset(split=split).map(lambda ex: (ex[image_key], ex[label_key]))
     if image_size:
         ds = ds.map(
-            lambda image, label: (
-                tf.cast(tf.image.resize(image, (image_size, image_size), antialias=True), tf.uint8),
-                label,
-            ),
+            lambda image, label: (resize_and_centre_crop(image, image_size), label),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     images, labels = [], []
     for image_batch, label_batch in tfds.as_numpy(ds.batch(1024).prefetch(2)):
         images.append(image_batch)
         labels.append(label_batch)
-    class_names = tuple(builder.info.features["label"].names)
+    class_names = tuple(builder.info.features[label_key].names)
     return np.concatenate(images), np.concatenate(labels).astype(np.int32), class_names
+
+
+def resize_and_centre_crop(image, size: int):
+    """TF version of the image folders' resize: shorter side to `size`, centre square, uint8."""
+    import tensorflow as tf
+
+    height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
+    scale = size / tf.minimum(height, width)
+    new_size = tf.maximum(size, tf.cast(tf.round(tf.stack([height, width]) * scale), tf.int32))
+    resized = tf.image.resize(image, new_size, antialias=True)
+    top, left = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    cropped = resized[top : top + size, left : left + size]
+    return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+
+
+def list_split(
+    name: str, split: str, data_dir: str, download: bool, image_size: int, channels: int,
+    threads: int,
+) -> tuple[EncodedImages, np.ndarray, tuple[str, ...]]:
+    """One TFDS split left encoded in its TFRecord files, decoded later batch by batch (as
+    image folders stream): (images, int32 labels, class names). Reads every record once to
+    index it and read its label."""
+    from imgcls_jax.data import tfrecord_index
+
+    builder = _prepared_builder(name, data_dir, download)
+    image_key, label_key = image_and_label_keys(builder)
+    if builder.info.file_format.value != "tfrecord":
+        raise ValueError(
+            f"TFDS {name} is stored as {builder.info.file_format.value}; streaming reads "
+            "TFRecord files. Rebuild it with `tfds build --file_format=tfrecord` or load it into "
+            "memory (dataset.streaming=False)."
+        )
+    stored = builder.info.features[image_key].shape
+    if not image_size and (None in stored[:2] or stored[0] != stored[1]):
+        raise ValueError(
+            f"TFDS {name} images are {stored}, not one square size: set "
+            "config.dataset.image_size (shorter side resized to it, centre square kept)."
+        )
+    spans = [
+        tfrecord_index.FileSpan(i.filename, i.skip, i.take)
+        for i in builder.info.splits[split].file_instructions
+    ]
+    threads = threads or os.cpu_count() or 1
+    records, labels = tfrecord_index.index_records(spans, image_key, label_key, threads)
+    images = EncodedImages(np.arange(len(labels)), image_size or stored[0], channels, threads,
+                           reader=records)  # fmt: skip
+    return images, labels, tuple(builder.info.features[label_key].names)
