@@ -160,7 +160,9 @@ def tfds_pngs(folder, tmp_path_factory) -> pathlib.Path:
     """The folder's images decoded to 12x12, stored as PNGs in a TFDS dataset of 2 shards."""
     images, labels, _ = list_image_folder(str(folder), 12)
     data_dir = tmp_path_factory.mktemp("tfds")
-    examples = [{"image": image, "label": label} for image, label in zip(np.asarray(images), labels)]
+    examples = [
+        {"image": image, "label": label} for image, label in zip(np.asarray(images), labels)
+    ]
     _store_as_tfds("stream_pngs", data_dir, examples, (12, 12, 3), "png", shards=2)
     return data_dir
 

@@ -110,7 +110,12 @@ def resize_and_centre_crop(image, size: int):
 
 
 def list_split(
-    name: str, split: str, data_dir: str, download: bool, image_size: int, channels: int,
+    name: str,
+    split: str,
+    data_dir: str,
+    download: bool,
+    image_size: int,
+    channels: int,
     threads: int,
 ) -> tuple[EncodedImages, np.ndarray, tuple[str, ...]]:
     """One TFDS split left encoded in its TFRecord files, decoded later batch by batch (as
