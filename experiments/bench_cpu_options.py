@@ -69,7 +69,7 @@ def measure(dtype: str, kernels: str, reuse_host_memory: bool) -> dict:
 
     if kernels == "onednn_conv":
         native = models.native_kernels("onednn")
-        models.native_kernels = lambda _: {"conv_fn": native["conv_fn"]}
+        models.native_kernels = lambda *_: {"conv_fn": native["conv_fn"]}
         kernels = "onednn"
     config = apply_overrides(get_config(), {
         "model.name": FLAGS.model, "model.dtype": dtype, "model.kernels": kernels,

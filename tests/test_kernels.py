@@ -3,6 +3,7 @@ gradients, alone and inside a whole ResNet training step; and when they are chos
 
 import json
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,28 @@ def test_unsupported_convolutions_fall_back_to_xla():
     )(x, _normal(1, (3, 3, 4, 4)))
     for jaxpr in (grouped, half, cropped):
         assert "ffi_call" not in str(jaxpr) and "conv_general_dilated" in str(jaxpr)
+
+
+def test_bfloat16_kernels_are_taken_where_the_cpu_has_avx512(monkeypatch):
+    """oneDNN's own ISA report agrees with /proc/cpuinfo; without AVX-512 (faked), bfloat16
+    convolutions and models go to XLA, and asking for oneDNN says why."""
+    flags = set(pathlib.Path("/proc/cpuinfo").read_text().split())
+    avx512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags
+    assert (jnp.bfloat16 in onednn.kernel_dtypes()) == avx512
+    monkeypatch.setattr(onednn, "_cpu_isa", lambda: 0x7)  # dnnl_cpu_isa_avx2
+    assert onednn.kernel_dtypes() == (jnp.float32,)
+    x, kernel = _normal(0, (2, 8, 8, 4)), _normal(1, (3, 3, 4, 4))
+
+    def conv(x, kernel):
+        return onednn.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NHWC)
+
+    bf16 = jax.make_jaxpr(conv)(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    assert "ffi_call" not in str(bf16) and "ffi_call" in str(jax.make_jaxpr(conv)(x, kernel))
+    monkeypatch.setattr(jax, "device_count", lambda: 1)  # As on a one-device CPU run.
+    assert models.native_kernels("auto", "bfloat16") == {}
+    assert set(models.native_kernels("auto", "float32")) == {"conv_fn", "norm_train_fn"}
+    with pytest.raises(ValueError, match="take float32 on this CPU.*bfloat16 needs AVX-512"):
+        models.native_kernels("onednn", "bfloat16")
 
 
 def test_a_kernel_given_mixed_dtypes_raises_instead_of_misreading_memory():

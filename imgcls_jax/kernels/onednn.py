@@ -15,6 +15,7 @@ import functools
 import hashlib
 import os
 import pathlib
+import platform
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -33,6 +34,8 @@ _TARGETS = {  # FFI target name -> C++ handler symbol.
     "imgcls_onednn_norm_backward": "OnednnNormBackward",
 }
 KERNEL_DTYPES = (jnp.float32, jnp.bfloat16)  # Activation dtypes the kernels take.
+# oneDNN 2.x builds bf16 primitives on x86 only from AVX-512 (`dnnl_cpu_isa_avx512_core`) up.
+_AVX512_CORE = 0x27
 _NHWC = lax.ConvDimensionNumbers(
     lhs_spec=(0, 3, 1, 2), rhs_spec=(3, 2, 0, 1), out_spec=(0, 3, 1, 2)
 )
@@ -94,6 +97,23 @@ def available() -> bool:
     return not load_error()
 
 
+@functools.cache
+def _cpu_isa() -> int:
+    """oneDNN's `dnnl_get_effective_cpu_isa()`: the instruction set it dispatches to here."""
+    load()
+    return ctypes.CDLL(str(_build())).dnnl_get_effective_cpu_isa()
+
+
+def kernel_dtypes() -> tuple:
+    """The activation dtypes the kernels take on this CPU: float32, and bfloat16 where oneDNN
+    has bf16 primitives (x86 with AVX-512); raises OnednnUnavailable if they do not load."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    if x86 and _cpu_isa() & _AVX512_CORE == _AVX512_CORE:
+        return KERNEL_DTYPES
+    load()
+    return (jnp.float32,)
+
+
 def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geometry: tuple):
     (stride_h, stride_w), ((top, bottom), (left, right)) = geometry
     out = jax.ShapeDtypeStruct(tuple(out_shape), a.dtype)
@@ -134,8 +154,9 @@ def conv_general_dilated(
     dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
     preferred_element_type=None,
 ):  # fmt: skip
-    """`lax.conv_general_dilated` that runs on oneDNN where it can: 2D, float32 or bfloat16,
-    NHWC/HWIO, undilated, ungrouped; anything else goes to XLA unchanged."""
+    """`lax.conv_general_dilated` that runs on oneDNN where it can: 2D, NHWC/HWIO, undilated,
+    ungrouped, float32 (or bfloat16 where this CPU has oneDNN's bf16 kernels); anything else
+    goes to XLA unchanged."""
     plain = functools.partial(
         lax.conv_general_dilated, lhs, rhs, window_strides, padding, lhs_dilation,
         rhs_dilation, dimension_numbers, feature_group_count, batch_group_count, precision,
@@ -147,7 +168,7 @@ def conv_general_dilated(
         lhs.ndim != 4
         or isinstance(padding, str)
         or min(p for pair in padding for p in pair) < 0  # XLA crops there; oneDNN cannot.
-        or lhs.dtype not in KERNEL_DTYPES
+        or lhs.dtype not in kernel_dtypes()
         or rhs.dtype != lhs.dtype
         or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) != _NHWC
         or any(d != 1 for d in (*(lhs_dilation or (1, 1)), *(rhs_dilation or (1, 1))))

@@ -22,13 +22,13 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 KERNELS = ("auto", "xla", "onednn")
 
 
-def native_kernels(kernels: str) -> dict:
+def native_kernels(kernels: str, dtype: str = "float32") -> dict:
     """The model fields that swap in native kernels: {} for XLA's own, or oneDNN's
     convolution and training-mode batch norm.
 
     oneDNN's kernels run on the CPU and XLA's partitioner cannot split them (with several
     devices each would get the whole batch), so "auto" takes them only for a run on one CPU
-    device, and only if they build here.
+    device, only if they build here, and only for a compute `dtype` they take on this CPU.
     """
     check_choice("model.kernels", kernels, KERNELS)
     one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
@@ -44,6 +44,16 @@ def native_kernels(kernels: str) -> dict:
     elif not onednn.available():
         logging.warning("oneDNN kernels unavailable, using XLA's: %s", onednn.load_error())
         return {}
+    supported = [jnp.dtype(d).name for d in onednn.kernel_dtypes()]
+    if jnp.dtype(DTYPES[dtype]).name not in supported:
+        message = (
+            f"oneDNN's kernels take {' or '.join(supported)} on this CPU, not "
+            f"config.model.dtype={dtype!r} (bfloat16 needs AVX-512)"
+        )
+        if kernels == "onednn":
+            raise ValueError(f"{message}. Use model.kernels='auto' or 'xla'.")
+        logging.warning("%s: using XLA's kernels.", message)
+        return {}
     logging.info("Convolutions and batch norm run on oneDNN's kernels (model.kernels=%s).", kernels)
     return dict(conv_fn=onednn.conv_general_dilated, norm_train_fn=onednn.batch_norm_train)
 
@@ -56,7 +66,7 @@ def _resnet(arch: dict, num_classes: int, model_config: ml_collections.ConfigDic
         stem=model_config.stem,
         dtype=DTYPES[model_config.dtype],
         bn_momentum=model_config.bn_momentum,
-        **native_kernels(model_config.kernels),
+        **native_kernels(model_config.kernels, model_config.dtype),
     )
 
 
@@ -71,7 +81,7 @@ def _efficientnet_lite(
         dropout_rate=dropout,
         dtype=DTYPES[model_config.dtype],
         bn_momentum=model_config.bn_momentum,
-        **native_kernels(model_config.kernels),
+        **native_kernels(model_config.kernels, model_config.dtype),
     )
 
 
