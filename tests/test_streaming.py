@@ -5,6 +5,7 @@ where they lie."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -206,3 +207,26 @@ def test_a_truncated_tfrecord_file_is_named(tfds_jpegs, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"tfrecord-00002-of-00003', record \d+ is truncated"):
         data.load_dataset(_tfds_config(data_dir, "stream_jpegs", True).dataset)
+
+
+def test_the_tfrecord_index_is_cached_per_unchanged_file(tfds_jpegs, tmp_path, monkeypatch):
+    from imgcls_jax.data import tfrecord_index
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
+    config = _tfds_config(data_dir, "stream_jpegs", True)
+    first = data.load_dataset(config.dataset)
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 3  # One per shard.
+    scanned = []
+    scan_file = tfrecord_index.scan_file
+    monkeypatch.setattr(tfrecord_index, "scan_file",
+                        lambda span, key: scanned.append(span.path) or scan_file(span, key))  # fmt: skip
+    again = data.load_dataset(config.dataset)
+    assert scanned == []
+    np.testing.assert_array_equal(again.train.labels, first.train.labels)
+    np.testing.assert_array_equal(np.asarray(again.train.images), np.asarray(first.train.images))
+    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))[1]
+    shard.write_bytes(shard.read_bytes())  # Rewritten: a new modification time.
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+    data.load_dataset(config.dataset)
+    assert scanned == [str(shard)]

@@ -1,11 +1,20 @@
-"""Random access to the images in TFDS's TFRecord files, through an index of record offsets."""
+"""Random access to the images in TFDS's TFRecord files, through an index of record offsets.
+
+Building the index reads every record once (for its label). Each file's part is cached under
+~/.cache/imgcls_jax/tfrecord_index, keyed by the file's path, size and modification time, so
+a restart on the same host reads no record again.
+"""
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import hashlib
 import io
+import os
+import pathlib
 import struct
+import tempfile
 
 import numpy as np
 
@@ -21,6 +30,22 @@ class FileSpan:
     path: str
     skip: int = 0
     take: int = -1
+
+
+def _cache_dir() -> pathlib.Path:
+    root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(root) / "imgcls_jax" / "tfrecord_index"
+
+
+def _stat(path: str) -> tuple[int, float]:
+    """(size, modification time) of a local or remote file."""
+    if "://" in path:
+        import tensorflow as tf
+
+        stat = tf.io.gfile.stat(path)
+        return stat.length, stat.mtime_nsec / 1e9
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime
 
 
 def _open(path: str):
@@ -113,12 +138,28 @@ class RecordImages:
         return io.BytesIO(_feature(example, self.image_key, "bytes_list", where))
 
 
+def scan_file_cached(span: FileSpan, label_key: str) -> tuple[np.ndarray, ...]:
+    """`scan_file`, read back from the cache when the file is unchanged since it was scanned."""
+    identity = repr((os.path.abspath(span.path) if "://" not in span.path else span.path,
+                     *_stat(span.path), span.skip, span.take, label_key))  # fmt: skip
+    cached = _cache_dir() / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.npz"
+    if cached.exists():
+        with np.load(cached) as saved:
+            return saved["offsets"], saved["lengths"], saved["labels"]
+    offsets, lengths, labels = scan_file(span, label_key)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npz", delete=False) as f:
+        np.savez(f, offsets=offsets, lengths=lengths, labels=labels)
+    os.replace(f.name, cached)  # Atomic: a concurrent reader never sees half a file.
+    return offsets, lengths, labels
+
+
 def index_records(
     spans: list[FileSpan], image_key: str, label_key: str, threads: int
 ) -> tuple[RecordImages, np.ndarray]:
     """Scans the files in parallel: (the records' index, int32 labels), in span order."""
     with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-        scanned = list(pool.map(lambda span: scan_file(span, label_key), spans))
+        scanned = list(pool.map(lambda span: scan_file_cached(span, label_key), spans))
     sizes = [len(labels) for _, _, labels in scanned]
     records = RecordImages(
         paths=tuple(span.path for span in spans),
