@@ -26,8 +26,10 @@ def fashion_mnist(c):
 def fashion_mnist_speed(c):
     """Fashion-MNIST against the clock: as many images as 2 CPU cores train in about 5
     minutes (issue 7's budget): bfloat16 (AMX convolutions), a larger batch and learning
-    rate, one evaluation at the end."""
+    rate, flips without crops (better in 4 epochs: 92.2% vs 91.5% over 3 seeds), one
+    evaluation at the end."""
     fashion_mnist(c)
+    c.augment.train = "flip_lr"
     c.model.dtype = "bfloat16"
     c.input.batch_size = 256
     c.optimizer.learning_rate = 0.2

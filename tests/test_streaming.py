@@ -122,7 +122,7 @@ def tfds_jpegs(folder, tmp_path_factory) -> pathlib.Path:
     data_dir = tmp_path_factory.mktemp("tfds")
     examples = [{"image": path, "label": label} for path, label in zip(images.items, labels)]
     _store_as_tfds("stream_jpegs", data_dir, examples, (None, None, 3), "jpeg", shards=3)
-    assert len(list(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))) == 3
+    assert len(list(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))) == 3
     return data_dir
 
 
@@ -191,7 +191,7 @@ def _copy_tfds(data_dir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
 
 def test_a_corrupt_tfds_image_stops_the_run_naming_its_record(tfds_jpegs, tmp_path):
     data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
-    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))[1]
+    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))[1]
     contents = shard.read_bytes()
     start = contents.index(b"\xff\xd8\xff", 100)  # A JPEG's first bytes, inside a record.
     shard.write_bytes(contents[:start] + b"XXX" + contents[start + 3 :])
@@ -203,20 +203,25 @@ def test_a_corrupt_tfds_image_stops_the_run_naming_its_record(tfds_jpegs, tmp_pa
 
 def test_a_truncated_tfrecord_file_is_named(tfds_jpegs, tmp_path):
     data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
-    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))[2]
+    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))[2]
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(ValueError, match=r"tfrecord-00002-of-00003', record \d+ is truncated"):
         data.load_dataset(_tfds_config(data_dir, "stream_jpegs", True).dataset)
 
 
-def test_the_tfrecord_index_is_cached_per_unchanged_file(tfds_jpegs, tmp_path, monkeypatch):
+def test_the_tfrecord_index_is_saved_beside_each_file_until_it_changes(tfds_jpegs, tmp_path,
+                                                                       monkeypatch):  # fmt: skip
     from imgcls_jax.data import tfrecord_index
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
-    config = _tfds_config(data_dir, "stream_jpegs", True)
+    for saved in data_dir.rglob("*" + tfrecord_index.INDEX_SUFFIX):
+        saved.unlink()  # Left by the fixture's other users.
+    config = _tfds_config(data_dir, "stream_jpegs", True, **{"dataset.train_split": "train[3:]"})
     first = data.load_dataset(config.dataset)
-    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 3  # One per shard.
+    shards = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))
+    assert [pathlib.Path(str(s) + tfrecord_index.INDEX_SUFFIX).exists() for s in shards] == [
+        True
+    ] * 3
     scanned = []
     scan_file = tfrecord_index.scan_file
     monkeypatch.setattr(tfrecord_index, "scan_file",
@@ -225,8 +230,6 @@ def test_the_tfrecord_index_is_cached_per_unchanged_file(tfds_jpegs, tmp_path, m
     assert scanned == []
     np.testing.assert_array_equal(again.train.labels, first.train.labels)
     np.testing.assert_array_equal(np.asarray(again.train.images), np.asarray(first.train.images))
-    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord*"))[1]
-    shard.write_bytes(shard.read_bytes())  # Rewritten: a new modification time.
-    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
-    data.load_dataset(config.dataset)
-    assert scanned == [str(shard)]
+    os.utime(shards[1], ns=(shards[1].stat().st_atime_ns, shards[1].stat().st_mtime_ns + 10**9))
+    data.load_dataset(config.dataset)  # The touched file is scanned again, the others not.
+    assert scanned == [str(shards[1])]

@@ -1,18 +1,18 @@
 """Random access to the images in TFDS's TFRecord files, through an index of record offsets.
 
-Building the index reads every record once (for its label). Each file's part is cached under
-~/.cache/imgcls_jax/tfrecord_index, keyed by the file's path, size and modification time, so
-a restart on the same host reads no record again.
+Building the index reads every record once (for its label). Each file's index is saved beside
+it (`FILE.imgcls_index.npz`, tagged with the file's size and modification time), so a restart,
+or another host sharing the data directory, reads no record again; where the directory is
+read-only the index is rebuilt on every start.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import io
+import logging
 import os
-import pathlib
 import struct
 import tempfile
 
@@ -21,6 +21,7 @@ import numpy as np
 # A record: uint64 length, uint32 masked CRC of the length, the data, uint32 masked CRC of it.
 _HEADER = struct.Struct("<QI")
 _FOOTER_SIZE = 4
+INDEX_SUFFIX = ".imgcls_index.npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,20 +33,15 @@ class FileSpan:
     take: int = -1
 
 
-def _cache_dir() -> pathlib.Path:
-    root = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
-    return pathlib.Path(root) / "imgcls_jax" / "tfrecord_index"
-
-
-def _stat(path: str) -> tuple[int, float]:
-    """(size, modification time) of a local or remote file."""
+def _stat(path: str) -> tuple[int, int]:
+    """(size, modification time in ns) of a local or remote file."""
     if "://" in path:
         import tensorflow as tf
 
         stat = tf.io.gfile.stat(path)
-        return stat.length, stat.mtime_nsec / 1e9
+        return stat.length, stat.mtime_nsec
     stat = os.stat(path)
-    return stat.st_size, stat.st_mtime
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _open(path: str):
@@ -138,20 +134,65 @@ class RecordImages:
         return io.BytesIO(_feature(example, self.image_key, "bytes_list", where))
 
 
+def _read_saved_index(path: str, tag: str) -> tuple[np.ndarray, ...] | None:
+    """The index saved beside `path`, if it was made from the file as it is now."""
+    sidecar = path + INDEX_SUFFIX
+    if not (os.path.exists(sidecar) if "://" not in path else _gfile_exists(sidecar)):
+        return None
+    with _open(sidecar) as f, np.load(io.BytesIO(f.read())) as saved:
+        if str(saved["tag"]) != tag:
+            return None
+        return saved["offsets"], saved["lengths"], saved["labels"]
+
+
+def _gfile_exists(path: str) -> bool:
+    import tensorflow as tf
+
+    return tf.io.gfile.exists(path)
+
+
+def _save_index(path: str, tag: str, index: tuple[np.ndarray, ...]) -> None:
+    """Saves the index beside `path`, atomically; warns (once per file) where it cannot."""
+    buffer = io.BytesIO()
+    offsets, lengths, labels = index
+    np.savez(buffer, tag=tag, offsets=offsets, lengths=lengths, labels=labels)
+    try:
+        _write_atomically(path + INDEX_SUFFIX, buffer.getvalue())
+    except OSError as error:
+        logging.warning("Cannot save the TFRecord index beside %s (%s); it is rebuilt on every "
+                        "start.", path, error)  # fmt: skip
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Writes `path` so that a concurrent reader sees the old file or the new, never half."""
+    if "://" in path:  # Object stores replace whole objects atomically.
+        import tensorflow as tf
+
+        try:
+            with tf.io.gfile.GFile(path, "wb") as f:
+                f.write(data)
+        except tf.errors.OpError as error:
+            raise OSError(error.message) from None
+        return
+    with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as f:
+        f.write(data)
+    os.replace(f.name, path)
+
+
 def scan_file_cached(span: FileSpan, label_key: str) -> tuple[np.ndarray, ...]:
-    """`scan_file`, read back from the cache when the file is unchanged since it was scanned."""
-    identity = repr((os.path.abspath(span.path) if "://" not in span.path else span.path,
-                     *_stat(span.path), span.skip, span.take, label_key))  # fmt: skip
-    cached = _cache_dir() / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.npz"
-    if cached.exists():
-        with np.load(cached) as saved:
-            return saved["offsets"], saved["lengths"], saved["labels"]
-    offsets, lengths, labels = scan_file(span, label_key)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cached.parent, suffix=".npz", delete=False) as f:
-        np.savez(f, offsets=offsets, lengths=lengths, labels=labels)
-    os.replace(f.name, cached)  # Atomic: a concurrent reader never sees half a file.
-    return offsets, lengths, labels
+    """`scan_file` of the span, from the index saved beside the file when that is current."""
+    tag = repr((*_stat(span.path), label_key))
+    index = _read_saved_index(span.path, tag)
+    if index is None:
+        index = scan_file(FileSpan(span.path), label_key)
+        _save_index(span.path, tag, index)
+    end = None if span.take < 0 else span.skip + span.take
+    if end is not None and end > len(index[2]):
+        raise ValueError(
+            f"TFRecord file {span.path!r} holds {len(index[2])} records, fewer than the {end} "
+            "its dataset_info.json promises: restore or rebuild it."
+        )
+    return tuple(array[span.skip : end] for array in index)
 
 
 def index_records(
