@@ -39,7 +39,9 @@ def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     result = json.loads(out.read_text())
     assert set(result["decode_img_per_s"]) == {"folder/1", "folder/2", "tfds/1", "tfds/2"}
     assert all(rate > 0 for rate in result["decode_img_per_s"].values())
-    assert result["tfrecord_index_records_per_s"] > 0 < result["tfrecord_index_cached_records_per_s"]
+    assert (
+        result["tfrecord_index_records_per_s"] > 0 < result["tfrecord_index_cached_records_per_s"]
+    )
     fed = {loop["input"]: loop for loop in result["loops"]}
     assert set(fed) == {"one batch on device", "JPEGs streamed from an image folder",
                         "JPEGs streamed from TFDS TFRecords"}  # fmt: skip
