@@ -219,9 +219,7 @@ def test_the_tfrecord_index_is_saved_beside_each_file_until_it_changes(tfds_jpeg
     config = _tfds_config(data_dir, "stream_jpegs", True, **{"dataset.train_split": "train[3:]"})
     first = data.load_dataset(config.dataset)
     shards = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))
-    assert [pathlib.Path(str(s) + tfrecord_index.INDEX_SUFFIX).exists() for s in shards] == [
-        True
-    ] * 3
+    assert all(pathlib.Path(f"{shard}{tfrecord_index.INDEX_SUFFIX}").exists() for shard in shards)
     scanned = []
     scan_file = tfrecord_index.scan_file
     monkeypatch.setattr(tfrecord_index, "scan_file",
