@@ -229,5 +229,7 @@ def test_the_tfrecord_index_is_saved_beside_each_file_until_it_changes(tfds_jpeg
     np.testing.assert_array_equal(again.train.labels, first.train.labels)
     np.testing.assert_array_equal(np.asarray(again.train.images), np.asarray(first.train.images))
     os.utime(shards[1], ns=(shards[1].stat().st_atime_ns, shards[1].stat().st_mtime_ns + 10**9))
-    data.load_dataset(config.dataset)  # The touched file is scanned again, the others not.
-    assert scanned == [str(shards[1])]
+    pathlib.Path(f"{shards[2]}{tfrecord_index.INDEX_SUFFIX}").write_bytes(b"garbage")
+    again = data.load_dataset(config.dataset)  # Touched or unreadable: scanned again.
+    assert scanned == [str(shards[1]), str(shards[2])]
+    np.testing.assert_array_equal(again.train.labels, first.train.labels)

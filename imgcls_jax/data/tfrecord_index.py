@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -135,14 +136,19 @@ class RecordImages:
 
 
 def _read_saved_index(path: str, tag: str) -> tuple[np.ndarray, ...] | None:
-    """The index saved beside `path`, if it was made from the file as it is now."""
+    """The index saved beside `path`, if it was made from the file as it is now (None also
+    for an unreadable one, which is then rebuilt and overwritten)."""
     sidecar = path + INDEX_SUFFIX
     if not (os.path.exists(sidecar) if "://" not in path else _gfile_exists(sidecar)):
         return None
-    with _open(sidecar) as f, np.load(io.BytesIO(f.read())) as saved:
-        if str(saved["tag"]) != tag:
-            return None
-        return saved["offsets"], saved["lengths"], saved["labels"]
+    try:
+        with _open(sidecar) as f, np.load(io.BytesIO(f.read())) as saved:
+            if str(saved["tag"]) != tag:
+                return None
+            return saved["offsets"], saved["lengths"], saved["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        logging.warning("Rebuilding the unreadable TFRecord index %s.", sidecar)
+        return None
 
 
 def _gfile_exists(path: str) -> bool:
@@ -152,7 +158,7 @@ def _gfile_exists(path: str) -> bool:
 
 
 def _save_index(path: str, tag: str, index: tuple[np.ndarray, ...]) -> None:
-    """Saves the index beside `path`, atomically; warns (once per file) where it cannot."""
+    """Saves the index beside `path`, atomically; warns where it cannot."""
     buffer = io.BytesIO()
     offsets, lengths, labels = index
     np.savez(buffer, tag=tag, offsets=offsets, lengths=lengths, labels=labels)
