@@ -131,6 +131,11 @@ def _tfds_config(data_dir, name, streaming, **overrides):
                                            **overrides})  # fmt: skip
 
 
+def test_a_misspelt_tfds_name_suggests_the_dataset_prepared_in_data_dir(tfds_jpegs):
+    with pytest.raises(ValueError, match="nor prepared in .* Did you mean 'stream_jpegs'"):
+        data.check_dataset_name(_tfds_config(tfds_jpegs, "stream_jpeg", True).dataset)
+
+
 def test_tfds_records_stream_as_the_same_files_do(folder, tfds_jpegs):
     split = "train[5:110]"  # Starts inside the first shard and ends inside the last.
     config = _tfds_config(tfds_jpegs, "stream_jpegs", True, **{"dataset.train_split": split})

@@ -34,13 +34,24 @@ def check_name(name: str, data_dir: str) -> None:
     try:
         tfds.builder_cls(base_name)
     except tfds.core.registered.DatasetNotFoundError:
-        if data_dir and os.path.isdir(os.path.join(data_dir, base_name)):
+        prepared = _prepared_names(data_dir)
+        if base_name in prepared:
             return
-        names = tfds.list_builders(with_community_datasets=False)
+        names = [*tfds.list_builders(with_community_datasets=False), *prepared]
         raise ValueError(
             f"config.dataset.name={name!r} is not a TFDS dataset, nor prepared in "
             f"config.dataset.data_dir={data_dir!r}.{closest(name, names)}"
         ) from None
+
+
+def _prepared_names(data_dir: str) -> list[str]:
+    """The dataset folders in a TFDS data_dir (local or remote); [] if there is none."""
+    import tensorflow as tf
+
+    if not data_dir or not tf.io.gfile.isdir(data_dir):
+        return []
+    return [n.rstrip("/") for n in tf.io.gfile.listdir(data_dir)
+            if tf.io.gfile.isdir(os.path.join(data_dir, n))]  # fmt: skip
 
 
 def _prepared_builder(name: str, data_dir: str, download: bool):
