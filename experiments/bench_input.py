@@ -74,20 +74,13 @@ def write_jpegs(root: str, count: int, seed: int = 0) -> None:
 
 def store_as_tfds(root: str, data_dir: str, shards: int = 4) -> None:
     """The folder's JPEG files, byte for byte, as TFDS dataset `bench_jpegs` in `data_dir`."""
-    import tensorflow_datasets as tfds
-
     from imgcls_jax.data.image_folder import list_image_folder
+    from imgcls_jax.data.tfds_source import write_dataset
 
     images, labels, class_names = list_image_folder(root, FLAGS.image_size)
-    features = tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "label": tfds.features.ClassLabel(names=class_names),
-    })  # fmt: skip
-    examples = [(i, {"image": p, "label": y}) for i, (p, y) in enumerate(zip(images.items, labels))]
-    tfds.dataset_builders.store_as_tfds_dataset(
-        TFDS_NAME, "1.0.0", features, {"train": examples}, data_dir=data_dir,
-        download_config=tfds.download.DownloadConfig(num_shards=shards),
-    )  # fmt: skip
+    examples = [{"image": path, "label": label} for path, label in zip(images.items, labels)]
+    write_dataset(TFDS_NAME, data_dir, {"train": examples}, class_names, (None, None, 3),
+                  "jpeg", shards)  # fmt: skip
 
 
 def stream(source: str, roots: dict, threads: int):

@@ -16,6 +16,7 @@ from conftest import tiny_config
 from imgcls_jax import data, device_data, input_pipeline, sharding
 from imgcls_jax.data.encoded import EncodedImages
 from imgcls_jax.data.image_folder import list_image_folder
+from imgcls_jax.data.tfds_source import write_dataset
 from imgcls_jax.train import TIMING_FILE, train_and_evaluate
 
 CLASSES = ("ant", "bee", "cat")
@@ -100,20 +101,6 @@ def test_streaming_needs_an_image_folder_or_tfds():
         data.check_dataset_name(config.dataset)
 
 
-def _store_as_tfds(name: str, data_dir, examples, image_shape, encoding: str, shards: int = 1):
-    """Writes `examples` ({"image": path or array, "label": int}) as a prepared TFDS dataset."""
-    import tensorflow_datasets as tfds
-
-    features = tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=image_shape, encoding_format=encoding),
-        "label": tfds.features.ClassLabel(names=CLASSES),
-    })  # fmt: skip
-    tfds.dataset_builders.store_as_tfds_dataset(
-        name, "1.0.0", features, {"train": list(enumerate(examples))}, data_dir=str(data_dir),
-        disable_shuffling=True, download_config=tfds.download.DownloadConfig(num_shards=shards),
-    )  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def tfds_jpegs(folder, tmp_path_factory) -> pathlib.Path:
     """The folder's JPEG files, byte for byte, as a TFDS dataset of 3 TFRecord shards."""
@@ -121,7 +108,8 @@ def tfds_jpegs(folder, tmp_path_factory) -> pathlib.Path:
     assert class_names == CLASSES
     data_dir = tmp_path_factory.mktemp("tfds")
     examples = [{"image": path, "label": label} for path, label in zip(images.items, labels)]
-    _store_as_tfds("stream_jpegs", data_dir, examples, (None, None, 3), "jpeg", shards=3)
+    write_dataset("stream_jpegs", str(data_dir), {"train": examples}, CLASSES, (None, None, 3),
+                  "jpeg", shards=3)  # fmt: skip
     assert len(list(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))) == 3
     return data_dir
 
@@ -169,7 +157,8 @@ def tfds_pngs(folder, tmp_path_factory) -> pathlib.Path:
     examples = [
         {"image": image, "label": label} for image, label in zip(np.asarray(images), labels)
     ]
-    _store_as_tfds("stream_pngs", data_dir, examples, (12, 12, 3), "png", shards=2)
+    write_dataset("stream_pngs", str(data_dir), {"train": examples}, CLASSES, (12, 12, 3),
+                  "png", shards=2)  # fmt: skip
     return data_dir
 
 
@@ -228,7 +217,7 @@ def test_the_tfrecord_index_is_saved_beside_each_file_until_it_changes(tfds_jpeg
     scanned = []
     scan_file = tfrecord_index.scan_file
     monkeypatch.setattr(tfrecord_index, "scan_file",
-                        lambda span, key: scanned.append(span.path) or scan_file(span, key))  # fmt: skip
+                        lambda path, key: scanned.append(path) or scan_file(path, key))  # fmt: skip
     again = data.load_dataset(config.dataset)
     assert scanned == []
     np.testing.assert_array_equal(again.train.labels, first.train.labels)

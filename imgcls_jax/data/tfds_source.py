@@ -157,3 +157,29 @@ def list_split(
     images = EncodedImages(np.arange(len(labels)), image_size or stored[0], channels, threads,
                            reader=records)  # fmt: skip
     return images, labels, tuple(builder.info.features[label_key].names)
+
+
+def write_dataset(
+    name: str,
+    data_dir: str,
+    splits: dict[str, list[dict]],
+    class_names: tuple[str, ...],
+    image_shape: tuple,
+    encoding: str = "jpeg",
+    shards: int = 1,
+) -> None:
+    """Writes labelled images as TFDS dataset `name` (version 1.0.0) prepared in `data_dir`,
+    each split in `shards` TFRecord files, in the given order. An example is {"image": a file
+    (stored byte for byte when it is already in `encoding`) or a uint8 array, "label": int}."""
+    import tensorflow_datasets as tfds
+
+    features = tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=image_shape, encoding_format=encoding),
+        "label": tfds.features.ClassLabel(names=class_names),
+    })  # fmt: skip
+    tfds.dataset_builders.store_as_tfds_dataset(
+        name, "1.0.0", features,
+        {split: list(enumerate(examples)) for split, examples in splits.items()},
+        data_dir=data_dir, disable_shuffling=True,
+        download_config=tfds.download.DownloadConfig(num_shards=shards),
+    )  # fmt: skip

@@ -45,6 +45,14 @@ def _stat(path: str) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def _exists(path: str) -> bool:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
 def _open(path: str):
     """A binary file object; `tf.io.gfile` serves remote paths such as gs://."""
     if "://" in path:
@@ -79,34 +87,24 @@ def _feature(example, key: str, kind: str, where: str):
     return values[0]
 
 
-def scan_file(span: FileSpan, label_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reads one file once: (data offsets int64, data lengths int64, labels int32) of its span."""
+def scan_file(path: str, label_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Reads one whole file once: (data offsets int64, data lengths int64, labels int32)."""
     offsets, lengths, labels = [], [], []
-    with _open(span.path) as f:
-        position, index = 0, 0
-        while span.take < 0 or index < span.skip + span.take:
-            header = f.read(_HEADER.size)
-            if not header:
-                break
-            where = f"TFRecord file {span.path!r}, record {index}"
+    with _open(path) as f:
+        position = 0
+        while header := f.read(_HEADER.size):
+            where = f"TFRecord file {path!r}, record {len(labels)}"
             if len(header) < _HEADER.size:
                 raise ValueError(f"{where} is truncated: restore or rebuild the file.")
             (length, _) = _HEADER.unpack(header)
             data = f.read(length)
             if len(data) < length or len(f.read(_FOOTER_SIZE)) < _FOOTER_SIZE:
                 raise ValueError(f"{where} is truncated: restore or rebuild the file.")
-            if index >= span.skip:
-                example = _parse_example(data, where)
-                offsets.append(position + _HEADER.size)
-                lengths.append(length)
-                labels.append(_feature(example, label_key, "int64_list", where))
+            example = _parse_example(data, where)
+            offsets.append(position + _HEADER.size)
+            lengths.append(length)
+            labels.append(_feature(example, label_key, "int64_list", where))
             position += _HEADER.size + length + _FOOTER_SIZE
-            index += 1
-    if span.take >= 0 and len(labels) < span.take:
-        raise ValueError(
-            f"TFRecord file {span.path!r} holds {index} records, fewer than the "
-            f"{span.skip + span.take} its dataset_info.json promises: restore or rebuild it."
-        )
     return np.array(offsets, np.int64), np.array(lengths, np.int64), np.array(labels, np.int32)
 
 
@@ -139,7 +137,7 @@ def _read_saved_index(path: str, tag: str) -> tuple[np.ndarray, ...] | None:
     """The index saved beside `path`, if it was made from the file as it is now (None also
     for an unreadable one, which is then rebuilt and overwritten)."""
     sidecar = path + INDEX_SUFFIX
-    if not (os.path.exists(sidecar) if "://" not in path else _gfile_exists(sidecar)):
+    if not _exists(sidecar):
         return None
     try:
         with _open(sidecar) as f, np.load(io.BytesIO(f.read())) as saved:
@@ -149,12 +147,6 @@ def _read_saved_index(path: str, tag: str) -> tuple[np.ndarray, ...] | None:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         logging.warning("Rebuilding the unreadable TFRecord index %s.", sidecar)
         return None
-
-
-def _gfile_exists(path: str) -> bool:
-    import tensorflow as tf
-
-    return tf.io.gfile.exists(path)
 
 
 def _save_index(path: str, tag: str, index: tuple[np.ndarray, ...]) -> None:
@@ -186,11 +178,12 @@ def _write_atomically(path: str, data: bytes) -> None:
 
 
 def scan_file_cached(span: FileSpan, label_key: str) -> tuple[np.ndarray, ...]:
-    """`scan_file` of the span, from the index saved beside the file when that is current."""
+    """The span's part of its file's index: the one saved beside the file when that is
+    current, else a fresh `scan_file`, then saved."""
     tag = repr((*_stat(span.path), label_key))
     index = _read_saved_index(span.path, tag)
     if index is None:
-        index = scan_file(FileSpan(span.path), label_key)
+        index = scan_file(span.path, label_key)
         _save_index(span.path, tag, index)
     end = None if span.take < 0 else span.skip + span.take
     if end is not None and end > len(index[2]):
