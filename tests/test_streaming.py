@@ -124,6 +124,13 @@ def test_a_misspelt_tfds_name_suggests_the_dataset_prepared_in_data_dir(tfds_jpe
         data.check_dataset_name(_tfds_config(tfds_jpegs, "stream_jpeg", True).dataset)
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_images_of_several_sizes_need_an_image_size(tfds_jpegs, streaming):
+    config = _tfds_config(tfds_jpegs, "stream_jpegs", streaming, **{"dataset.image_size": 0})
+    with pytest.raises(ValueError, match=r"\(None, None, 3\), not one square size: set config"):
+        data.load_dataset(config.dataset)
+
+
 def test_tfds_records_stream_as_the_same_files_do(folder, tfds_jpegs):
     split = "train[5:110]"  # Starts inside the first shard and ends inside the last.
     config = _tfds_config(tfds_jpegs, "stream_jpegs", True, **{"dataset.train_split": split})

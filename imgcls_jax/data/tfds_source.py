@@ -78,6 +78,17 @@ def image_and_label_keys(builder) -> tuple[str, str]:
     return tuple(builder.info.supervised_keys or ("image", "label"))
 
 
+def _stored_shape(builder, name: str, image_key: str, image_size: int) -> tuple:
+    """The stored image shape; raises if images must be resized and `image_size` is 0."""
+    stored = builder.info.features[image_key].shape
+    if not image_size and (None in stored[:2] or stored[0] != stored[1]):
+        raise ValueError(
+            f"TFDS {name} images are {stored}, not one square size: set "
+            "config.dataset.image_size (shorter side resized to it, centre square kept)."
+        )
+    return stored
+
+
 def load_split(
     name: str, split: str, data_dir: str, download: bool, image_size: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -89,7 +100,7 @@ def load_split(
     builder = _prepared_builder(name, data_dir, download)
     image_key, label_key = image_and_label_keys(builder)
     if builder.info.splits:  # Unknown for mock data.
-        stored = builder.info.features[image_key].shape
+        stored = _stored_shape(builder, name, image_key, image_size)
         shape = (image_size, image_size, stored[-1]) if image_size else stored
         if None not in shape:
             check_fits_in_memory(name, split, builder.info.splits[split].num_examples, shape)
@@ -142,12 +153,7 @@ def list_split(
             "TFRecord files. Rebuild it with `tfds build --file_format=tfrecord` or load it into "
             "memory (dataset.streaming=False)."
         )
-    stored = builder.info.features[image_key].shape
-    if not image_size and (None in stored[:2] or stored[0] != stored[1]):
-        raise ValueError(
-            f"TFDS {name} images are {stored}, not one square size: set "
-            "config.dataset.image_size (shorter side resized to it, centre square kept)."
-        )
+    stored = _stored_shape(builder, name, image_key, image_size)
     spans = [
         tfrecord_index.FileSpan(i.filename, i.skip, i.take)
         for i in builder.info.splits[split].file_instructions
