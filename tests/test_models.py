@@ -1,5 +1,6 @@
 """Every registered model: forward shapes, gradients reach every parameter, BatchNorm modes, dtype."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from imgcls_jax.models import MODEL_REGISTRY, build_model
+from imgcls_jax.models.layers import max_pool
 
 
 def _config(name, **kw):
@@ -41,7 +43,8 @@ SHALLOWER = {
 
 
 @pytest.mark.parametrize("name, stem", [("resnet8", "small"), ("resnet18", "imagenet"),
-                                        ("resnet50", "imagenet"), ("efficientnet_lite0", "")])  # fmt: skip
+                                        ("resnet50", "imagenet"), ("efficientnet_lite0", ""),
+                                        ("airbench", "")])  # fmt: skip
 def test_every_parameter_gets_a_gradient(name, stem):
     """One model per block type and stem. (Random numbers come from the "rbg" generator and
     NumPy: XLA:CPU compiles a threefry sampler per parameter shape, slowly, and the values do
@@ -107,3 +110,28 @@ def test_bfloat16_compute_keeps_float32_params():
     apply = jax.jit(lambda v: model.apply(v, x))
     assert "bf16" in apply.lower(variables).as_text()
     assert apply(variables).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((3, 9, 9, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool; odd side
+    ((3, 7, 6, 4), (2, 2), (2, 2), ((0, 0), (0, 0))),  # airbench's; an odd side drops a row
+    ((2, 5, 5, 3), (5, 5), (5, 5), ((0, 0), (0, 0))),  # global
+])  # fmt: skip
+def test_max_pool_matches_flax_in_values_and_gradients(shape, window, strides, padding, dtype):
+    """Including ties (small integers), where each window's first maximum takes the gradient,
+    as in XLA's select-and-scatter; overlapping windows may add in another order (rounding)."""
+    rng = np.random.default_rng(0)
+    for x in (rng.standard_normal(shape), rng.integers(0, 3, shape)):
+        x = jnp.asarray(x, dtype)
+        ours, vjp_ours = jax.vjp(lambda x: max_pool(x, window, strides, padding), x)
+        flax_, vjp_flax = jax.vjp(lambda x: nn.max_pool(x, window, strides, padding), x)
+        np.testing.assert_array_equal(np.asarray(ours, np.float32), np.asarray(flax_, np.float32))
+        grad_out = jnp.asarray(rng.standard_normal(ours.shape), dtype)
+        (grad_ours,), (grad_flax,) = vjp_ours(grad_out), vjp_flax(grad_out)
+        assert grad_ours.dtype == dtype
+        overlapping = window != strides
+        np.testing.assert_allclose(
+            np.asarray(grad_ours, np.float32), np.asarray(grad_flax, np.float32),
+            rtol=0, atol=0.02 if overlapping and dtype == jnp.bfloat16 else 1e-6,
+        )  # fmt: skip

@@ -59,7 +59,7 @@ def _build() -> pathlib.Path:
     library.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=library.parent) as tmp:
         partial = pathlib.Path(tmp) / library.name
-        command = [os.environ.get("CXX", "g++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+        command = [os.environ.get("CXX", "g++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-w", "-fopenmp",
                    f"-I{jax.ffi.include_dir()}", str(SOURCE), "-ldnnl", "-o", str(partial)]  # fmt: skip
         try:
             subprocess.run(command, check=True, capture_output=True, text=True)

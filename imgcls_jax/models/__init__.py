@@ -15,6 +15,7 @@ from absl import logging
 from imgcls_jax.config import check_choice
 from imgcls_jax.kernels import onednn
 from imgcls_jax.models import efficientnet_lite, resnet
+from imgcls_jax.models.airbench import AirbenchNet
 from imgcls_jax.models.efficientnet_lite import EfficientNetLite
 from imgcls_jax.models.resnet import RESNET_ARCHS, ResNet
 
@@ -85,8 +86,19 @@ def _efficientnet_lite(
     )
 
 
+def _airbench(num_classes: int, model_config: ml_collections.ConfigDict) -> nn.Module:
+    return AirbenchNet(
+        num_classes=num_classes,
+        width=model_config.width,
+        dtype=DTYPES[model_config.dtype],
+        bn_momentum=model_config.bn_momentum,
+        **native_kernels(model_config.kernels, model_config.dtype),
+    )
+
+
 # name -> constructor(num_classes, model config).
 MODEL_REGISTRY: dict[str, Callable[[int, ml_collections.ConfigDict], nn.Module]] = {
+    "airbench": _airbench,
     **{name: functools.partial(_resnet, arch) for name, arch in RESNET_ARCHS.items()},
     **{
         name: functools.partial(_efficientnet_lite, variant)

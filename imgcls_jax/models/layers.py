@@ -1,12 +1,15 @@
-"""Layers shared by the model families: BatchNorm with an optional native training kernel."""
+"""Layers shared by the model families: BatchNorm with an optional native training kernel, and
+max pooling that XLA:CPU runs fast."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 
 class BatchNorm(nn.BatchNorm):
@@ -47,3 +50,63 @@ class BatchNorm(nn.BatchNorm):
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y
+
+
+def _window_slices(x: jax.Array, window: tuple, strides: tuple, out_hw: tuple) -> list:
+    """The k*k strided views of NHWC `x` (already padded) that one pooling window's offsets
+    see, in row-major window order."""
+    (sh, sw), (oh, ow) = strides, out_hw
+    return [
+        x[:, i : i + sh * (oh - 1) + 1 : sh, j : j + sw * (ow - 1) + 1 : sw, :]
+        for i in range(window[0])
+        for j in range(window[1])
+    ]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x: jax.Array, window: tuple, strides: tuple, padding: tuple) -> jax.Array:
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+    out_hw = tuple((padded.shape[1 + a] - window[a]) // strides[a] + 1 for a in (0, 1))
+    return functools.reduce(jnp.maximum, _window_slices(padded, window, strides, out_hw))
+
+
+def _max_pool_forward(x, window, strides, padding):
+    y = _max_pool(x, window, strides, padding)
+    return y, (x, y)
+
+
+def _max_pool_backward(window, strides, padding, residuals, grad):
+    """Each window's gradient goes to its first maximum (row-major), as XLA's
+    select-and-scatter does for `nn.max_pool`; overlapping windows add up."""
+    x, y = residuals
+    out_dtype, grad = grad.dtype, grad.astype(jnp.float32)  # XLA:CPU is slow on bf16 here.
+    padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
+    taken = jnp.zeros(y.shape, bool)
+    grad_padded = jnp.zeros(padded.shape, grad.dtype)
+    offsets = [(i, j) for i in range(window[0]) for j in range(window[1])]
+    for (i, j), view in zip(offsets, _window_slices(padded, window, strides, y.shape[1:3])):
+        first = (view == y) & ~taken
+        taken = taken | first
+        # Interior padding puts each output's share back on its input position.
+        share = jnp.where(first, grad, jnp.zeros_like(grad))
+        grad_padded = grad_padded + lax.pad(share, jnp.zeros((), grad.dtype), (
+            (0, 0, 0),
+            (i, padded.shape[1] - i - strides[0] * (y.shape[1] - 1) - 1, strides[0] - 1),
+            (j, padded.shape[2] - j - strides[1] * (y.shape[2] - 1) - 1, strides[1] - 1),
+            (0, 0, 0),
+        ))  # fmt: skip
+    (top, _), (left, _) = padding
+    return (grad_padded[:, top : top + x.shape[1], left : left + x.shape[2], :].astype(out_dtype),)
+
+
+_max_pool.defvjp(_max_pool_forward, _max_pool_backward)
+
+
+def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None = None,
+             padding: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> jax.Array:  # fmt: skip
+    """`nn.max_pool` over NHWC `x`, with the same values and gradients, written as a maximum of
+    strided slices: XLA:CPU runs those (and their masked gradient) as fused elementwise loops,
+    where its reduce-window and select-and-scatter took half of a small network's step."""
+    window = tuple(window)
+    strides = tuple(strides or window)
+    return _max_pool(x, window, strides, tuple(tuple(p) for p in padding))

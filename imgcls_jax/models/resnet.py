@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from imgcls_jax.models.layers import BatchNorm
+from imgcls_jax.models.layers import BatchNorm, max_pool
 
 ModuleDef = Any
 
@@ -107,7 +107,7 @@ class ResNet(nn.Module):
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
             x = nn.relu(norm(name="stem_norm")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             x = conv(self.width, (3, 3), name="stem_conv")(x)
             x = nn.relu(norm(name="stem_norm")(x))

@@ -1,0 +1,64 @@
+"""A fast small-image network after airbench (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds"):
+three groups of conv -> 2x2 max-pool -> BN -> ReLU -> conv -> BN -> ReLU, widths (w, 2w, 4w),
+global max pooling and a linear head. Pooling right after the first convolution of a group
+leaves most of the work at a quarter of the resolution: on this project's 2-core CPU the
+w=32 net trains about twice as many images per second as ResNet-20 and learns more per
+epoch on Fashion-MNIST (README).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from imgcls_jax.models.layers import BatchNorm, max_pool
+from imgcls_jax.models.resnet import Conv
+
+
+class ConvGroup(nn.Module):
+    """conv -> 2x2 max-pool -> BN -> ReLU -> conv -> BN -> ReLU."""
+
+    filters: int
+    conv: Callable
+    norm: Callable
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        x = max_pool(self.conv(self.filters, (3, 3))(x), (2, 2))
+        x = nn.relu(self.norm()(x))
+        return nn.relu(self.norm()(self.conv(self.filters, (3, 3))(x)))
+
+
+class AirbenchNet(nn.Module):
+    """Over NHWC images already normalised to float; `width` channels in the first group."""
+
+    num_classes: int
+    width: int = 32
+    dtype: Any = jnp.float32
+    bn_momentum: float = 0.9
+    conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
+    norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        conv = functools.partial(
+            Conv, use_bias=False, dtype=self.dtype, conv_general_dilated=self.conv_fn
+        )
+        norm = functools.partial(
+            BatchNorm,
+            train_fn=self.norm_train_fn,
+            use_running_average=not train,
+            momentum=self.bn_momentum,
+            epsilon=1e-5,
+            dtype=self.dtype,
+        )
+        x = x.astype(self.dtype)
+        for i in range(3):
+            x = ConvGroup(self.width * 2**i, conv=conv, norm=norm)(x)
+        x = max_pool(x, x.shape[1:3])[:, 0, 0, :]
+        x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
+        return x.astype(jnp.float32)
