@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,7 +155,9 @@ def test_a_kernel_given_mixed_dtypes_raises_instead_of_misreading_memory():
         onednn._call("forward", x.shape, x, kernel, ((1, 1), ((0, 0), (0, 0))))
 
 
-def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients():
+@pytest.mark.parametrize("relu", [False, True])
+def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients(relu):
+    """Alone, and with the ReLU that follows it fused into the kernel."""
     x = _normal(0, (6, 5, 4, 3), 2.0, 1.0)
     params = {"scale": _normal(1, (3,), 0.5, 1.0), "bias": _normal(2, (3,))}
     stats = {"mean": _normal(3, (3,)), "var": _normal(4, (3,), 0.1, 1.0)}
@@ -167,9 +168,9 @@ def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients():
                                   mutable=["batch_stats"])  # fmt: skip
         return jnp.sum(y * cotangent), (y, updated["batch_stats"])
 
-    plain = nn.BatchNorm(use_running_average=False, momentum=0.8, epsilon=1e-3)
-    native = BatchNorm(use_running_average=False, momentum=0.8, epsilon=1e-3,
-                       train_fn=onednn.batch_norm_train)  # fmt: skip
+    plain = BatchNorm(use_running_average=False, momentum=0.8, epsilon=1e-3, relu=relu)
+    native = plain.clone(train_fn=onednn.batch_norm_train)
+    assert plain.train_fn is None  # The plain path: flax's BatchNorm, then nn.relu.
     (_, (want_y, want_stats)), want_grads = jax.value_and_grad(run, (1, 2), has_aux=True)(
         plain, params, x
     )
@@ -177,6 +178,7 @@ def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients():
         jax.value_and_grad(run, (1, 2), has_aux=True), static_argnums=0
     )(native, params, x)
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    assert relu == bool(np.any(np.asarray(y) == 0))  # Zeros, where the ReLU cut.
     for got, want in zip(
         jax.tree.leaves((new_stats, grads)), jax.tree.leaves((want_stats, want_grads))
     ):
@@ -188,7 +190,8 @@ def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients():
     np.testing.assert_allclose(evaluated, expected, rtol=1e-6)
 
 
-def test_bfloat16_batch_norm_matches_flax():
+@pytest.mark.parametrize("relu", [False, True])
+def test_bfloat16_batch_norm_matches_flax(relu):
     """bfloat16 activations, float32 parameters and statistics, as flax computes them."""
     x = _normal(0, (6, 5, 4, 8), 2.0, 1.0).astype(jnp.bfloat16)
     params = {"scale": _normal(1, (8,), 0.5, 1.0), "bias": _normal(2, (8,))}
@@ -200,9 +203,9 @@ def test_bfloat16_batch_norm_matches_flax():
                                   mutable=["batch_stats"])  # fmt: skip
         return jnp.sum(y * cotangent, dtype=jnp.float32), (y, updated["batch_stats"])
 
-    kwargs = dict(use_running_average=False, momentum=0.8, dtype=jnp.bfloat16)
+    kwargs = dict(use_running_average=False, momentum=0.8, dtype=jnp.bfloat16, relu=relu)
     step = jax.jit(jax.grad(run, (1, 2), has_aux=True), static_argnums=0)
-    want_grads, (want_y, want_stats) = step(nn.BatchNorm(**kwargs), params, x)
+    want_grads, (want_y, want_stats) = step(BatchNorm(**kwargs), params, x)
     grads, (y, new_stats) = step(BatchNorm(**kwargs, train_fn=onednn.batch_norm_train), params, x)
     assert y.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
     assert "imgcls_onednn_norm" in str(jax.make_jaxpr(

@@ -98,10 +98,16 @@ def available() -> bool:
 
 
 @functools.cache
+def _library() -> ctypes.CDLL:
+    """The loaded kernels, for their plain C functions."""
+    load()
+    return ctypes.CDLL(str(_build()))
+
+
+@functools.cache
 def _cpu_isa() -> int:
     """oneDNN's `dnnl_get_effective_cpu_isa()`: the instruction set it dispatches to here."""
-    load()
-    return ctypes.CDLL(str(_build())).dnnl_get_effective_cpu_isa()
+    return _library().dnnl_get_effective_cpu_isa()
 
 
 def kernel_dtypes() -> tuple:
@@ -182,32 +188,53 @@ def conv_general_dilated(
     return conv2d(lhs, rhs, geometry)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def batch_norm_train(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float):
-    """Training-mode batch norm of NHWC `x` (float32 or bfloat16) over N, H, W, computed in
-    float32 with float32 `scale` and `shift`: returns (y like x, batch mean, biased batch
-    variance). The statistics carry no gradient (they feed running averages)."""
+def _workspace_bytes(x: jax.Array, epsilon: float) -> int:
+    """Bytes of oneDNN's workspace for a fused batch norm + ReLU of `x`'s shape and dtype."""
+    function = _library().OnednnNormWorkspaceBytes
+    function.restype = ctypes.c_int64
+    size = function(
+        ctypes.c_int(x.dtype == jnp.bfloat16), *map(ctypes.c_int64, x.shape), ctypes.c_float(epsilon)
+    )  # fmt: skip
+    if size < 0:
+        raise RuntimeError(f"oneDNN has no fused batch norm + ReLU for {x.dtype} {x.shape}.")
+    return size
+
+
+def _norm_forward_call(x, scale, shift, epsilon, relu):
     channels = x.shape[-1:]
+    workspace = _workspace_bytes(x, epsilon) if relu else 0
     out = (jax.ShapeDtypeStruct(x.shape, x.dtype),
-           *[jax.ShapeDtypeStruct(channels, jnp.float32)] * 2)  # fmt: skip
+           *[jax.ShapeDtypeStruct(channels, jnp.float32)] * 2,
+           jax.ShapeDtypeStruct((workspace,), jnp.uint8))  # fmt: skip
     return jax.ffi.ffi_call("imgcls_onednn_norm_forward", out)(
-        x, scale, shift, epsilon=np.float32(epsilon)
+        x, scale, shift, epsilon=np.float32(epsilon), relu=relu
     )
 
 
-def _norm_forward(x, scale, shift, epsilon):
-    y, mean, variance = batch_norm_train(x, scale, shift, epsilon)
-    return (y, mean, variance), (x, mean, variance, scale, shift)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def batch_norm_train(x: jax.Array, scale: jax.Array, shift: jax.Array, epsilon: float,
+                     relu: bool = False):  # fmt: skip
+    """Training-mode batch norm of NHWC `x` (float32 or bfloat16) over N, H, W, computed in
+    float32 with float32 `scale` and `shift`, then a ReLU if `relu` (fused into the kernel):
+    returns (y like x, batch mean, biased batch variance). The statistics carry no gradient
+    (they feed running averages)."""
+    return _norm_forward_call(x, scale, shift, epsilon, relu)[:3]
 
 
-def _norm_backward(epsilon, residuals, grads):
-    x, mean, variance, scale, shift = residuals
+def _norm_forward(x, scale, shift, epsilon, relu):
+    y, mean, variance, workspace = _norm_forward_call(x, scale, shift, epsilon, relu)
+    return (y, mean, variance), (x, mean, variance, scale, shift, workspace)
+
+
+def _norm_backward(epsilon, relu, residuals, grads):
+    x, mean, variance, scale, shift, workspace = residuals
     grad_y = grads[0]  # Gradients reaching the statistics are dropped (see docstring).
     out = (jax.ShapeDtypeStruct(x.shape, x.dtype),
            *[jax.ShapeDtypeStruct(scale.shape, jnp.float32)] * 2)  # fmt: skip
     return jax.ffi.ffi_call("imgcls_onednn_norm_backward", out)(
-        x, grad_y, mean, variance, scale, shift, epsilon=np.float32(epsilon)
-    )
+        x, grad_y, mean, variance, scale, shift, workspace, epsilon=np.float32(epsilon),
+        relu=relu,
+    )  # fmt: skip
 
 
 batch_norm_train.defvjp(_norm_forward, _norm_backward)

@@ -17,6 +17,7 @@
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -60,13 +61,17 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// Runs `body(stream)` holding the lock (which also guards the primitive caches), on a fresh
-// stream; a oneDNN error becomes an FFI error.
+// Serialises the calls and guards the primitive caches.
+std::mutex& Lock() {
+  static std::mutex lock;
+  return lock;
+}
+
+// Runs `body(stream)` holding Lock(), on a fresh stream; a oneDNN error becomes an FFI error.
 template <typename Body>
 ffi::Error Guarded(Body body) {
-  static std::mutex lock;
   try {
-    std::lock_guard<std::mutex> guard(lock);
+    std::lock_guard<std::mutex> guard(Lock());
     dnnl::stream stream(Engine());
     body(stream);
     stream.wait();
@@ -235,26 +240,34 @@ ffi::Error KernelGrad(Any x, Any dy, AnyOut dw, int64_t sh, int64_t sw, int64_t 
   return Run(kind, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
 
-// Batch normalisation over N, H, W of an NHWC tensor, with learned scale and shift.
+// Batch normalisation over N, H, W of an NHWC tensor, with learned scale and shift, optionally
+// followed by a ReLU fused into it (`relu`): the forward pass then also returns oneDNN's
+// workspace (which outputs the ReLU zeroed), which its backward pass takes.
 struct NormCached {
   dnnl::batch_normalization_forward::primitive_desc forward;
   dnnl::primitive forward_primitive, backward_primitive;
 };
 
-dnnl::memory::desc DataDesc(const ffi::AnyBuffer& x) {
-  auto dims = x.dimensions();
-  return {{dims[0], dims[3], dims[1], dims[2]}, DataType(x), tag::nhwc};
+dnnl::memory::desc DataDesc(dt type, int64_t n, int64_t h, int64_t w, int64_t c) {
+  return {{n, c, h, w}, type, tag::nhwc};
 }
 
-const NormCached& NormPrimitives(const ffi::AnyBuffer& x, float epsilon) {
-  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, float>,
-                  std::unique_ptr<NormCached>> cache;
+dnnl::memory::desc DataDesc(const ffi::AnyBuffer& x) {
   auto dims = x.dimensions();
-  auto& slot = cache[{static_cast<int64_t>(DataType(x)), dims[0], dims[1], dims[2], dims[3],
-                      epsilon}];
+  return DataDesc(DataType(x), dims[0], dims[1], dims[2], dims[3]);
+}
+
+
+// Callers hold Lock().
+const NormCached& NormPrimitives(dt type, const int64_t* nhwc, float epsilon, bool relu) {
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, float, bool>,
+                  std::unique_ptr<NormCached>> cache;
+  auto& slot = cache[{static_cast<int64_t>(type), nhwc[0], nhwc[1], nhwc[2], nhwc[3], epsilon,
+                      relu}];
   if (slot) return *slot;
-  auto data = DataDesc(x);
+  auto data = DataDesc(type, nhwc[0], nhwc[1], nhwc[2], nhwc[3]);
   auto flags = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
+  if (relu) flags |= dnnl::normalization_flags::fuse_norm_relu;
   dnnl::batch_normalization_forward::primitive_desc forward(
       {dnnl::prop_kind::forward_training, data, epsilon, flags}, Engine());
   dnnl::batch_normalization_backward::primitive_desc backward(
@@ -262,6 +275,10 @@ const NormCached& NormPrimitives(const ffi::AnyBuffer& x, float epsilon) {
   slot.reset(new NormCached{forward, dnnl::batch_normalization_forward(forward),
                             dnnl::batch_normalization_backward(backward)});
   return *slot;
+}
+
+const NormCached& NormPrimitives(const ffi::AnyBuffer& x, float epsilon, bool relu) {
+  return NormPrimitives(DataType(x), x.dimensions().begin(), epsilon, relu);
 }
 
 dnnl::memory Wrap(const ffi::AnyBuffer& x, void* data) {
@@ -273,36 +290,49 @@ dnnl::memory WrapVector(int64_t size, float* data) {
 }
 
 ffi::Error NormForward(Any x, F32 scale, F32 shift, AnyOut y, F32Out mean, F32Out variance,
-                       float epsilon) {
+                       AnyOut workspace, float epsilon, bool relu) {
   if (auto error = CheckTypes({&x, &*y}); error.failure()) return error;
   int64_t channels = x.dimensions()[3];
   return Guarded([&](dnnl::stream& stream) {
-    NormPrimitives(x, epsilon).forward_primitive.execute(
-        stream, {{DNNL_ARG_SRC, Wrap(x, x.untyped_data())},
-                 {DNNL_ARG_DST, Wrap(x, y->untyped_data())},
-                 {DNNL_ARG_SCALE, WrapVector(channels, scale.typed_data())},
-                 {DNNL_ARG_SHIFT, WrapVector(channels, shift.typed_data())},
-                 {DNNL_ARG_MEAN, WrapVector(channels, mean->typed_data())},
-                 {DNNL_ARG_VARIANCE, WrapVector(channels, variance->typed_data())}});
+    const NormCached& cached = NormPrimitives(x, epsilon, relu);
+    std::unordered_map<int, dnnl::memory> args = {
+        {DNNL_ARG_SRC, Wrap(x, x.untyped_data())},
+        {DNNL_ARG_DST, Wrap(x, y->untyped_data())},
+        {DNNL_ARG_SCALE, WrapVector(channels, scale.typed_data())},
+        {DNNL_ARG_SHIFT, WrapVector(channels, shift.typed_data())},
+        {DNNL_ARG_MEAN, WrapVector(channels, mean->typed_data())},
+        {DNNL_ARG_VARIANCE, WrapVector(channels, variance->typed_data())}};
+    if (relu) {
+      args[DNNL_ARG_WORKSPACE] = dnnl::memory(cached.forward.workspace_desc(), Engine(),
+                                              workspace->untyped_data());
+    }
+    cached.forward_primitive.execute(stream, args);
   });
 }
 
 // oneDNN 2.6 insists on being given the shift, though the gradients do not depend on it.
-ffi::Error NormBackward(Any x, Any dy, F32 mean, F32 variance, F32 scale, F32 shift, AnyOut dx,
-                        F32Out dscale, F32Out dshift, float epsilon) {
+ffi::Error NormBackward(Any x, Any dy, F32 mean, F32 variance, F32 scale, F32 shift,
+                        Any workspace, AnyOut dx, F32Out dscale, F32Out dshift, float epsilon,
+                        bool relu) {
   if (auto error = CheckTypes({&x, &dy, &*dx}); error.failure()) return error;
   int64_t channels = x.dimensions()[3];
   return Guarded([&](dnnl::stream& stream) {
-    NormPrimitives(x, epsilon).backward_primitive.execute(
-        stream, {{DNNL_ARG_SRC, Wrap(x, x.untyped_data())},
-                 {DNNL_ARG_DIFF_DST, Wrap(x, dy.untyped_data())},
-                 {DNNL_ARG_MEAN, WrapVector(channels, mean.typed_data())},
-                 {DNNL_ARG_VARIANCE, WrapVector(channels, variance.typed_data())},
-                 {DNNL_ARG_SCALE, WrapVector(channels, scale.typed_data())},
-                 {DNNL_ARG_SHIFT, WrapVector(channels, shift.typed_data())},
-                 {DNNL_ARG_DIFF_SRC, Wrap(x, dx->untyped_data())},
-                 {DNNL_ARG_DIFF_SCALE, WrapVector(channels, dscale->typed_data())},
-                 {DNNL_ARG_DIFF_SHIFT, WrapVector(channels, dshift->typed_data())}});
+    const NormCached& cached = NormPrimitives(x, epsilon, relu);
+    std::unordered_map<int, dnnl::memory> args = {
+        {DNNL_ARG_SRC, Wrap(x, x.untyped_data())},
+        {DNNL_ARG_DIFF_DST, Wrap(x, dy.untyped_data())},
+        {DNNL_ARG_MEAN, WrapVector(channels, mean.typed_data())},
+        {DNNL_ARG_VARIANCE, WrapVector(channels, variance.typed_data())},
+        {DNNL_ARG_SCALE, WrapVector(channels, scale.typed_data())},
+        {DNNL_ARG_SHIFT, WrapVector(channels, shift.typed_data())},
+        {DNNL_ARG_DIFF_SRC, Wrap(x, dx->untyped_data())},
+        {DNNL_ARG_DIFF_SCALE, WrapVector(channels, dscale->typed_data())},
+        {DNNL_ARG_DIFF_SHIFT, WrapVector(channels, dshift->typed_data())}};
+    if (relu) {
+      args[DNNL_ARG_WORKSPACE] = dnnl::memory(cached.forward.workspace_desc(), Engine(),
+                                              workspace.untyped_data());
+    }
+    cached.backward_primitive.execute(stream, args);
   });
 }
 
@@ -321,10 +351,25 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvKernelGrad, KernelGrad,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnNormForward, NormForward,
                               ffi::Ffi::Bind()
                                   .Arg<Any>().Arg<F32>().Arg<F32>()
-                                  .Ret<Any>().Ret<F32>().Ret<F32>()
-                                  .Attr<float>("epsilon"));
+                                  .Ret<Any>().Ret<F32>().Ret<F32>().Ret<Any>()
+                                  .Attr<float>("epsilon").Attr<bool>("relu"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnNormBackward, NormBackward,
                               ffi::Ffi::Bind()
                                   .Arg<Any>().Arg<Any>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+                                  .Arg<Any>()
                                   .Ret<Any>().Ret<F32>().Ret<F32>()
-                                  .Attr<float>("epsilon"));
+                                  .Attr<float>("epsilon").Attr<bool>("relu"));
+
+// The bytes of workspace a fused batch norm + ReLU of this NHWC shape needs; -1 on error.
+extern "C" int64_t OnednnNormWorkspaceBytes(int bfloat16, int64_t n, int64_t h, int64_t w,
+                                            int64_t c, float epsilon) {
+  try {
+    std::lock_guard<std::mutex> guard(Lock());
+    int64_t nhwc[] = {n, h, w, c};
+    return NormPrimitives(bfloat16 ? dt::bf16 : dt::f32, nhwc, epsilon, true)
+        .forward.workspace_desc()
+        .get_size();
+  } catch (const dnnl::error&) {
+    return -1;
+  }
+}

@@ -13,13 +13,15 @@ from jax import lax
 
 
 class BatchNorm(nn.BatchNorm):
-    """`nn.BatchNorm` whose training-mode statistics, normalisation and backward pass can run
-    in one native kernel, `train_fn(x, scale, bias, epsilon) -> (y, mean, biased var)` (e.g.
-    oneDNN's). Same variables and, to float rounding, the same numbers; any case the kernel
-    does not cover (evaluation, init, masks, cross-device statistics, not NHWC float32 or
-    bfloat16, non-float32 parameters) takes the plain path."""
+    """`nn.BatchNorm`, then a ReLU if `relu`, whose training-mode statistics, normalisation
+    (with the ReLU) and backward pass can run in one native kernel, `train_fn(x, scale, bias,
+    epsilon, relu) -> (y, mean, biased var)` (e.g. oneDNN's). Same variables and, to float
+    rounding, the same numbers; any case the kernel does not cover (evaluation, init, masks,
+    cross-device statistics, not NHWC float32 or bfloat16, non-float32 parameters) takes the
+    plain path."""
 
     train_fn: Callable | None = None
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
@@ -39,13 +41,14 @@ class BatchNorm(nn.BatchNorm):
             or self.param_dtype != jnp.float32
             or not (self.use_scale and self.use_bias)
         ):
-            return super().__call__(x, use_running_average, mask=mask)
+            y = super().__call__(x, use_running_average, mask=mask)
+            return nn.relu(y) if self.relu else y
         channels = x.shape[-1:]
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, channels, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, channels, jnp.float32)
         scale = self.param("scale", self.scale_init, channels, self.param_dtype)
         bias = self.param("bias", self.bias_init, channels, self.param_dtype)
-        y, mean, var = self.train_fn(x, scale, bias, self.epsilon)
+        y, mean, var = self.train_fn(x, scale, bias, self.epsilon, self.relu)
         mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
@@ -79,6 +82,8 @@ def _max_pool_backward(window, strides, padding, residuals, grad):
     """Each window's gradient goes to its first maximum (row-major), as XLA's
     select-and-scatter does for `nn.max_pool`; overlapping windows add up."""
     x, y = residuals
+    if window == strides and not any(any(p) for p in padding):
+        return (_disjoint_windows_gradient(x, y, grad, window),)
     out_dtype, grad = grad.dtype, grad.astype(jnp.float32)  # XLA:CPU is slow on bf16 here.
     padded = jnp.pad(x, ((0, 0), *padding, (0, 0)), constant_values=-jnp.inf)
     taken = jnp.zeros(y.shape, bool)
@@ -97,6 +102,25 @@ def _max_pool_backward(window, strides, padding, residuals, grad):
         ))  # fmt: skip
     (top, _), (left, _) = padding
     return (grad_padded[:, top : top + x.shape[1], left : left + x.shape[2], :].astype(out_dtype),)
+
+
+def _disjoint_windows_gradient(x, y, grad, window):
+    """`_max_pool_backward` where windows tile the image: each window's shares are stacked
+    into place (rows and columns past the last whole window get none)."""
+    n, oh, ow, c = y.shape
+    (kh, kw), zero = window, jnp.zeros_like(grad)
+    tiled = x[:, : oh * kh, : ow * kw, :].reshape(n, oh, kh, ow, kw, c)
+    taken = jnp.zeros(y.shape, bool)
+    rows = []
+    for i in range(kh):
+        shares = []
+        for j in range(kw):
+            first = (tiled[:, :, i, :, j, :] == y) & ~taken
+            taken = taken | first
+            shares.append(jnp.where(first, grad, zero))
+        rows.append(jnp.stack(shares, axis=3))
+    gathered = jnp.stack(rows, axis=2).reshape(n, oh * kh, ow * kw, c)
+    return jnp.pad(gathered, ((0, 0), (0, x.shape[1] - oh * kh), (0, x.shape[2] - ow * kw), (0, 0)))
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)

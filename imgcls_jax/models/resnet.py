@@ -37,7 +37,7 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         residual = x
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
-        y = nn.relu(self.norm()(y))
+        y = self.norm(relu=True)(y)
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm(scale_init=nn.initializers.zeros_init())(y)
         if residual.shape != y.shape:
@@ -59,9 +59,9 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         residual = x
-        y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+        y = self.norm(relu=True)(self.conv(self.filters, (1, 1))(x))
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
-        y = nn.relu(self.norm()(y))
+        y = self.norm(relu=True)(y)
         y = self.conv(self.filters * 4, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros_init())(y)
         if residual.shape != y.shape:
@@ -106,11 +106,11 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
-            x = nn.relu(norm(name="stem_norm")(x))
+            x = norm(name="stem_norm", relu=True)(x)
             x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             x = conv(self.width, (3, 3), name="stem_conv")(x)
-            x = nn.relu(norm(name="stem_norm")(x))
+            x = norm(name="stem_norm", relu=True)(x)
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 strides = 2 if i > 0 and j == 0 else 1
