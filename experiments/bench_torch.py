@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("cases", "resnet20,resnet18,resnet50", "Which CASES to time.")
+flags.DEFINE_list("cases", "resnet20,airbench,resnet18,resnet50", "Which CASES to time.")
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds per case; the median is reported.")
 flags.DEFINE_integer("steps", 10, "Steps per side per round.")
 flags.DEFINE_string("dtype", "float32", "Our compute dtype (PyTorch uses bf16 autocast if bf16).")
@@ -43,6 +43,7 @@ flags.DEFINE_string("worker", "", "Internal: 'ours:CASE:KERNELS' or 'torch:CASE:
 # name -> (model, width, stem, image size, channels, batch size).
 CASES = {
     "resnet20": ("resnet20", 16, "small", 28, 1, 128),  # The Fashion-MNIST default model.
+    "airbench": ("airbench", 32, "small", 28, 1, 256),  # The Fashion-MNIST speed preset's.
     "resnet18": ("resnet18", 64, "imagenet", 64, 3, 32),
     "resnet50": ("resnet50", 64, "imagenet", 64, 3, 32),
 }

@@ -1,6 +1,7 @@
 """A PyTorch ResNet in torchvision's module layout (conv1, bn1, layerN.M.convK, downsample, fc),
 also with the small (3x3) stem: the reference our converted Flax model must match
-(tests/test_convert.py) and the PyTorch side of the benchmarks."""
+(tests/test_convert.py) and the PyTorch side of the benchmarks; and the twin of our
+airbench-style net, for the benchmarks."""
 
 import torch
 from torch import nn
@@ -79,6 +80,29 @@ class ResNet(nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
+class Airbench(nn.Module):
+    """Our `models/airbench.py` net: (conv, 2x2 max-pool, BN, ReLU, conv, BN, ReLU) x 3 at
+    widths w, 2w, 4w, global max-pool, linear head."""
+
+    def __init__(self, num_classes, width=32, channels=1):
+        super().__init__()
+        layers = []
+        for i in range(3):
+            filters = width * 2**i
+            layers += [
+                nn.Conv2d(channels, filters, 3, padding=1, bias=False), nn.MaxPool2d(2),
+                nn.BatchNorm2d(filters), nn.ReLU(inplace=True),
+                nn.Conv2d(filters, filters, 3, padding=1, bias=False),
+                nn.BatchNorm2d(filters), nn.ReLU(inplace=True),
+            ]  # fmt: skip
+            channels = filters
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.amax(self.features(x), dim=(2, 3)))
+
+
 def randomize(model, seed=0):
     """Random weights and non-trivial BatchNorm statistics, so that every tensor matters."""
     generator = torch.Generator().manual_seed(seed)
@@ -95,9 +119,12 @@ def randomize(model, seed=0):
 
 
 def build(arch: str, num_classes: int, width: int = 64, stem: str = "imagenet", channels: int = 3):
-    """The PyTorch twin of our registered ResNet `arch` (e.g. "resnet50", "resnet20")."""
+    """The PyTorch twin of our registered ResNet `arch` (e.g. "resnet50", "resnet20"), or of
+    "airbench" (whose stem is its own)."""
     from imgcls_jax.models.resnet import RESNET_ARCHS, BottleneckBlock
 
+    if arch == "airbench":
+        return Airbench(num_classes, width, channels)
     spec = RESNET_ARCHS[arch]
     block = Bottleneck if spec["block_cls"] is BottleneckBlock else BasicBlock
     return ResNet(block, spec["stage_sizes"], num_classes, width, stem, channels)

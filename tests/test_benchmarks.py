@@ -1,13 +1,23 @@
-"""Benchmark scripts run end to end at a tiny size (their numbers are not checked, only sane)."""
+"""Benchmark scripts run end to end at a tiny size (their numbers are not checked, only sane);
+the PyTorch side of bench_torch.py is the same network as ours."""
 
 import json
+import os
 import subprocess
 import sys
 
+import jax
+import ml_collections
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
-pytest.importorskip("torch")
+from imgcls_jax.models import build_model
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
+import torch_resnet  # noqa: E402
 
 
 def _run(script: str, *flags: str) -> subprocess.CompletedProcess:
@@ -48,3 +58,34 @@ def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     for loop in fed.values():
         assert 0 <= loop["waited_fraction"] <= 1 and loop["img_per_s"] > 0
     assert "share of step waiting" in run.stdout
+
+
+def test_torch_twin_of_the_airbench_net_computes_our_function():
+    """bench_torch.py's PyTorch airbench net, given our weights, gives our logits (evaluation
+    mode), so the benchmark compares the same network."""
+    config = ml_collections.ConfigDict(dict(name="airbench", width=4, stem="small",
+                                            dtype="float32", bn_momentum=0.9, kernels="xla"))  # fmt: skip
+    ours = build_model(config, 5)
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((2, 28, 28, 1), np.float32)
+    variables = jax.jit(lambda key: ours.init(key, images))(jax.random.key(0, impl="rbg"))
+    variables = jax.tree.map(lambda v: v + 0.3 * np.abs(rng.standard_normal(v.shape, np.float32)),
+                             variables)  # fmt: skip
+    twin = torch_resnet.build("airbench", 5, width=4, stem="small", channels=1).eval()
+    params, stats = variables["params"], variables["batch_stats"]
+    with torch.no_grad():
+        for i in range(3):
+            group, layers = f"ConvGroup_{i}", twin.features[7 * i : 7 * i + 7]
+            for conv, norm, j in ((layers[0], layers[2], 0), (layers[4], layers[5], 1)):
+                kernel = np.asarray(params[group][f"Conv_{j}"]["kernel"])
+                conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+                bn, bn_stats = params[group][f"BatchNorm_{j}"], stats[group][f"BatchNorm_{j}"]
+                for tensor, value in ((norm.weight, bn["scale"]), (norm.bias, bn["bias"]),
+                                      (norm.running_mean, bn_stats["mean"]),
+                                      (norm.running_var, bn_stats["var"])):  # fmt: skip
+                    tensor.copy_(torch.from_numpy(np.asarray(value)))
+        twin.head.weight.copy_(torch.from_numpy(np.asarray(params["head"]["kernel"]).T.copy()))
+        twin.head.bias.copy_(torch.from_numpy(np.asarray(params["head"]["bias"])))
+        expected = twin(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
+    logits = ours.apply(variables, images, train=False)
+    np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4)
