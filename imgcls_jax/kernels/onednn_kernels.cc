@@ -11,13 +11,13 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 #include <initializer_list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
