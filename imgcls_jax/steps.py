@@ -142,7 +142,8 @@ def frozen_norm_interceptor(frozen_norms: frozenset[str]) -> Callable:
         x = args[0]
         stats, params = module.variables["batch_stats"], module.variables["params"]
         y = (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + module.epsilon)
-        return (y * params["scale"] + params["bias"]).astype(module.dtype or x.dtype)
+        y = (y * params["scale"] + params["bias"]).astype(module.dtype or x.dtype)
+        return nn.relu(y) if getattr(module, "relu", False) else y  # layers.BatchNorm's own.
 
     return intercept
 
