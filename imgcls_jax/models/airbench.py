@@ -8,15 +8,13 @@ epoch on Fashion-MNIST (README).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from imgcls_jax.models.layers import BatchNorm, max_pool
-from imgcls_jax.models.resnet import Conv
+from imgcls_jax.models.layers import conv_and_norm, max_pool
 
 
 class ConvGroup(nn.Module):
@@ -45,17 +43,8 @@ class AirbenchNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv = functools.partial(
-            Conv, use_bias=False, dtype=self.dtype, conv_general_dilated=self.conv_fn
-        )
-        norm = functools.partial(
-            BatchNorm,
-            train_fn=self.norm_train_fn,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        conv, norm = conv_and_norm(self.dtype, self.bn_momentum, train, self.conv_fn,
+                                   self.norm_train_fn)  # fmt: skip
         x = x.astype(self.dtype)
         for i in range(3):
             x = ConvGroup(self.width * 2**i, conv=conv, norm=norm)(x)

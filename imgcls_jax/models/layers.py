@@ -1,15 +1,26 @@
-"""Layers shared by the model families: BatchNorm with an optional native training kernel, and
-max pooling that XLA:CPU runs fast."""
+"""Layers shared by the model families: convolutions padded as in PyTorch, BatchNorm with an
+optional native training kernel, and max pooling that XLA:CPU runs fast."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+
+class Conv(nn.Conv):
+    """A convolution padded by (k - 1) // 2 on every side, as in PyTorch/torchvision (unlike
+    "SAME", which pads strided convolutions asymmetrically), so converted weights agree."""
+
+    def __post_init__(self):
+        if self.padding == "SAME":  # The default: replace with symmetric padding.
+            object.__setattr__(self, "padding", [((k - 1) // 2,) * 2 for k in self.kernel_size])
+        super().__post_init__()
 
 
 class BatchNorm(nn.BatchNorm):
@@ -53,6 +64,18 @@ class BatchNorm(nn.BatchNorm):
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y
+
+
+def conv_and_norm(
+    dtype: Any, bn_momentum: float, train: bool, conv_fn: Callable | None = None,
+    norm_train_fn: Callable | None = None,
+) -> tuple[Callable, Callable]:  # fmt: skip
+    """The unbiased convolution and the batch norm (epsilon 1e-5, as in PyTorch) that ResNet and
+    airbench build on, computing in `dtype`, with native kernels where given."""
+    conv = functools.partial(Conv, use_bias=False, dtype=dtype, conv_general_dilated=conv_fn)
+    norm = functools.partial(BatchNorm, train_fn=norm_train_fn, use_running_average=not train,
+                             momentum=bn_momentum, epsilon=1e-5, dtype=dtype)  # fmt: skip
+    return conv, norm
 
 
 def _window_slices(x: jax.Array, window: tuple, strides: tuple, out_hw: tuple) -> list:

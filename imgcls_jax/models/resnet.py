@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -10,19 +9,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from imgcls_jax.models.layers import BatchNorm, max_pool
+from imgcls_jax.models.layers import conv_and_norm, max_pool
 
 ModuleDef = Any
-
-
-class Conv(nn.Conv):
-    """A convolution padded by (k - 1) // 2 on every side, as in PyTorch/torchvision (unlike
-    "SAME", which pads strided convolutions asymmetrically), so converted weights agree."""
-
-    def __post_init__(self):
-        if self.padding == "SAME":  # The default: replace with symmetric padding.
-            object.__setattr__(self, "padding", [((k - 1) // 2,) * 2 for k in self.kernel_size])
-        super().__post_init__()
 
 
 class BasicBlock(nn.Module):
@@ -86,23 +75,13 @@ class ResNet(nn.Module):
     stem: str = "imagenet"
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
-    act: Callable = nn.relu
     conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
     norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv = functools.partial(
-            Conv, use_bias=False, dtype=self.dtype, conv_general_dilated=self.conv_fn
-        )
-        norm = functools.partial(
-            BatchNorm,
-            train_fn=self.norm_train_fn,
-            use_running_average=not train,
-            momentum=self.bn_momentum,
-            epsilon=1e-5,
-            dtype=self.dtype,
-        )
+        conv, norm = conv_and_norm(self.dtype, self.bn_momentum, train, self.conv_fn,
+                                   self.norm_train_fn)  # fmt: skip
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
