@@ -83,9 +83,9 @@ def test_torch_twin_of_the_airbench_net_computes_our_function():
                 for tensor, value in ((norm.weight, bn["scale"]), (norm.bias, bn["bias"]),
                                       (norm.running_mean, bn_stats["mean"]),
                                       (norm.running_var, bn_stats["var"])):  # fmt: skip
-                    tensor.copy_(torch.from_numpy(np.asarray(value)))
+                    tensor.copy_(torch.from_numpy(np.array(value)))
         twin.head.weight.copy_(torch.from_numpy(np.asarray(params["head"]["kernel"]).T.copy()))
-        twin.head.bias.copy_(torch.from_numpy(np.asarray(params["head"]["bias"])))
+        twin.head.bias.copy_(torch.from_numpy(np.array(params["head"]["bias"])))
         expected = twin(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
     logits = ours.apply(variables, images, train=False)
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4)
