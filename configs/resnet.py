@@ -26,9 +26,11 @@ def fashion_mnist(c):
 def fashion_mnist_speed(c):
     """Fashion-MNIST against the clock (issue 7: >= 94% in 5 minutes on 2 CPU cores): the
     airbench-style net (width 32), 2.6x ResNet-20's images per second here and more accurate
-    per epoch; bfloat16 (AMX convolutions), batch 256, 13 epochs of random flips, one
-    evaluation at the end with flip test-time augmentation."""
+    per epoch; bfloat16 (AMX convolutions), batch 256, 12 epochs of random flips over all 60k
+    train images (no validation split), one evaluation at the end with flip test-time
+    augmentation."""
     fashion_mnist(c)
+    c.dataset.validation_size = 0
     c.model.name, c.model.width = "airbench", 32
     c.augment.train = "flip_lr"
     c.model.dtype = "bfloat16"
@@ -37,8 +39,8 @@ def fashion_mnist_speed(c):
     c.schedule.warmup_epochs = 0.2
     c.augment.eval_flip_tta = True
     c.augment.grid_images = 0
-    c.training.num_epochs = 13.0
-    c.training.eval_every_epochs = 13.0
+    c.training.num_epochs = 12.0
+    c.training.eval_every_epochs = 12.0
 
 
 def cifar10(c):

@@ -22,7 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.download = False  # Let TFDS download and prepare (needs network).
     c.dataset.train_split = "train"
     c.dataset.test_split = "test"  # "" when the dataset has no test split.
-    c.dataset.validation_size = 5000  # Held out from train; an int count or a fraction < 1.
+    # Held out from train; an int count or a fraction < 1. 0 trains on all of train: no
+    # validation, so no best checkpoint and no early stopping.
+    c.dataset.validation_size = 5000
     c.dataset.split_seed = 0  # Fixes which train examples are held out.
     c.dataset.train_size = 0  # Train on a random subset of this many examples; 0 uses all.
     c.dataset.class_fractions = ()  # Per class: keep this fraction of its train examples.
@@ -205,3 +207,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.transfer.layer_decay must lie in (0, 1]; 1 disables it.")
     if not 0.0 <= config.loss.label_smoothing < 1.0:
         raise ValueError("config.loss.label_smoothing must lie in [0, 1).")
+    if config.dataset.validation_size == 0:
+        if config.training.early_stopping_patience:
+            raise ValueError(
+                "config.training.early_stopping_patience needs a validation split: set "
+                "config.dataset.validation_size > 0 or the patience to 0."
+            )
+        if not config.dataset.test_split:
+            raise ValueError(
+                "config.dataset.validation_size=0 with no config.dataset.test_split leaves "
+                "nothing to evaluate: hold out a validation split or name a test split."
+            )

@@ -375,14 +375,14 @@ def _train(
                 summary["skipped_updates"] = skipped
                 pending = []
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
-            if is_eval:
+            if is_eval and trainer.dataset.validation is not None:
                 val = trainer.evaluate(state, trainer.dataset.validation, "val")
                 writer.write_scalars(step, val)
                 is_best = _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
                 checkpointer.save(step, state, progress, is_best=is_best)
                 if progress["stopped_early"]:
                     break
-            elif is_save:
+            elif is_eval or is_save:  # Without validation, evaluations only checkpoint.
                 checkpointer.save(step, state, progress)
             if preempted:
                 break
@@ -409,14 +409,18 @@ def _final_results(
 ) -> tuple[dict, np.ndarray, str]:
     """Validation and test metrics of the final state and of the best checkpoint, and the
     final state's confusion matrix on test (validation when there is no test split)."""
-    results: dict[str, Any] = {"step": int(state.step), **progress}
-    val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation, "val")
-    results.update(val)
-    split = "val"
+    has_validation = trainer.dataset.validation is not None
+    results: dict[str, Any] = {"step": int(state.step), **(progress if has_validation else {})}
+    if has_validation:
+        val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation, "val")
+        results.update(val)
+        split = "val"
     if trainer.dataset.test is not None:
         test, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.test, "test")
         results.update(test)
         split = "test"
+    if not has_validation:  # No best checkpoint either.
+        return results, matrix, split
     try:
         best = checkpointer.restore(trainer.abstract_state(), best=True)
     except CheckpointRestoreError as e:  # Final metrics stand without it.

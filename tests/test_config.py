@@ -74,3 +74,16 @@ def test_unknown_name_names_closest_choice(key, value, hint):
 def test_unknown_preset_names_closest():
     with pytest.raises(ValueError, match="Did you mean 'cifar10'"):
         resnet.get_config("cifar")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"training.early_stopping_patience": 2}, "early_stopping_patience needs a validation"),
+        ({"dataset.test_split": ""}, "leaves nothing to evaluate"),
+    ],
+)
+def test_no_validation_split_refuses_what_needs_one(overrides, message):
+    config_lib.validate(tiny_config(**{"dataset.validation_size": 0}))
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(tiny_config(**{"dataset.validation_size": 0, **overrides}))

@@ -89,6 +89,9 @@ def test_validation_holdout_is_disjoint_fixed_and_complete():
     np.testing.assert_array_equal(val.labels, val2.labels)
     assert sorted(np.concatenate([train.labels, val.labels]).tolist()) == list(range(100))
     np.testing.assert_array_equal(train.images[:, 0, 0, 0], train.labels)
+    everything, none = data.split_validation(images, labels, 0, seed=0)
+    assert none is None
+    np.testing.assert_array_equal(everything.labels, labels)
 
 
 def test_tfds_source_with_mock_data(monkeypatch):

@@ -1,5 +1,6 @@
 """The training loop: 1 vs 8 devices, exact resume, overfitting, compile-once, evaluation."""
 
+import dataclasses
 import io
 import os
 import shutil
@@ -127,6 +128,25 @@ def test_end_to_end_learns_synthetic_task(tmp_path, dataset):
     results = train_and_evaluate(config, str(tmp_path), dataset)
     assert results["val/accuracy"] > 0.9 and results["test/accuracy"] > 0.9
     assert results["test/num_examples"] == 70
+
+
+def test_without_validation_training_is_the_same_and_only_test_is_evaluated(tmp_path, dataset):
+    config = tiny_config(**{"training.num_train_steps": 16, "input.batch_size": 32,
+                            "training.eval_every_epochs": 1.0})  # fmt: skip
+    held_out = train_and_evaluate(config, str(tmp_path / "held_out"), dataset)
+    no_validation = apply_overrides(config, {"dataset.validation_size": 0})
+    unvalidated = dataclasses.replace(dataset, validation=None)
+    results = train_and_evaluate(no_validation, str(tmp_path / "none"), unvalidated)
+    assert not [key for key in results if key.startswith(("val/", "best"))]
+    assert results["test/accuracy"] == pytest.approx(held_out["test/accuracy"])
+    assert results["test/loss"] == pytest.approx(held_out["test/loss"], rel=1e-5)
+    np.testing.assert_allclose(
+        _train_losses(tmp_path / "none"), _train_losses(tmp_path / "held_out"), rtol=1e-6
+    )
+    assert sorted(os.listdir(tmp_path / "none" / "checkpoints")) == ["16", "8"]
+    assert not os.listdir(tmp_path / "none" / "best")
+    report = (tmp_path / "none" / "report.md").read_text()
+    assert "test/accuracy" in report and "val/" not in report
 
 
 def test_early_stopping_stops_and_stays_stopped(tmp_path, dataset):

@@ -27,10 +27,11 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Train, validation (held out from train) and optional test splits."""
+    """Train, validation (held out from train; None with validation_size=0) and optional test
+    splits."""
 
     train: Split
-    validation: Split
+    validation: Split | None
     test: Split | None
     class_names: tuple[str, ...]
 
@@ -76,8 +77,11 @@ def resolve_source(dataset_config: ml_collections.ConfigDict) -> str:
 
 def split_validation(
     images: np.ndarray, labels: np.ndarray, size: float, seed: int
-) -> tuple[Split, Split]:
-    """Holds out `size` examples (or a fraction if < 1) of train, chosen by a fixed permutation."""
+) -> tuple[Split, Split | None]:
+    """Holds out `size` examples (or a fraction if < 1) of train, chosen by a fixed permutation;
+    none (validation None) when `size` is 0."""
+    if size == 0:
+        return Split(images, labels), None
     count = int(round(size * len(labels))) if size < 1 else int(size)
     if not 0 < count < len(labels):
         raise ValueError(
@@ -154,7 +158,7 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
         dataset_config.name,
         source,
         len(train),
-        len(validation),
+        len(validation) if validation is not None else 0,
         len(test) if test is not None else "no",
         len(class_names),
         images.shape[1:],
