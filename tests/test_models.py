@@ -117,6 +117,7 @@ def test_bfloat16_compute_keeps_float32_params():
     ((3, 9, 9, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool; odd side
     ((3, 7, 6, 4), (2, 2), (2, 2), ((0, 0), (0, 0))),  # airbench's; an odd side drops a row
     ((2, 5, 5, 3), (5, 5), (5, 5), ((0, 0), (0, 0))),  # global
+    ((2, 12, 12, 2), (12, 12), (12, 12), ((0, 0), (0, 0))),  # more positions than int8 holds
 ])  # fmt: skip
 def test_max_pool_matches_flax_in_values_and_gradients(shape, window, strides, padding, dtype):
     """Including ties (small integers), where each window's first maximum takes the gradient,

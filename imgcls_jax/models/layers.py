@@ -128,22 +128,23 @@ def _max_pool_backward(window, strides, padding, residuals, grad):
 
 
 def _disjoint_windows_gradient(x, y, grad, window):
-    """`_max_pool_backward` where windows tile the image: each window's shares are stacked
-    into place (rows and columns past the last whole window get none)."""
+    """`_max_pool_backward` where windows tile the image: the index of each window's first
+    maximum, then one broadcast select that puts the gradient there (rows and columns past
+    the last whole window get none). XLA:CPU fuses both into plain loops; masks chained over
+    the window positions and stacked into place ran 2-9x slower."""
     n, oh, ow, c = y.shape
-    (kh, kw), zero = window, jnp.zeros_like(grad)
+    kh, kw = window
     tiled = x[:, : oh * kh, : ow * kw, :].reshape(n, oh, kh, ow, kw, c)
-    taken = jnp.zeros(y.shape, bool)
-    rows = []
-    for i in range(kh):
-        shares = []
-        for j in range(kw):
-            first = (tiled[:, :, i, :, j, :] == y) & ~taken
-            taken = taken | first
-            shares.append(jnp.where(first, grad, zero))
-        rows.append(jnp.stack(shares, axis=3))
-    gathered = jnp.stack(rows, axis=2).reshape(n, oh * kh, ow * kw, c)
-    return jnp.pad(gathered, ((0, 0), (0, x.shape[1] - oh * kh), (0, x.shape[2] - ow * kw), (0, 0)))
+    index_dtype = jnp.int8 if kh * kw <= 127 else jnp.int32
+    first = jnp.full(y.shape, kh * kw - 1, index_dtype)
+    for position in reversed(range(kh * kw - 1)):  # The earliest match is written last.
+        i, j = divmod(position, kw)
+        first = jnp.where(tiled[:, :, i, :, j, :] == y, index_dtype(position), first)
+    positions = jnp.arange(kh * kw, dtype=index_dtype).reshape(1, 1, kh, 1, kw, 1)
+    spread = jnp.where(first[:, :, None, :, None, :] == positions,
+                       grad[:, :, None, :, None, :], jnp.zeros((), grad.dtype))  # fmt: skip
+    spread = spread.reshape(n, oh * kh, ow * kw, c)
+    return jnp.pad(spread, ((0, 0), (0, x.shape[1] - oh * kh), (0, x.shape[2] - ow * kw), (0, 0)))
 
 
 _max_pool.defvjp(_max_pool_forward, _max_pool_backward)
