@@ -6,8 +6,9 @@
 // runs them on its tile units); batch norm's scale, shift and statistics stay float32.
 // Primitives are built once per shape and cached; calls are serialised because each one
 // already uses every core through oneDNN's own OpenMP threads.
-// oneDNN's direct kernel-gradient convolution is slow on small outputs (7x7: 4x its forward
-// pass, 3x3: 7x); there the kernel gradient is an im2col copy and one matmul instead.
+// oneDNN's direct kernel-gradient convolution is slow on small outputs (2x2 to 4x4: up to 20x
+// a matmul; in bfloat16 also strided or 1x1 convolutions with outputs up to 8x8); there the
+// kernel gradient is an im2col copy and one matmul instead (MatmulKernelGrad).
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -29,9 +30,6 @@ using dt = dnnl::memory::data_type;
 namespace {
 
 enum class Kind { kForward, kInputGrad, kKernelGrad, kKernelGradMatmul };
-
-// Outputs of at most this many pixels take the im2col + matmul kernel gradient.
-constexpr int64_t kMatmulKernelGradPixels = 64;
 
 // Kind, data type; N, H, W, C of the input; KH, KW, O of the kernel; strides; paddings.
 using Key = std::array<int64_t, 15>;
@@ -232,11 +230,21 @@ ffi::Error InputGrad(Any dy, Any w, AnyOut dx, int64_t sh, int64_t sw, int64_t p
   return Run(Kind::kInputGrad, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
 }
 
+// Whether the kernel gradient of `g` is faster as im2col + matmul than as oneDNN's direct
+// convolution: the rule fits per-shape timings of both on this project's CPU (AMX, oneDNN 2.6;
+// experiments/results/cpu_perf_notes.md). At 7x7 and 8x8 the direct one won in float32, and
+// in bfloat16 for unstrided 3x3 kernels.
+bool MatmulKernelGrad(const Geometry& g) {
+  int64_t pixels = g.oh * g.ow;
+  bool strided_or_pointwise = g.sh > 1 || g.sw > 1 || g.kh * g.kw == 1;
+  return pixels <= 16 || (g.type == dt::bf16 && pixels <= 64 && strided_or_pointwise);
+}
+
 ffi::Error KernelGrad(Any x, Any dy, AnyOut dw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                       int64_t pl, int64_t pr) {
   if (auto error = CheckTypes({&x, &dy, &*dw}); error.failure()) return error;
   auto g = MakeGeometry(x, *dw, dy, sh, sw, pt, pb, pl, pr);
-  Kind kind = g.oh * g.ow <= kMatmulKernelGradPixels ? Kind::kKernelGradMatmul : Kind::kKernelGrad;
+  Kind kind = MatmulKernelGrad(g) ? Kind::kKernelGradMatmul : Kind::kKernelGrad;
   return Run(kind, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
 
