@@ -6,7 +6,7 @@
 // runs them on its tile units); batch norm's scale, shift and statistics stay float32.
 // Primitives are built once per shape and cached; calls are serialised because each one
 // already uses every core through oneDNN's own OpenMP threads.
-// oneDNN's direct kernel-gradient convolution is slow on small outputs (2x2 to 4x4: up to 20x
+// oneDNN's direct kernel-gradient convolution is slow on small outputs (2x2 to 4x4: up to 15x
 // a matmul; in bfloat16 also strided or 1x1 convolutions with outputs up to 8x8); there the
 // kernel gradient is an im2col copy and one matmul instead (MatmulKernelGrad).
 #include <array>
