@@ -57,6 +57,9 @@ class Trainer:
         sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size")
         sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
         self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
+        if self.dataset.validation is None and self.dataset.test is None:
+            raise ValueError("The dataset has neither a validation nor a test split: nothing to "
+                             "evaluate. Hold out config.dataset.validation_size > 0 examples.")  # fmt: skip
         self.channels = self.dataset.train.images.shape[-1]
         self.mean, self.std = tuple(config.dataset.mean), tuple(config.dataset.std)
         self.pretrained = None  # (variables, metadata) of config.transfer.checkpoint.

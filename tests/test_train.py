@@ -147,6 +147,8 @@ def test_without_validation_training_is_the_same_and_only_test_is_evaluated(tmp_
     assert not os.listdir(tmp_path / "none" / "best")
     report = (tmp_path / "none" / "report.md").read_text()
     assert "test/accuracy" in report and "val/" not in report
+    with pytest.raises(ValueError, match="neither a validation nor a test split"):
+        Trainer(no_validation, dataclasses.replace(unvalidated, test=None))
 
 
 def test_early_stopping_stops_and_stays_stopped(tmp_path, dataset):
