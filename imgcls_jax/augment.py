@@ -339,6 +339,67 @@ def build_mix_fn(augment_config, num_classes: int):
     return mix
 
 
+# What each op argument may be: (low, high) inclusive bounds (None: unbounded), applied to
+# each element of a tuple argument (whose elements must also be in increasing order), or a
+# set of allowed strings.
+_PROBABILITY, _STRENGTH, _FRACTIONS, _RATIOS = (0, 1), (0, 1), (1e-6, 1), (1e-6, None)
+ARGUMENT_RANGES: dict[str, dict[str, tuple | frozenset]] = {
+    "random_crop": {"padding": (0, None), "mode": frozenset({"constant", "reflect"})},
+    "flip_lr": {"probability": _PROBABILITY},
+    "random_resized_crop": {"size": (1, None), "scale": _FRACTIONS, "ratio": _RATIOS},
+    "brightness": {"strength": _STRENGTH},
+    "contrast": {"strength": _STRENGTH},
+    "saturation": {"strength": _STRENGTH},
+    "random_grayscale": {"probability": _PROBABILITY},
+    "hue": {"strength": (0, 0.5)},
+    "random_erasing": {"probability": _PROBABILITY, "scale": _FRACTIONS, "ratio": _RATIOS},
+    "randaugment": {"num_ops": (0, None), "magnitude": (0, 10)},
+    "resize": {"size": (1, None), "method": frozenset({"linear", "cubic", "nearest", "lanczos3"})},
+    "center_crop": {"size": (1, None)},
+}
+_INTEGER_ARGUMENTS = {"padding", "size", "num_ops"}
+
+
+def _check_argument(part: str, name: str, value, allowed: tuple | frozenset) -> None:
+    """Raises a ValueError naming the op, the argument and what it may be."""
+    if isinstance(allowed, frozenset):
+        if value not in allowed:
+            raise ValueError(f"Augmentation op {part!r}: {name}={value!r} is not known."
+                             f"{closest(str(value), allowed)}")  # fmt: skip
+        return
+    values = value if isinstance(value, tuple) else (value,)
+    low, high = allowed
+    integer = name in _INTEGER_ARGUMENTS
+    ok = all(
+        isinstance(v, int if integer else (int, float)) and not isinstance(v, bool)
+        and (low is None or v >= low) and (high is None or v <= high)
+        for v in values
+    )  # fmt: skip
+    if ok and list(values) == sorted(values):
+        return
+    bounds = f"[{low}, {'inf' if high is None else high}]"
+    if isinstance(value, tuple):
+        what = f"{'integers' if integer else 'numbers'} in {bounds}, in increasing order"
+    else:
+        what = f"{'an integer' if integer else 'a number'} in {bounds}"
+    raise ValueError(f"Augmentation op {part!r}: {name}={value!r} must be {what}.")
+
+
+def check_shapes(train_spec: str, eval_spec: str, image_shape: tuple) -> None:
+    """Traces both pipelines on one image of `image_shape` (no compiling, no device work), so
+    that e.g. a crop larger than the images fails before training starts."""
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)
+    for what, spec, fn in (("augment.train", train_spec, lambda: build_augment_fn(train_spec)),
+                           ("augment.eval", eval_spec, lambda: build_eval_fn(eval_spec))):  # fmt: skip
+        args = (key, images) if what == "augment.train" else (images,)
+        try:
+            jax.eval_shape(fn(), *args)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"config.{what}={spec!r} does not fit the dataset's "
+                             f"{'x'.join(map(str, image_shape))} images: {e}") from None  # fmt: skip
+
+
 def parse_pipeline(spec: str, ops: dict[str, Op] | None = None) -> list[tuple[Op, tuple]]:
     """Parses a pipeline string into (op, args) pairs; raises on unknown ops or bad arguments.
 
@@ -366,12 +427,15 @@ def parse_pipeline(spec: str, ops: dict[str, Op] | None = None) -> list[tuple[Op
                 ) from e
         takes_key = training and name in OPS
         try:
-            inspect.signature(known[name]).bind(*(None,) * (1 + takes_key), *args)
+            bound = inspect.signature(known[name]).bind(*(None,) * (1 + takes_key), *args)
         except TypeError as e:
             raise ValueError(
                 f"Augmentation op {part!r} has bad arguments: {e}. "
                 f"Signature: {name}{inspect.signature(known[name])}."
             ) from e
+        bound.apply_defaults()
+        for argument, allowed in ARGUMENT_RANGES[name].items():
+            _check_argument(part, argument, bound.arguments[argument], allowed)
         op = known[name] if takes_key or not training else _ignore_key(known[name])
         pipeline.append((op, args))
     return pipeline

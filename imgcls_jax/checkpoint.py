@@ -1,10 +1,11 @@
 """Orbax checkpoints in the workdir: the last N steps plus the best one, each verified by a
-content checksum on restore, falling back to an older step when one is damaged."""
+content checksum and a finiteness check, falling back to an older step when one is damaged."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -14,6 +15,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 CHECKSUM_ALGORITHM = "uint32 sums of bits x (2i+1) and bits x (2i+1)^2, per array"
+CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "corrupt_checkpoints"
 
 
@@ -21,9 +23,14 @@ class CheckpointRestoreError(ValueError):
     """No saved step could be restored; the message lists why each one failed."""
 
 
+class NonFiniteStateError(FloatingPointError):
+    """A train state holding inf or NaN was not checkpointed."""
+
+
 @jax.jit
 def _array_checksums(tree: Any) -> Any:
-    """Two uint32 position-weighted sums of each array's raw bits.
+    """Per array: two uint32 position-weighted sums of its raw bits, and whether all its
+    values are finite.
 
     Any change of one element (one flipped bit or byte) changes the first sum, because the
     element's weight 2i+1 is odd; the second sum makes coincidental multi-element collisions
@@ -35,7 +42,10 @@ def _array_checksums(tree: Any) -> Any:
         weight = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
         return jnp.stack([jnp.sum(bits * weight), jnp.sum(bits * weight * weight)])
 
-    return jax.tree.map(checksum, tree)
+    def finite(x: jax.Array) -> jax.Array:
+        return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+
+    return jax.tree.map(checksum, tree), jax.tree.map(finite, tree)
 
 
 def _as_uint32(x: jax.Array) -> jax.Array:
@@ -48,87 +58,136 @@ def _as_uint32(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
+def _checksums_and_nonfinite(state: Any) -> tuple[dict[str, str], list[str]]:
+    """({array path: hex checksum}, [paths of arrays holding inf or NaN]) of a (possibly
+    sharded, multi-host) state pytree."""
+    sums, finite = jax.device_get(_array_checksums(state))
+    checksums = {
+        jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
+        for path, s in jax.tree_util.tree_flatten_with_path(sums)[0]
+    }
+    flags = jax.tree_util.tree_flatten_with_path(finite)[0]
+    return checksums, [jax.tree_util.keystr(path) for path, ok in flags if not ok]
+
+
 def state_checksums(state: Any) -> dict[str, str]:
     """{array path: hex checksum} of a (possibly sharded, multi-host) state pytree."""
-    sums = jax.device_get(_array_checksums(state))
-    flat = jax.tree_util.tree_flatten_with_path(sums)[0]
-    return {jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}" for path, s in flat}
+    return _checksums_and_nonfinite(state)[0]
+
+
+class KeepLatestAndBest:
+    """Orbax preservation policy: the newest `keep` steps plus `best_step` (when set)."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.best_step: int | None = None
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        del context
+        newest = {info.step for info in list(checkpoints)[-self.keep :]}
+        return [info.step in newest or info.step == self.best_step for info in checkpoints]
 
 
 class Checkpointer:
-    """`workdir/checkpoints` keeps the last `keep` saves; `workdir/best` keeps the best one.
+    """`workdir/checkpoints` keeps the last `keep` saves and the best one (by validation).
 
-    Each save holds the train state, a small JSON `progress` dict (best metric so far,
+    Each save holds the train state, a small JSON `progress` dict (best metric and its step,
     evaluations without improvement, whether training stopped early) and the state's
-    checksums. Orbax writes each step to a temporary directory and renames it when complete,
-    so a save cut short by a crash is never restored (and is cleaned up on the next start).
+    checksums. One Orbax manager writes every step once, in the same order on every process:
+    its asynchronous saves never overlap, so their cross-process barriers cannot collide.
+    Orbax writes each step to a temporary directory and renames it when complete, so a save
+    cut short by a crash is never restored (and is cleaned up on the next start).
     """
 
     def __init__(self, workdir: str, keep: int):
+        if keep < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1 to resume a run, got {keep}.")
         self.workdir = epath.Path(workdir)
-        options = dict(create=True, enable_async_checkpointing=True, cleanup_tmp_directories=True)
-        self.latest = ocp.CheckpointManager(
-            self._directory("checkpoints"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, **options),
-        )
-        self.best = ocp.CheckpointManager(
-            self._directory("best"),
-            options=ocp.CheckpointManagerOptions(max_to_keep=1, **options),
+        self._policy = KeepLatestAndBest(keep)
+        self.manager = ocp.CheckpointManager(
+            self._directory(CHECKPOINT_DIR),
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=self._policy,
+                create=True,
+                enable_async_checkpointing=True,
+                cleanup_tmp_directories=True,
+            ),
         )
 
     def _directory(self, name: str) -> epath.Path:
         path = self.workdir / name
         return path if "://" in str(path) else path.resolve()  # Orbax wants absolute paths.
 
-    def latest_step(self) -> int | None:
-        return self.latest.latest_step()
+    @property
+    def directory(self) -> epath.Path:
+        return epath.Path(self.manager.directory)
 
-    def save(self, step: int, state: Any, progress: dict, is_best: bool = False) -> None:
-        """Saves `state` at `step` (asynchronously); also as the best one when `is_best`.
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Any, progress: dict) -> None:
+        """Saves `state` at `step` asynchronously; `progress["best_step"]` is kept too.
 
         A step that is already saved is kept as it is: a resumed run recomputes it exactly.
+        Raises NonFiniteStateError, writing nothing, when any array holds inf or NaN.
         """
+        self._policy.best_step = progress.get("best_step")
+        if step in self.manager.all_steps():
+            return
+        checksums, nonfinite = _checksums_and_nonfinite(state)
+        if nonfinite:
+            raise NonFiniteStateError(
+                f"Refused to checkpoint step {step}: the train state holds inf or NaN in "
+                f"{', '.join(nonfinite[:5])}{' ...' if len(nonfinite) > 5 else ''}. The last "
+                f"good checkpoint stays in {self.directory}."
+            )
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             progress=ocp.args.JsonSave(progress),
-            integrity=ocp.args.JsonSave(
-                {"algorithm": CHECKSUM_ALGORITHM, "checksums": state_checksums(state)}
-            ),
+            integrity=ocp.args.JsonSave({"algorithm": CHECKSUM_ALGORITHM, "checksums": checksums}),
         )
-        for manager, wanted in ((self.latest, True), (self.best, is_best)):
-            if wanted and step not in manager.all_steps():
-                manager.save(step, args=args, force=True)
+        self.manager.save(step, args=args, force=True)
 
-    def restore(self, abstract_state: Any, best: bool = False) -> tuple[Any, dict] | None:
-        """Restores the newest intact save (latest, or best) into the shape and sharding of
-        `abstract_state`; None when there is none.
+    def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
+        """Restores the newest intact step into the shape and sharding of `abstract_state`;
+        None when there is none.
 
-        A step that cannot be read or whose checksums differ is logged and skipped for the
-        next older one; once an intact step is found, the damaged newer ones are moved to
-        `workdir/corrupt_checkpoints`. Raises CheckpointRestoreError, moving nothing, when no
-        step can be restored (e.g. the checkpoints belong to another model).
+        A step that cannot be read (metadata or arrays), whose checksums differ or whose
+        arrays are not finite is logged and skipped for the next older one; once an intact
+        step is found, the damaged newer ones are moved to `workdir/corrupt_checkpoints`.
+        Raises CheckpointRestoreError, moving nothing, when no step can be restored (e.g. the
+        checkpoints belong to another model).
         """
-        manager = self.best if best else self.latest
         failures: list[tuple[int, str]] = []
-        for step in sorted(manager.all_steps(), reverse=True):
-            problem, restored = self._restore_step(manager, step, abstract_state)
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            problem, restored = self._restore_step(step, abstract_state)
             if problem:
-                logging.error("Checkpoint step %d in %s is unusable: %s", step,
-                              manager.directory, problem)  # fmt: skip
+                logging.error("Checkpoint step %d in %s is unusable: %s", step, self.directory,
+                              problem)  # fmt: skip
                 failures.append((step, problem))
                 continue
             if failures:
-                self._quarantine(manager, [s for s, _ in failures])
-                logging.warning("Fell back to step %d of %s.", step, manager.directory)
+                self._quarantine([s for s, _ in failures])
+                logging.warning("Fell back to step %d of %s.", step, self.directory)
             return restored
         if failures:
             listing = "; ".join(f"step {s}: {p}" for s, p in failures)
-            raise CheckpointRestoreError(f"no step in {manager.directory} could be restored "
+            raise CheckpointRestoreError(f"no step in {self.directory} could be restored "
                                          f"({listing})")  # fmt: skip
         return None
 
+    def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Restores exactly `step` (e.g. the best one); raises CheckpointRestoreError when it
+        is missing or damaged."""
+        if step not in self.manager.all_steps():
+            raise CheckpointRestoreError(f"step {step} is not in {self.directory}")
+        problem, restored = self._restore_step(step, abstract_state)
+        if problem:
+            raise CheckpointRestoreError(f"step {step} in {self.directory}: {problem}")
+        return restored
+
     def _restore_step(
-        self, manager: ocp.CheckpointManager, step: int, abstract_state: Any
+        self, step: int, abstract_state: Any
     ) -> tuple[str | None, tuple[Any, dict] | None]:
         """(None, (state, progress)) for an intact step, else (what is wrong, None)."""
         args = ocp.args.Composite(
@@ -137,35 +196,39 @@ class Checkpointer:
             integrity=ocp.args.JsonRestore(),
         )
         try:
-            restored = manager.restore(step, args=args)
-        except (ValueError, OSError) as e:  # Orbax/TensorStore report unreadable data so.
+            restored = self.manager.restore(step, args=args)
+            saved = dict(restored["integrity"])["checksums"]
+            progress = dict(restored["progress"])
+        # Orbax and TensorStore report damaged files, metadata included, in many types (e.g.
+        # KeyError for a field missing from an edited _METADATA); any of them makes the step
+        # unusable, and the caller falls back to an older one.
+        except Exception as e:
             return f"{type(e).__name__}: {e}", None
-        saved = dict(restored["integrity"])["checksums"]
-        actual = state_checksums(restored["state"])
+        actual, nonfinite = _checksums_and_nonfinite(restored["state"])
         damaged = [path for path, value in actual.items() if saved.get(path) != value]
         if damaged or saved.keys() != actual.keys():
             return f"content checksum mismatch in {', '.join(damaged) or 'the array list'}", None
-        return None, (restored["state"], dict(restored["progress"]))
+        if nonfinite:
+            return f"inf or NaN in {', '.join(nonfinite)}", None
+        return None, (restored["state"], progress)
 
-    def _quarantine(self, manager: ocp.CheckpointManager, steps: list[int]) -> None:
-        """Moves damaged steps out of the manager's directory (kept for inspection)."""
+    def _quarantine(self, steps: list[int]) -> None:
+        """Moves damaged steps out of the checkpoint directory (kept for inspection)."""
         if jax.process_index() == 0:
             target = self.workdir / QUARANTINE_DIR
             target.mkdir(parents=True, exist_ok=True)
             for step in steps:
-                source = epath.Path(manager.directory) / str(step)
+                source = self.directory / str(step)
                 moved = target / f"{source.parent.name}_{step}_{int(time.time())}"
                 source.rename(moved)
                 logging.warning("Moved damaged checkpoint %s to %s.", source, moved)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("imgcls_jax checkpoint quarantine")
-        manager.reload()
+        self.manager.reload()
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.latest.close()
-        self.best.close()
+        self.manager.close()

@@ -106,9 +106,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.keep_checkpoints = 3
     c.training.early_stopping_patience = 0  # Evaluations without improvement; 0 disables.
     c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
-    # A non-finite loss or gradient: "stop" the run naming the step, or "skip" that update
+    # A non-finite loss, gradient or new state: "stop" the run naming the step, or "skip" that update
     # (the run still stops when every update between two logs was skipped).
     c.training.on_nonfinite = "stop"
+    # Resume even when the dataset differs from the one the checkpoints were trained on (its
+    # fingerprint is in every checkpoint); the validation split may then hold former train
+    # examples.
+    c.training.allow_dataset_change = False
     return c
 
 
@@ -172,6 +176,60 @@ def apply_overrides(
     return lock(config)
 
 
+# Inclusive (low, high) bounds of numeric fields; None: unbounded. An open bound is written
+# as the nearest value the field may take (e.g. 1 for a positive count).
+NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "seed": (0, None),
+    "dataset.validation_size": (0, None),
+    "dataset.train_size": (0, None),
+    "dataset.image_size": (0, None),
+    "dataset.decode_threads": (0, None),
+    "model.width": (1, None),
+    "model.bn_momentum": (0, 1),
+    "augment.grid_images": (0, None),
+    "augment.mixup_alpha": (0, None),
+    "augment.cutmix_alpha": (0, None),
+    "augment.switch_prob": (0, 1),
+    "augment.mix_prob": (0, 1),
+    "input.batch_size": (1, None),
+    "input.eval_batch_size": (1, None),
+    "input.prefetch": (1, None),
+    "optimizer.learning_rate": (0, None),
+    "optimizer.lr_base_batch_size": (0, None),
+    "optimizer.momentum": (0, 1),
+    "optimizer.b1": (0, 1),
+    "optimizer.b2": (0, 1),
+    "optimizer.eps": (0, None),
+    "optimizer.weight_decay": (0, None),
+    "optimizer.grad_clip_norm": (0, None),
+    "schedule.warmup_epochs": (0, None),
+    "schedule.step_factor": (0, None),
+    "schedule.end_factor": (0, 1),
+    "training.num_epochs": (0, None),
+    "training.num_train_steps": (0, None),
+    "training.log_every_steps": (1, None),
+    "training.eval_every_epochs": (1e-9, None),
+    "training.checkpoint_every_steps": (0, None),
+    "training.keep_checkpoints": (1, None),
+    "training.early_stopping_patience": (0, None),
+}
+
+
+def _check_ranges(config: ml_collections.ConfigDict) -> None:
+    for key, (low, high) in NUMERIC_RANGES.items():
+        section, _, field = key.rpartition(".")
+        value = (config[section] if section else config)[field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config.{key}={value!r} must be a number.")
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"[{low}, {'inf' if high is None else high}]"
+            raise ValueError(f"config.{key}={value!r} is out of range: it must lie in {bounds}.")
+    for fraction in config.dataset.class_fractions:
+        if not 0 < fraction <= 1:
+            raise ValueError(f"config.dataset.class_fractions holds {fraction!r}; each must lie "
+                             "in (0, 1].")  # fmt: skip
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks names and values before any device work; raises with the fix."""
     from imgcls_jax import augment, data, device_data, models  # Registries live with their owners.
@@ -192,10 +250,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     augment.parse_pipeline(config.augment.eval, augment.EVAL_OPS)
     if len(config.dataset.mean) != len(config.dataset.std):
         raise ValueError("config.dataset.mean and config.dataset.std must have the same length.")
-    for key in ("input.batch_size", "input.eval_batch_size", "input.prefetch"):
-        section, field = key.split(".")
-        if config[section][field] <= 0:
-            raise ValueError(f"config.{key} must be positive, got {config[section][field]}.")
+    if min(config.dataset.std, default=1) <= 0:
+        raise ValueError(f"config.dataset.std={tuple(config.dataset.std)} must be positive.")
+    _check_ranges(config)
     if config.training.num_train_steps <= 0 and config.training.num_epochs <= 0:
         raise ValueError("Set config.training.num_epochs or config.training.num_train_steps > 0.")
     if config.transfer.freeze:

@@ -30,7 +30,7 @@ NEVER = jnp.iinfo(jnp.int32).max  # first_step of a window without non-finite st
 
 @flax.struct.dataclass
 class NonfiniteSteps(metrics.Metric):
-    """How many steps had a non-finite loss or gradient (their update was not applied), and
+    """How many steps had a non-finite loss, gradient or new state (their update was not applied), and
     the first of them; computes (count, first step), the step 0 when there was none."""
 
     count: jnp.ndarray
@@ -93,6 +93,12 @@ def example_weights(labels: jnp.ndarray, class_weights: jnp.ndarray) -> jnp.ndar
     """Each example's loss weight: its class's weight (soft labels: the label-weighted mean)."""
     class_weights = jnp.asarray(class_weights, jnp.float32)
     return class_weights[labels] if labels.ndim == 1 else labels @ class_weights
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every floating-point value in `tree` is finite (a scalar bool)."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
 
 
 def init_state(
@@ -183,8 +189,9 @@ def train_step(
     pytree of Python bools, or None) get no gradient (the optimizer leaves them too); the
     BatchNorm layers in `frozen_norms` run in inference mode and keep their statistics.
 
-    When the loss or the gradient is not finite, the update is not applied (only the step
-    advances) and the `nonfinite` metric records the step; the other metrics skip it.
+    When the loss, the gradient or any array of the new state is not finite, the update is
+    not applied (only the step advances) and the `nonfinite` metric records the step; the
+    other metrics skip it.
     """
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
@@ -210,8 +217,10 @@ def train_step(
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(objective) & jnp.isfinite(optax.global_norm(grads))
     updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    # The whole new state, not only the loss and gradient: a huge but finite step can still
+    # overflow the batch statistics or the optimizer's moments.
+    finite = jnp.isfinite(objective) & jnp.isfinite(optax.global_norm(grads)) & all_finite(updated)
     updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     step_metrics = metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step),

@@ -35,8 +35,14 @@ from imgcls_jax import (
 )
 from imgcls_jax import config as config_lib
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
+from imgcls_jax.data import fingerprint
 from imgcls_jax.models import build_model
 from imgcls_jax.preemption import PreemptionWatch
+
+
+class DatasetChangedError(ValueError):
+    """A resume found other data than the checkpoints were trained on."""
+
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
@@ -61,6 +67,10 @@ class Trainer:
             raise ValueError("The dataset has neither a validation nor a test split: nothing to "
                              "evaluate. Hold out config.dataset.validation_size > 0 examples.")  # fmt: skip
         self.channels = self.dataset.train.images.shape[-1]
+        if self.dataset.num_classes < 2:
+            raise ValueError(f"The dataset has {self.dataset.num_classes} class(es) "
+                             f"{list(self.dataset.class_names)}; a classifier needs at least 2.")  # fmt: skip
+        augment.check_shapes(config.augment.train, config.augment.eval, self.image_shape)
         self.mean, self.std = tuple(config.dataset.mean), tuple(config.dataset.std)
         self.pretrained = None  # (variables, metadata) of config.transfer.checkpoint.
         if config.transfer.checkpoint:
@@ -243,7 +253,9 @@ class Trainer:
 def _restore_or_init(
     trainer: Trainer, checkpointer: Checkpointer
 ) -> tuple[steps.TrainState, dict[str, Any]]:
-    progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False}
+    dataset = fingerprint.dataset_fingerprint(trainer.dataset)
+    progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False,
+                "dataset": dataset}  # fmt: skip
     if checkpointer.latest_step() is None:
         return trainer.create_state(), progress
     try:
@@ -254,12 +266,26 @@ def _restore_or_init(
             "Use a new --workdir for a different model, or the config the checkpoints were "
             "trained with; nothing was changed in the workdir."
         ) from e
-    progress.update(saved)
-    step = int(state.step)
-    if progress.get("best_step") == step:  # A crash may have cut the best save short.
-        checkpointer.save(step, state, progress, is_best=True)
-    logging.info("Resumed from step %d of %s.", step, checkpointer.latest.directory)
+    _check_same_dataset(saved.get("dataset"), dataset, trainer.config.training, checkpointer)
+    progress.update(saved, dataset=dataset)
+    logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
     return state, progress
+
+
+def _check_same_dataset(saved: dict | None, current: dict, cfg, checkpointer: Checkpointer) -> None:
+    """Stops a resume on data other than the checkpoints were trained on, unless allowed."""
+    change = fingerprint.describe_change(saved, current) if saved else ""
+    if not change:
+        return
+    if cfg.allow_dataset_change:
+        logging.warning("Resuming on a changed dataset (%s), as allowed.", change)
+        return
+    raise DatasetChangedError(
+        f"The dataset differs from the one the checkpoints in {checkpointer.directory} were "
+        f"trained on ({change}), so the train/validation split would be redrawn. Use a new "
+        "--workdir, restore the data, or set config.training.allow_dataset_change=True to "
+        "resume anyway."
+    )
 
 
 def train_and_evaluate(
@@ -381,8 +407,8 @@ def _train(
             if is_eval and trainer.dataset.validation is not None:
                 val = trainer.evaluate(state, trainer.dataset.validation, "val")
                 writer.write_scalars(step, val)
-                is_best = _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
-                checkpointer.save(step, state, progress, is_best=is_best)
+                _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
+                checkpointer.save(step, state, progress)
                 if progress["stopped_early"]:
                     break
             elif is_eval or is_save:  # Without validation, evaluations only checkpoint.
@@ -392,8 +418,8 @@ def _train(
     return state, preempted
 
 
-def _update_progress(progress: dict, value: float, step: int, cfg) -> bool:
-    """Tracks the best validation value and early stopping; returns whether `value` is best."""
+def _update_progress(progress: dict, value: float, step: int, cfg) -> None:
+    """Tracks the best validation value, its step and early stopping."""
     is_best = value > progress["best_metric"]
     if is_best:
         progress.update(best_metric=value, best_step=step, evals_without_improvement=0)
@@ -404,7 +430,6 @@ def _update_progress(progress: dict, value: float, step: int, cfg) -> bool:
         progress["stopped_early"] = True
         logging.info("Early stop at step %d: %s has not improved for %d evaluations.",
                      step, cfg.early_stopping_metric, patience)  # fmt: skip
-    return is_best
 
 
 def _final_results(
@@ -413,7 +438,9 @@ def _final_results(
     """Validation and test metrics of the final state and of the best checkpoint, and the
     final state's confusion matrix on test (validation when there is no test split)."""
     has_validation = trainer.dataset.validation is not None
-    results: dict[str, Any] = {"step": int(state.step), **(progress if has_validation else {})}
+    results: dict[str, Any] = {"step": int(state.step)}
+    if has_validation:  # The best metric, its step and early stopping; not the fingerprint.
+        results.update({k: v for k, v in progress.items() if k != "dataset"})
     if has_validation:
         val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation, "val")
         results.update(val)
@@ -422,24 +449,23 @@ def _final_results(
         test, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.test, "test")
         results.update(test)
         split = "test"
-    if not has_validation:  # No best checkpoint either.
+    best_step = progress.get("best_step")
+    if best_step is None or trainer.dataset.test is None:  # No best checkpoint, or no test.
+        return results, matrix, split
+    if best_step == int(state.step):  # The same weights: reuse their numbers.
+        results.update({f"best_{key}": value for key, value in test.items()})
         return results, matrix, split
     try:
-        best = checkpointer.restore(trainer.abstract_state(), best=True)
+        best_state, _ = checkpointer.restore_step(best_step, trainer.abstract_state())
     except CheckpointRestoreError as e:  # Final metrics stand without it.
         logging.error("No best_test metrics: %s", e)
-        best = None
-    if best is not None and trainer.dataset.test is not None:
-        best_state, _ = best
-        if int(best_state.step) == int(state.step):  # The same weights: reuse their numbers.
-            results.update({f"best_{key}": value for key, value in test.items()})
-        else:
-            results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))
+        return results, matrix, split
+    results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))
     return results, matrix, split
 
 
 def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
-    """Stops the run at a non-finite loss or gradient (config.training.on_nonfinite="stop"),
+    """Stops the run at a non-finite loss, gradient or new state (config.training.on_nonfinite="stop"),
     or at a log window that skipped every update; returns how many updates were skipped."""
     count, first = (int(x) for x in nonfinite)
     if count == 0:
@@ -450,15 +476,15 @@ def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
             "one stays in the workdir.")  # fmt: skip
     if cfg.on_nonfinite == "stop":
         raise FloatingPointError(
-            f"Non-finite loss or gradient at step {first}. {kept} {fix} To skip such updates "
+            f"Non-finite loss, gradient or new state at step {first}. {kept} {fix} To skip such updates "
             "instead, set config.training.on_nonfinite=skip."
         )
     if count == window:
         raise FloatingPointError(
-            f"Every update of steps {step - window + 1}-{step} had a non-finite loss or "
-            f"gradient and was skipped. {fix}"
+            f"Every update of steps {step - window + 1}-{step} had a non-finite loss, "
+            f"gradient or new state and was skipped. {fix}"
         )
-    logging.warning("Skipped %d update(s) with a non-finite loss or gradient in steps %d-%d "
+    logging.warning("Skipped %d update(s) with a non-finite loss, gradient or new state in steps %d-%d "
                     "(first: step %d).", count, step - window + 1, step, first)  # fmt: skip
     return count
 

@@ -6,6 +6,7 @@ import shutil
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from conftest import tiny_config
 
@@ -98,3 +99,66 @@ def test_no_restorable_step_is_an_error_that_moves_nothing(tmp_path, dataset):
         _restore(tmp_path, config, dataset)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
     assert not os.path.exists(tmp_path / checkpoint.QUARANTINE_DIR)
+
+
+def test_damaged_metadata_falls_back_to_the_older_step(tmp_path, dataset):
+    config = tiny_config(**{**CONFIG, "training.checkpoint_every_steps": 1})
+    train_and_evaluate(config, str(tmp_path), dataset)
+    metadata = tmp_path / "checkpoints" / "4" / "state" / "_METADATA"
+    text = metadata.read_text()
+    assert '"value_metadata"' in text
+    metadata.write_text(text.replace('"value_metadata"', '"value_metadatb"'))  # Still JSON.
+    state, progress = _restore(tmp_path, config, dataset)
+    assert int(state.step) == 3
+    assert os.listdir(tmp_path / checkpoint.QUARANTINE_DIR)[0].startswith("checkpoints_4_")
+
+
+def _with_inf_batch_stats(state):
+    stats = jax.tree.map(lambda x: jnp.full_like(x, jnp.inf), state.batch_stats)
+    return state.replace(batch_stats=stats)
+
+
+def test_a_non_finite_state_is_never_saved_and_never_restored(tmp_path, dataset):
+    config = tiny_config(**CONFIG)
+    trainer = Trainer(config, dataset)
+    good = trainer.create_state()
+    bad = _with_inf_batch_stats(good)
+    checkpointer = Checkpointer(str(tmp_path), 10)
+    try:
+        checkpointer.save(1, good, {})
+        with pytest.raises(checkpoint.NonFiniteStateError, match=r"step 2: .*\['var'\]"):
+            checkpointer.save(2, bad, {})
+        checkpointer.wait()
+        assert checkpointer.manager.all_steps() == [1]
+        # A non-finite step written by other means (with valid checksums) counts as damaged.
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(bad), progress=ocp.args.JsonSave({}),
+            integrity=ocp.args.JsonSave({"checksums": checkpoint.state_checksums(bad)}),
+        )  # fmt: skip
+        checkpointer.manager.save(3, args=args)
+        checkpointer.wait()
+        state, _ = checkpointer.restore(trainer.abstract_state())
+    finally:
+        checkpointer.close()
+    assert int(state.step) == 0  # Step 1's state is the fresh one.
+    _assert_trees_equal(jax.device_get(state), jax.device_get(good))
+    assert os.listdir(tmp_path / checkpoint.QUARANTINE_DIR)[0].startswith("checkpoints_3_")
+
+
+def test_keeps_the_latest_steps_and_the_best_one(tmp_path, dataset):
+    config = tiny_config(**CONFIG)
+    state = Trainer(config, dataset).create_state()
+    checkpointer = Checkpointer(str(tmp_path), 2)
+    try:
+        for step in range(1, 7):
+            checkpointer.save(step, state, {"best_step": 2})
+        checkpointer.wait()
+        assert checkpointer.manager.all_steps() == [2, 5, 6]
+        assert (
+            int(checkpointer.restore_step(2, Trainer(config, dataset).abstract_state())[0].step)
+            == 0
+        )
+    finally:
+        checkpointer.close()
+    with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
+        Checkpointer(str(tmp_path), 0)

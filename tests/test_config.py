@@ -87,3 +87,35 @@ def test_no_validation_split_refuses_what_needs_one(overrides, message):
     config_lib.validate(tiny_config(**{"dataset.validation_size": 0}))
     with pytest.raises(ValueError, match=message):
         config_lib.validate(tiny_config(**{"dataset.validation_size": 0, **overrides}))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"optimizer.learning_rate": -0.1}, r"optimizer.learning_rate=-0.1 is out of range"),
+        ({"training.keep_checkpoints": 0}, r"keep_checkpoints=0 is out of range: it must lie in \[1"),
+        ({"optimizer.momentum": 1.5}, r"optimizer.momentum=1.5 is out of range"),
+        ({"augment.mix_prob": 2.0}, r"augment.mix_prob=2.0"),
+        ({"dataset.std": (0.0,)}, r"dataset.std=\(0.0,\) must be positive"),
+        ({"dataset.class_fractions": (0.5, 0.0)}, r"class_fractions holds 0.0"),
+        ({"augment.train": "flip_lr(2.5)"}, r"'flip_lr\(2.5\)': probability=2.5 must be a number in \[0, 1\]"),
+        ({"augment.train": "random_erasing(1.5)"}, r"probability=1.5 must be a number"),
+        ({"augment.train": "randaugment(2, 40)"}, r"magnitude=40 must be a number in \[0, 10\]"),
+        ({"augment.train": "random_crop(-3)"}, r"padding=-3 must be an integer in \[0, inf\]"),
+        ({"augment.train": "random_crop(2, 'refelct')"}, r"mode='refelct' is not known. Did you mean 'reflect'"),
+        ({"augment.eval": "center_crop(2.5)"}, r"size=2.5 must be an integer"),
+    ],
+)  # fmt: skip
+def test_values_out_of_range_fail_validation_naming_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(tiny_config(**overrides))
+
+
+def test_crops_larger_than_the_images_fail_before_training(dataset):
+    from imgcls_jax.train import Trainer
+
+    for key, spec in (("augment.eval", "center_crop(64)"), ("augment.train", "resize(4)|random_crop(1)|center_crop(9)")):  # fmt: skip
+        with pytest.raises(
+            ValueError, match=f"config.{key}=.* does not fit the dataset's 8x8x1 images"
+        ):
+            Trainer(tiny_config(**{key: spec}), dataset)

@@ -224,3 +224,14 @@ def _final_params(workdir):
         checkpointer.close()
     assert int(state.step) == STEPS
     return jax.device_get(state.params)
+
+
+def test_two_processes_saving_every_step_and_the_best_do_not_hang(tmp_path):
+    """The short version of experiments/soak_two_process.py, with its hard timeout."""
+    sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
+    import soak_two_process
+
+    row = soak_two_process.run_once(str(tmp_path / "run"), steps=8, eval_every_steps=2,
+                                    timeout=TIMEOUT)  # fmt: skip
+    assert row["outcome"] == "ok", row
+    assert row["checkpoints"][-2:] == ["7", "8"]

@@ -129,7 +129,75 @@ def test_class_folders_without_images(tmp_path: pathlib.Path) -> None:
 
 
 def test_all_unreadable(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "cat").mkdir()
-    (tmp_path / "cat/bad.png").write_bytes(b"not a png")
+    for name in ("cat", "dog"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="could be decoded"):
         load_image_folder(str(tmp_path), SIZE)
+
+
+def test_an_empty_class_or_a_single_class_is_refused(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "cat").mkdir()
+    PIL.Image.new("RGB", (4, 4), RED).save(tmp_path / "cat/0.png")
+    with pytest.raises(ValueError, match="has one class, 'cat'; a classifier needs at least 2"):
+        load_image_folder(str(tmp_path), SIZE)
+    (tmp_path / "dog").mkdir()
+    with pytest.raises(ValueError, match=r"Class folder\(s\) \['dog'\] .* hold no image files"):
+        load_image_folder(str(tmp_path), SIZE)
+
+
+def _mode_folder(root: pathlib.Path) -> dict[str, np.ndarray]:
+    """One class per pixel format a user may have, each 8x8, and the uint8 gray image that a
+    correct conversion gives."""
+    ramp = np.arange(64, dtype=np.int64).reshape(8, 8)
+    wide = (ramp * 1040).astype(np.uint16)  # 0-65520: 16-bit values, almost all above 255.
+    alpha = (ramp * 4).astype(np.uint8)
+    expected = {"sixteen": ((wide.astype(np.int64) * 255 + 32767) // 65535).astype(np.uint8)}
+    images = {"sixteen": PIL.Image.fromarray(wide)}
+    images["gray_alpha"] = PIL.Image.fromarray(
+        np.stack([np.full((8, 8), 200, np.uint8), alpha], -1), "LA"
+    )
+    expected["gray_alpha"] = ((200 * alpha.astype(np.int64) + 127) // 255).astype(np.uint8)
+    palette = PIL.Image.fromarray((ramp % 2).astype(np.uint8), "P")
+    palette.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
+    palette.info["transparency"] = 0  # Index 0 (white) is transparent: black after compositing.
+    images["palette"], expected["palette"] = palette, np.zeros((8, 8), np.uint8)
+    for name, image in images.items():
+        (root / name).mkdir(parents=True)
+        image.save(root / name / "0.png")
+    (root / "cmyk").mkdir()
+    PIL.Image.new("CMYK", (8, 8), (0, 0, 0, 0)).save(root / "cmyk" / "0.jpg", quality=100)
+    expected["cmyk"] = np.full((8, 8), 255, np.uint8)  # No ink: white.
+    return expected
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_every_pixel_format_is_converted_not_clipped(tmp_path: pathlib.Path, streaming) -> None:
+    from imgcls_jax.data.image_folder import list_image_folder
+
+    expected = _mode_folder(tmp_path)
+    if streaming:
+        images, labels, names = list_image_folder(str(tmp_path), 8, channels=1)
+        images = np.asarray(images)
+    else:
+        data = load_image_folder(str(tmp_path), 8, channels=1, strict=True)
+        images, labels, names = data.images, data.labels, data.class_names
+    for label, name in enumerate(names):
+        got = images[labels == label][0, ..., 0].astype(int)
+        np.testing.assert_allclose(got, expected[name], atol=1, err_msg=name)
+
+
+def test_float_and_32_bit_pixels_are_refused_by_name() -> None:
+    from imgcls_jax.data.image_folder import UnsupportedImageError, decode_named, to_8_bit
+
+    floats = PIL.Image.fromarray(np.ones((4, 4), np.float32))
+    with pytest.raises(UnsupportedImageError, match="float pixels"):
+        to_8_bit(floats, "L")
+    buf = io.BytesIO()
+    floats.save(buf, "TIFF")
+    with pytest.raises(UnsupportedImageError, match=r"^scan\.tif: 32-bit float .* or remove it"):
+        decode_named(io.BytesIO(buf.getvalue()), "scan.tif", 4, "L")
+    with pytest.raises(UnsupportedImageError, match="outside 0-65535"):
+        to_8_bit(PIL.Image.fromarray(np.full((4, 4), 70000, np.int32)), "RGB")
+    small = to_8_bit(PIL.Image.fromarray(np.full((4, 4), 65535, np.int32)), "RGB")
+    assert np.asarray(small).min() == 255

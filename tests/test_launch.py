@@ -16,8 +16,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _launch(workdir, *overrides):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+def _launch(workdir, *overrides, devices=2):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     return subprocess.run(
         [sys.executable, "launch.py", "--config=configs/resnet.py:tiny", f"--workdir={workdir}",
          *overrides],
@@ -28,13 +28,13 @@ def _launch(workdir, *overrides):
 def test_launch_trains_checkpoints_and_resumes(tmp_path):
     run = _launch(tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
+    results = json.load(open(tmp_path / "results.json"))
     assert os.path.isdir(tmp_path / "checkpoints" / "6")
-    assert len(os.listdir(tmp_path / "best")) == 1
+    assert os.path.isdir(tmp_path / "checkpoints" / str(results["best_step"]))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
     records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in records if "train/loss" in r][:3] == [2, 3, 4]
     assert any("val/accuracy" in r for r in records)
-    results = json.load(open(tmp_path / "results.json"))
     assert results["step"] == 6
     assert results["test/num_examples"] == 10000 and results["val/num_examples"] == 5000
     assert 0.0 <= results["test/accuracy"] <= 1.0 and "test/top5_accuracy" in results
@@ -68,3 +68,40 @@ def test_render_augmentations_script_writes_the_grid(tmp_path):
     grid = np.asarray(Image.open(out))
     assert grid.shape == (3 * 29 + 1, 3 * 29 + 1)  # 9 Fashion-MNIST images, 28 px + borders.
     assert grid[1:29, 1:29].std() > 0  # A real image, not blank.
+
+
+def test_a_diverging_run_keeps_only_finite_checkpoints(tmp_path):
+    # One CPU device: the oneDNN batch norm, whose statistics overflow here (step 3) while
+    # that step's loss and gradient are still finite.
+    flags = ["--config.training.checkpoint_every_steps=1", "--config.augment.grid_images=0"]
+    run = _launch(tmp_path, "--config.optimizer.learning_rate=1e6", *flags, devices=1)
+    assert run.returncode != 0
+    assert "Non-finite loss, gradient or new state at step" in run.stderr
+    saved = sorted(int(name) for name in os.listdir(tmp_path / "checkpoints"))
+    assert saved
+    # Relaunched with a sane learning rate, it resumes from the last (finite, but diverged)
+    # step and stops again with the same message, rather than training on inf to the end.
+    resumed = _launch(tmp_path, *flags, devices=1)
+    assert f"Resumed from step {saved[-1]} " in resumed.stderr
+    assert resumed.returncode != 0 and "Non-finite loss, gradient" in resumed.stderr
+    assert not os.path.exists(tmp_path / "results.json")
+    _assert_every_checkpoint_is_finite(tmp_path, saved)
+
+
+def _assert_every_checkpoint_is_finite(workdir, steps):
+    import jax
+    import numpy as np
+    from conftest import tiny_config
+
+    from imgcls_jax.checkpoint import Checkpointer
+    from imgcls_jax.train import Trainer
+
+    abstract = Trainer(tiny_config(**{"model.kernels": "xla"})).abstract_state()
+    checkpointer = Checkpointer(str(workdir), 10)
+    try:
+        assert checkpointer.manager.all_steps() == steps
+        for step in steps:
+            state, _ = checkpointer.restore_step(step, abstract)  # Refuses inf or NaN too.
+            assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state)))
+    finally:
+        checkpointer.close()

@@ -55,20 +55,23 @@ class EncodedImages:
         return self._pool
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        from imgcls_jax.data.image_folder import decode_image
+        from imgcls_jax.data.image_folder import decode_named
 
         mode = "RGB" if self.channels == 3 else "L"
         reader = self.reader
 
+        def what(item) -> str:
+            return f"The image in {reader.name(item)}" if reader else f"Image file {item!r}"
+
         def decode(item):
-            return decode_image(reader.open(item) if reader else item, self.image_size, mode)
+            source = reader.open(item) if reader else item
+            return decode_named(source, what(item), self.image_size, mode)
 
         decoded = list(self._executor().map(decode, self.items))
         for item, image in zip(self.items, decoded):
             if image is None:
-                what = f"The image in {reader.name(item)}" if reader else f"Image file {item!r}"
                 raise ValueError(
-                    f"{what} is unreadable. Streaming decodes images only when a batch needs "
+                    f"{what(item)} is unreadable. Streaming decodes images only when a batch needs "
                     "them, so it was not caught up front: remove or re-save it, then relaunch "
                     "the same command to resume from the last checkpoint."
                 )

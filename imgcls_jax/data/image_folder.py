@@ -31,13 +31,48 @@ class ImageFolderData:
     skipped: tuple[str, ...]
 
 
+class UnsupportedImageError(ValueError):
+    """An image whose pixel format has no agreed 8-bit meaning (e.g. 32-bit float)."""
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def to_8_bit(img: PIL.Image.Image, mode: str) -> PIL.Image.Image:
+    """`img` as 8-bit `mode` ("L" or "RGB"). 16-bit pixels are scaled to 0-255 (not clipped),
+    transparency is composited over black, palette, CMYK and YCbCr images are converted to
+    colour; raises UnsupportedImageError for float pixels and integers beyond 16 bits."""
+    if img.mode == "F":
+        raise UnsupportedImageError(
+            "32-bit float pixels (PIL mode F) have no agreed 0-255 range; save it as 8 or 16 bits"
+        )
+    if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UnsupportedImageError(
+                f"32-bit integer pixels (PIL mode {img.mode}) outside 0-65535; save it as 8 or 16 bits"
+            )
+        img = PIL.Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ALPHA_MODES:
+        img = img.convert("RGBA")
+        img = PIL.Image.alpha_composite(PIL.Image.new("RGBA", img.size, (0, 0, 0, 255)), img)
+    return img.convert(mode)
+
+
 def decode_image(source, image_size: int, mode: str) -> np.ndarray | None:
     """Returns the image in `source` (a path or a binary file object) as uint8 [S, S, C]
-    (shorter side resized, centre crop); None if unreadable."""
+    (shorter side resized, centre crop); None if unreadable. Raises UnsupportedImageError for
+    a pixel format with no 8-bit meaning."""
     try:
         with PIL.Image.open(source) as img:
-            # convert() fully loads the pixels, so truncation surfaces inside the try.
-            img = img.convert(mode)
+            # Converting fully loads the pixels, so truncation surfaces inside the try.
+            img.load()
+            img = to_8_bit(img, mode)
+    except UnsupportedImageError:
+        raise
     except DECODE_ERRORS:
         return None
     w, h = img.size
@@ -47,6 +82,14 @@ def decode_image(source, image_size: int, mode: str) -> np.ndarray | None:
     left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
     img = img.crop((left, top, left + image_size, top + image_size))
     return np.asarray(img, dtype=np.uint8).reshape(image_size, image_size, len(mode))
+
+
+def decode_named(source, name: str, image_size: int, mode: str) -> np.ndarray | None:
+    """`decode_image`, whose UnsupportedImageError names the image (`name`) and the fix."""
+    try:
+        return decode_image(source, image_size, mode)
+    except UnsupportedImageError as e:
+        raise UnsupportedImageError(f"{name}: {e}, or remove it.") from None
 
 
 def _list_files(root: str) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
@@ -68,6 +111,14 @@ def _list_files(root: str) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
             f"Image folder {root!r} has class subfolders {list(class_names)} but no image files "
             f"in them. {LAYOUT_HINT}"
         )
+    used = {label for _, label in files}
+    empty = [name for label, name in enumerate(class_names) if label not in used]
+    if empty:
+        raise ValueError(f"Class folder(s) {empty} under {root!r} hold no image files: add "
+                         f"images or remove the folder(s). {LAYOUT_HINT}")  # fmt: skip
+    if len(class_names) < 2:
+        raise ValueError(f"Image folder {root!r} has one class, {class_names[0]!r}; a classifier "
+                         f"needs at least 2 class subfolders. {LAYOUT_HINT}")  # fmt: skip
     return class_names, files
 
 
@@ -87,7 +138,7 @@ def load_image_folder(
     paths = [os.path.join(root, rel) for rel, _ in files]
     # Threads suffice: PIL releases the GIL while decoding and resizing.
     with concurrent.futures.ThreadPoolExecutor() as pool:
-        decoded = list(pool.map(lambda p: decode_image(p, image_size, mode), paths))
+        decoded = list(pool.map(lambda p: decode_named(p, p, image_size, mode), paths))
 
     skipped = tuple(
         sorted(rel for (rel, _), arr in zip(files, decoded, strict=True) if arr is None)

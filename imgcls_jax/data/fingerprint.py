@@ -1,0 +1,67 @@
+"""A dataset's fingerprint: split sizes, class names and a hash of which examples each split
+holds, stored in every checkpoint so that a resume on changed data is caught."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+from imgcls_jax.data import Dataset, Split
+from imgcls_jax.data.encoded import EncodedImages
+
+
+def _update_with_images(digest, images) -> None:
+    """Hashes what identifies the images: pixels in memory; for images left encoded, the file
+    names (relative to their common folder) or the TFRecord files, offsets and lengths."""
+    if not isinstance(images, EncodedImages):
+        digest.update(np.ascontiguousarray(images).data)
+        return
+    if images.reader is None:
+        paths = [str(p) for p in images.items]
+        root = os.path.dirname(os.path.commonpath(paths)) if paths else ""
+        digest.update("\n".join(os.path.relpath(p, root) for p in paths).encode())
+        return
+    reader, items = images.reader, images.items.astype(np.int64)
+    digest.update("\n".join(os.path.basename(p) for p in reader.paths).encode())
+    for column in (reader.file_ids, reader.offsets, reader.lengths):
+        digest.update(np.ascontiguousarray(np.asarray(column)[items], np.int64).data)
+
+
+def _split_fingerprint(split: Split | None) -> dict | None:
+    if split is None:
+        return None
+    digest = hashlib.sha256(np.ascontiguousarray(split.labels, np.int32).data)
+    _update_with_images(digest, split.images)
+    return {"examples": len(split), "sha256": digest.hexdigest()[:16]}
+
+
+def dataset_fingerprint(dataset: Dataset) -> dict:
+    """{split: {examples, sha256} or None, classes: [...]}: JSON, equal for equal data."""
+    return {
+        "classes": list(dataset.class_names),
+        "train": _split_fingerprint(dataset.train),
+        "validation": _split_fingerprint(dataset.validation),
+        "test": _split_fingerprint(dataset.test),
+    }
+
+
+def _count(split: dict | None) -> int:
+    return 0 if split is None else split["examples"]
+
+
+def describe_change(saved: dict, current: dict) -> str:
+    """What differs between two fingerprints, in words ("" when nothing does)."""
+    changes = []
+    if saved.get("classes") != current["classes"]:
+        changes.append(f"classes {saved.get('classes')} -> {current['classes']}")
+    for split in ("train", "validation", "test"):
+        before, now = saved.get(split), current[split]
+        if before == now:
+            continue
+        if before is None or now is None or before["examples"] != now["examples"]:
+            changes.append(f"{split} {_count(before)} -> {_count(now)} examples")
+        else:
+            changes.append(f"{split} holds other examples (same count, {now['examples']})")
+    return "; ".join(changes)
