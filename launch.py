@@ -5,6 +5,7 @@ commands that start the same training on every worker of a Cloud TPU VM instead.
 """
 
 import logging as std_logging
+import os
 import shlex
 import sys
 
@@ -36,7 +37,12 @@ flags.DEFINE_bool(
     "glibc: keep freed host memory in the process, so XLA:CPU's step buffers are not "
     "page-faulted in again every step (imgcls_jax/host_memory.py).",
 )  # fmt: skip
+flags.DEFINE_bool("traceback", False, "Show the full traceback of a config, data or workdir error.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors that mean a mistake in the config, the data, the workdir or a diverging run; they
+# say what to fix, so launch.py prints them as one line (--traceback shows the rest).
+USER_ERRORS = (ValueError, FloatingPointError, OSError)
 
 
 def _quiet_library_info_logs() -> None:
@@ -50,12 +56,22 @@ def _quiet_library_info_logs() -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """Parses flags; a misspelled --config.KEY override exits with one line, not a traceback."""
+    """Parses flags; a misspelled --config.KEY override, a value of the wrong type or an
+    unknown :PRESET exits with one line, not a traceback."""
     try:
-        return FLAGS(argv)
+        remaining = FLAGS(argv)
     except (AttributeError, KeyError) as e:  # Raised by ml_collections for unknown keys.
         message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
         sys.exit(f"launch.py: bad config override: {message}")
+    except flags.Error as e:  # A value that does not parse, e.g. --config.input.batch_size=abc.
+        lines = [line for line in str(e).splitlines() if line.strip()]
+        # An error raised inside the config file (e.g. an unknown :PRESET) comes with its
+        # traceback as text; its last line says what is wrong.
+        sys.exit(f"launch.py: {lines[-1] if 'Traceback' in str(e) else lines[0]}")
+    config_file = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
+    if not os.path.isfile(config_file):
+        sys.exit(f"launch.py: --config: no such file {config_file!r} (e.g. configs/resnet.py).")
+    return remaining
 
 
 def main(argv):
@@ -75,7 +91,14 @@ def main(argv):
     from imgcls_jax.train import train_and_evaluate
 
     logging.info("Config:\n%s", FLAGS.config)
-    results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except USER_ERRORS as e:
+        if FLAGS.traceback:
+            raise
+        # What the user can fix (config, data, workdir, divergence): one line, no traceback.
+        sys.exit(f"launch.py: {type(e).__name__}: {e}")
+    multihost.finished()
     logging.info("Results: %s", results)
 
 

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     # when needed (parallel, prefetched) instead of all up front; for datasets too big for memory.
     c.dataset.streaming = False
     c.dataset.decode_threads = 0  # Decoding threads when streaming; 0: one per CPU core.
+    # Image channels: 1 (grayscale) or 3 (RGB); 0 takes them from the data (image folders:
+    # RGB if any sampled file is in colour). Image folders and streamed TFDS convert to it.
+    c.dataset.channels = 0
     c.dataset.mean = (0.5,)  # Per-channel normalisation, applied on device, in [0, 1] units.
     c.dataset.std = (0.5,)
 
@@ -250,6 +253,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     augment.parse_pipeline(config.augment.eval, augment.EVAL_OPS)
     if len(config.dataset.mean) != len(config.dataset.std):
         raise ValueError("config.dataset.mean and config.dataset.std must have the same length.")
+    if config.dataset.channels not in (0, 1, 3):
+        raise ValueError(f"config.dataset.channels={config.dataset.channels!r} must be 1 "
+                         "(grayscale), 3 (RGB) or 0 (from the data).")  # fmt: skip
     if min(config.dataset.std, default=1) <= 0:
         raise ValueError(f"config.dataset.std={tuple(config.dataset.std)} must be positive.")
     _check_ranges(config)

@@ -139,10 +139,19 @@ class Trainer:
         self.pretrained = variables, metadata
 
     def _check_channels(self) -> None:
+        wanted = self.config.dataset.channels
+        if wanted and wanted != self.channels:
+            raise ValueError(
+                f"config.dataset.channels={wanted} but this dataset's images have "
+                f"{self.channels}; only image folders and streamed TFDS datasets convert. Set "
+                f"config.dataset.channels=0."
+            )
         if len(self.mean) != self.channels:
             raise ValueError(
-                f"The data has {self.channels} channel(s) but config.dataset.mean/std have "
-                f"{len(self.mean)} entries; set one per channel."
+                f"The images have {self.channels} channel(s) but config.dataset.mean/std have "
+                f"{len(self.mean)} entries: give one per channel, or set "
+                f"config.dataset.channels={len(self.mean)} (image folders, streamed TFDS) to "
+                "convert the images."
             )
 
     def _log_frozen(self) -> None:
@@ -300,8 +309,9 @@ def train_and_evaluate(
     their own. The run's wall-clock and compile seconds go to `workdir/timing.json`.
     """
     timer = timing.RunTimer()
+    config_lib.validate(config)  # Before the workdir is made (Trainer validates Python callers).
+    _check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # Local or gs://.
     writer = reporting.create_writer(workdir)
     checkpointer = Checkpointer(workdir, config.training.keep_checkpoints)
     try:
@@ -345,6 +355,22 @@ def train_and_evaluate(
         timer.stop()
         checkpointer.close()
         writer.close()
+
+
+def _check_workdir(workdir: str) -> None:
+    """Creates `workdir` (local or gs://) and, when local, checks that it takes files."""
+    path = epath.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if "://" not in workdir:
+            probe = path / f".write_check_{jax.process_index()}"
+            probe.write_text("")
+            probe.unlink()
+    except OSError as e:
+        raise NotADirectoryError(
+            f"--workdir={workdir} is not a writable directory ({e.strerror or e}): choose "
+            "another --workdir or fix its permissions."
+        ) from None
 
 
 def _write_augmentation_grid(

@@ -144,6 +144,19 @@ def test_pth_and_safetensors_read_the_same_tensors(tmp_path):
         np.testing.assert_array_equal(from_pth[key], from_safetensors[key])
 
 
+def test_truncated_weight_files_are_named_in_one_line(tmp_path):
+    from safetensors.numpy import save_file
+
+    reference = _torch_resnet("resnet18", 3, 8, "imagenet")
+    torch.save(reference.state_dict(), tmp_path / "r18.pth")
+    save_file(_state_dict(reference), str(tmp_path / "r18.safetensors"))
+    for name, kind in (("r18.pth", "PyTorch file"), ("r18.safetensors", ".safetensors file")):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(convert.ConversionError, match=f"{name} is not a readable {kind}"):
+            convert.read_tensors(str(tmp_path / name))
+
+
 def test_convert_command_writes_a_checkpoint_with_metadata(tmp_path, lite0):
     import json
     import subprocess

@@ -235,3 +235,15 @@ def test_two_processes_saving_every_step_and_the_best_do_not_hang(tmp_path):
                                     timeout=TIMEOUT)  # fmt: skip
     assert row["outcome"] == "ok", row
     assert row["checkpoints"][-2:] == ["7", "8"]
+
+
+def test_the_survivor_of_a_killed_peer_stops_with_one_line(tmp_path):
+    workdir = tmp_path / "run"
+    processes = _start_two_processes(workdir)
+    _wait_until(lambda: len(_logged_steps(workdir)) >= 2, processes, "two logged steps")
+    processes[1].send_signal(signal.SIGKILL)
+    code, log = _finish(processes[0])
+    _finish(processes[1])
+    assert code == 1, log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert "Stopping: process 1 of 2 has shown no sign of life for 20 s" in last, log[-3000:]

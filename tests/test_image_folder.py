@@ -201,3 +201,28 @@ def test_float_and_32_bit_pixels_are_refused_by_name() -> None:
         to_8_bit(PIL.Image.fromarray(np.full((4, 4), 70000, np.int32)), "RGB")
     small = to_8_bit(PIL.Image.fromarray(np.full((4, 4), 65535, np.int32)), "RGB")
     assert np.asarray(small).min() == 255
+
+
+def test_channels_are_inferred_and_checked_against_the_normalisation(root: pathlib.Path) -> None:
+    import jax
+    from conftest import tiny_config
+
+    from imgcls_jax.data.image_folder import list_image_folder
+    from imgcls_jax.train import Trainer
+
+    assert load_image_folder(str(root), SIZE, channels=0).images.shape[-1] == 3
+    assert list_image_folder(str(root), SIZE, channels=0)[0].shape[-1] == 3
+    gray = root.parent / "gray"
+    for name in ("a", "b"):
+        (gray / name).mkdir(parents=True)
+        PIL.Image.new("L", (6, 6), 9).save(gray / name / "0.png")
+    assert load_image_folder(str(gray), SIZE, channels=0).images.shape[-1] == 1
+
+    folder = {"dataset.name": "image_folder", "dataset.data_dir": str(root),
+              "dataset.image_size": SIZE, "dataset.validation_size": 1, "dataset.test_split": "",
+              "dataset.train_size": 0, "input.batch_size": 4, "model.kernels": "xla"}  # fmt: skip
+    with pytest.raises(ValueError, match=r"images have 3 channel\(s\) but config.dataset.mean/std "
+                                         r"have 1 entries.*config.dataset.channels=1"):  # fmt: skip
+        Trainer(tiny_config(**folder), devices=jax.devices()[:1])
+    trainer = Trainer(tiny_config(**folder, **{"dataset.channels": 1}), devices=jax.devices()[:1])
+    assert trainer.image_shape == (SIZE, SIZE, 1)

@@ -54,6 +54,32 @@ def test_launch_rejects_misspelled_override(tmp_path):
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.parametrize(
+    "config, flag, message",
+    [
+        ("tiny", "--config.input.batch_size=abc", "launch.py: flag --config.input.batch_size=abc: invalid literal"),
+        ("tny", "", "launch.py: ValueError: Unknown preset 'tny' in configs/resnet.py. Did you mean 'tiny'?"),
+        ("tiny", "--config.training.keep_checkpoints=0", "launch.py: ValueError: config.training.keep_checkpoints=0 is out of range"),
+        ("tiny", "--config.augment.train=flip_lr(2.5)", "probability=2.5 must be a number in [0, 1]"),
+        ("tiny", "WORKDIR_IS_A_FILE", "is not a writable directory (File exists): choose another --workdir"),
+    ],
+)  # fmt: skip
+def test_user_mistakes_end_in_one_line_without_a_traceback(tmp_path, config, flag, message):
+    workdir = tmp_path / "run"
+    if flag == "WORKDIR_IS_A_FILE":
+        workdir.write_text("not a directory")
+        flag = ""
+    run = subprocess.run(
+        [sys.executable, "launch.py", f"--config=configs/resnet.py:{config}",
+         f"--workdir={workdir}", *filter(None, [flag])],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert message in run.stderr.strip().splitlines()[-1]
+    assert workdir.is_file() or not workdir.exists()  # Nothing made for a bad config.
+
+
 def test_render_augmentations_script_writes_the_grid(tmp_path):
     import numpy as np
     from PIL import Image

@@ -35,9 +35,14 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No weights file at {path}.")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
-        return dict(load_file(path))
+        try:
+            return dict(load_file(path))
+        except SafetensorError as e:
+            raise ConversionError(f"{path} is not a readable .safetensors file ({e}): "
+                                  "download or export it again.") from None  # fmt: skip
     try:
         import torch
     except ImportError as e:
@@ -45,7 +50,12 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
             f"Reading {path} needs PyTorch: pip install torch==2.13.0 (CPU), or convert the "
             "file to .safetensors elsewhere."
         ) from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError) as e:  # What torch raises for damaged files.
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConversionError(f"{path} is not a readable PyTorch file ({first_line}): "
+                              "download or save it again.") from None  # fmt: skip
     if isinstance(state, Mapping) and "state_dict" in state:  # Lightning / training checkpoints.
         state = state["state_dict"]
     if not isinstance(state, Mapping):

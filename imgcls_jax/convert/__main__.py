@@ -11,6 +11,8 @@ names, and the source file's SHA-256.
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 
 FLAGS = flags.FLAGS
@@ -37,10 +39,13 @@ def main(argv):
     input_size = FLAGS.input_size or input_size
     mean = [float(m) for m in FLAGS.mean] or mean.tolist()
     std = [float(s) for s in FLAGS.std] or std.tolist()
-    tensors = convert.read_tensors(FLAGS.source)
-    variables, num_classes = convert.convert_model(
-        FLAGS.arch, tensors, FLAGS.width, FLAGS.stem, input_size
-    )
+    try:
+        tensors = convert.read_tensors(FLAGS.source)
+        variables, num_classes = convert.convert_model(
+            FLAGS.arch, tensors, FLAGS.width, FLAGS.stem, input_size
+        )
+    except (ValueError, OSError, ImportError) as e:  # Each says what to fix: one line.
+        sys.exit(f"convert: {e}")
     names = class_names_lib.resolve(FLAGS.class_names, num_classes)
     metadata = {
         "architecture": FLAGS.arch,

@@ -114,7 +114,7 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
         from imgcls_jax.data.image_folder import list_image_folder
 
         images, labels, class_names = list_image_folder(
-            dataset_config.data_dir, dataset_config.image_size, len(dataset_config.mean),
+            dataset_config.data_dir, dataset_config.image_size, dataset_config.channels,
             dataset_config.decode_threads,
         )  # fmt: skip
     elif source == "image_folder":
@@ -123,7 +123,7 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
         folder = load_image_folder(
             dataset_config.data_dir,
             image_size=dataset_config.image_size,
-            channels=len(dataset_config.mean),
+            channels=dataset_config.channels,
             strict=dataset_config.strict,
         )
         images, labels, class_names = folder.images, folder.labels, folder.class_names
@@ -134,8 +134,8 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
             common = (dataset_config.name, split, dataset_config.data_dir,
                       dataset_config.download, dataset_config.image_size)  # fmt: skip
             if dataset_config.streaming:
-                channels = len(dataset_config.mean)
-                return tfds_source.list_split(*common, channels, dataset_config.decode_threads)
+                return tfds_source.list_split(*common, dataset_config.channels,
+                                              dataset_config.decode_threads)  # fmt: skip
             return tfds_source.load_split(*common)
 
         images, labels, class_names = load(dataset_config.train_split)

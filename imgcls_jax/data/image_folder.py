@@ -92,6 +92,33 @@ def decode_named(source, name: str, image_size: int, mode: str) -> np.ndarray | 
         raise UnsupportedImageError(f"{name}: {e}, or remove it.") from None
 
 
+GRAY_MODES = ("1", "L", "LA", "La", "I", "F", *SIXTEEN_BIT_MODES)
+
+
+def infer_channels(paths: list[str], samples: int = 64) -> int:
+    """3 when any of up to `samples` files spread over `paths` is in colour, else 1 (reads
+    only the files' headers)."""
+    for path in paths[:: max(1, len(paths) // samples)]:
+        try:
+            with PIL.Image.open(path) as img:
+                if img.mode not in GRAY_MODES:
+                    return 3
+        except DECODE_ERRORS:
+            continue
+    return 1
+
+
+def _check_channels(channels: int, paths: list[str]) -> int:
+    """`channels`, or with 0 the channels inferred from the files."""
+    if channels == 0:
+        return infer_channels(paths)
+    if channels not in (1, 3):
+        raise ValueError(
+            f"channels must be 1 (grayscale), 3 (RGB) or 0 (inferred), got {channels}."
+        )
+    return channels
+
+
 def _list_files(root: str) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
     """Returns (sorted class names, [(path relative to root, label)]) in deterministic order."""
     if not os.path.isdir(root):
@@ -125,17 +152,16 @@ def _list_files(root: str) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
 def load_image_folder(
     root: str, image_size: int, channels: int = 3, strict: bool = False
 ) -> ImageFolderData:
-    """Decodes every image under `root` to uint8 [image_size, image_size, channels].
+    """Decodes every image under `root` to uint8 [image_size, image_size, channels] (0:
+    channels inferred from the files).
 
     Unreadable files are skipped with one warning listing them, or raise a ValueError if `strict`.
     """
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
     if image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size}.")
-    mode = "RGB" if channels == 3 else "L"
     class_names, files = _list_files(root)
     paths = [os.path.join(root, rel) for rel, _ in files]
+    mode = "RGB" if _check_channels(channels, paths) == 3 else "L"
     # Threads suffice: PIL releases the GIL while decoding and resizing.
     with concurrent.futures.ThreadPoolExecutor() as pool:
         decoded = list(pool.map(lambda p: decode_named(p, p, image_size, mode), paths))
@@ -171,9 +197,8 @@ def list_image_folder(
 ) -> tuple[EncodedImages, np.ndarray, tuple[str, ...]]:
     """The images under `root` left encoded, decoded later batch by batch: (images, int32
     labels, class names). Unreadable files surface when a batch needs them."""
-    if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}.")
     class_names, files = _list_files(root)
     paths = [os.path.join(root, rel) for rel, _ in files]
     labels = np.array([label for _, label in files], dtype=np.int32)
+    channels = _check_channels(channels, paths)
     return EncodedImages(paths, image_size, channels, threads), labels, class_names

@@ -160,8 +160,8 @@ def list_split(
     ]
     threads = threads or os.cpu_count() or 1
     records, labels = tfrecord_index.index_records(spans, image_key, label_key, threads)
-    images = EncodedImages(np.arange(len(labels)), image_size or stored[0], channels, threads,
-                           reader=records)  # fmt: skip
+    images = EncodedImages(np.arange(len(labels)), image_size or stored[0],
+                           channels or stored[-1] or 3, threads, reader=records)  # fmt: skip
     return images, labels, tuple(builder.info.features[label_key].names)
 
 
