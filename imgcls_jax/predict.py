@@ -59,19 +59,27 @@ class Predictor:
             str(i) for i in range(self.metadata["num_classes"])
         ]
 
-    def probabilities(self, paths: list[str]) -> np.ndarray:
-        size = self.metadata["input_size"]
-        images = np.stack([load_image(p, size, self.channels) for p in paths])
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of float32 [N, size, size, C] images in [0, 255]."""
         mean = np.asarray(self.metadata["mean"], np.float32)
         std = np.asarray(self.metadata["std"], np.float32)
         return np.asarray(self.apply(self.variables, (images / 255.0 - mean) / std))
 
-    def top(self, paths: list[str], k: int) -> list[list[tuple[str, float]]]:
-        """For each image, its k most probable (class name, probability) pairs."""
-        results = []
-        for probs in self.probabilities(paths):
-            best = np.argsort(-probs)[:k]
-            results.append([(self.class_names[i], float(probs[i])) for i in best])
+    def top(self, paths: list[str], k: int) -> list[list[tuple[str, float]] | str]:
+        """For each image, its k most probable (class name, probability) pairs, or why it
+        could not be read (the other images are still classified)."""
+        loaded: dict[int, np.ndarray] = {}
+        results: list = [None] * len(paths)
+        for i, path in enumerate(paths):
+            try:
+                loaded[i] = load_image(path, self.metadata["input_size"], self.channels)
+            except ValueError as e:
+                results[i] = str(e)
+        if loaded:
+            probabilities = self.probabilities(np.stack(list(loaded.values())))
+            for i, probs in zip(loaded, probabilities, strict=True):
+                best = np.argsort(-probs)[:k]
+                results[i] = [(self.class_names[j], float(probs[j])) for j in best]
         return results
 
 
@@ -80,11 +88,18 @@ def main(argv):
     if not paths:
         raise app.UsageError("Give one or more image files after the flags.")
     predictor = Predictor(FLAGS.checkpoint)
+    failed = 0
     for path, top in zip(paths, predictor.top(paths, FLAGS.top)):
+        if isinstance(top, str):
+            print(f"predict: {top}; skipped.", file=sys.stderr)
+            failed += 1
+            continue
         print(path)
         for name, probability in top:
             print(f"  {probability:7.2%}  {name}")
     sys.stdout.flush()
+    if failed:
+        sys.exit(f"predict: {failed} of {len(paths)} image(s) could not be read.")
 
 
 if __name__ == "__main__":

@@ -201,12 +201,16 @@ def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
     convert.save_pretrained(str(tmp_path / "lite0"), variables, metadata)
     Image.fromarray(skimage_data.chelsea()).save(tmp_path / "chelsea.jpg")
     Image.fromarray(skimage_data.coffee()).save(tmp_path / "coffee.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")  # Reported; the others still classified.
     run = subprocess.run(
         [sys.executable, "-m", "imgcls_jax.predict", f"--checkpoint={tmp_path / 'lite0'}",
-         str(tmp_path / "chelsea.jpg"), str(tmp_path / "coffee.png")],
+         str(tmp_path / "chelsea.jpg"), str(tmp_path / "broken.jpg"), str(tmp_path / "coffee.png")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 1, run.stderr[-3000:]
+    assert f"Cannot read image {tmp_path / 'broken.jpg'}" in run.stderr
+    assert run.stderr.strip().endswith("1 of 3 image(s) could not be read.")
+    assert "broken.jpg" not in run.stdout
     chelsea, coffee = run.stdout.split(str(tmp_path / "coffee.png"))
     lines = [line.split("%", 1)[1].strip() for line in chelsea.splitlines()[1:6]]
     assert any("cat" in name.split(",")[0].split() for name in lines), chelsea
