@@ -390,14 +390,15 @@ def check_shapes(train_spec: str, eval_spec: str, image_shape: tuple) -> None:
     that e.g. a crop larger than the images fails before training starts."""
     key = jax.eval_shape(lambda: jax.random.key(0))
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)
-    for what, spec, fn in (("augment.train", train_spec, lambda: build_augment_fn(train_spec)),
-                           ("augment.eval", eval_spec, lambda: build_eval_fn(eval_spec))):  # fmt: skip
-        args = (key, images) if what == "augment.train" else (images,)
+    pipelines = (("augment.train", train_spec, build_augment_fn, (key, images)),
+                 ("augment.eval", eval_spec, build_eval_fn, (images,)))  # fmt: skip
+    for name, spec, build, args in pipelines:
         try:
-            jax.eval_shape(fn(), *args)
+            jax.eval_shape(build(spec), *args)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"config.{what}={spec!r} does not fit the dataset's "
-                             f"{'x'.join(map(str, image_shape))} images: {e}") from None  # fmt: skip
+            size = "x".join(map(str, image_shape))
+            raise ValueError(f"config.{name}={spec!r} does not fit the dataset's {size} images: "
+                             f"{e}") from None  # fmt: skip
 
 
 def parse_pipeline(spec: str, ops: dict[str, Op] | None = None) -> list[tuple[Op, tuple]]:

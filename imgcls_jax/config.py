@@ -109,8 +109,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.keep_checkpoints = 3
     c.training.early_stopping_patience = 0  # Evaluations without improvement; 0 disables.
     c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
-    # A non-finite loss, gradient or new state: "stop" the run naming the step, or "skip" that update
-    # (the run still stops when every update between two logs was skipped).
+    # A non-finite loss, gradient or new state: "stop" the run naming the step, or "skip" that
+    # update (the run still stops when every update between two logs was skipped).
     c.training.on_nonfinite = "stop"
     # Resume even when the dataset differs from the one the checkpoints were trained on (its
     # fingerprint is in every checkpoint); the validation split may then hold former train

@@ -107,6 +107,7 @@ class PeerWatch:
         self._me, self._count = jax.process_index(), jax.process_count()
         self._timeout_s, self._poll_s = timeout_s, poll_s
         self._stop = threading.Event()
+        self._writing = threading.Lock()  # So that no beat overwrites "done".
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="imgcls_jax-peer-watch", daemon=True).start()
@@ -114,8 +115,9 @@ class PeerWatch:
 
     def finish(self) -> None:
         """Tells the other processes that this one is done (not dead), and stops watching."""
-        self._stop.set()
-        self._client.key_value_set(f"imgcls_jax/alive/{self._me}", DONE, True)
+        with self._writing:
+            self._stop.set()
+            self._client.key_value_set(f"imgcls_jax/alive/{self._me}", DONE, True)
 
     def _run(self) -> None:
         last_value = dict.fromkeys(range(self._count))
@@ -125,7 +127,10 @@ class PeerWatch:
             beat += 1
             now = time.monotonic()
             try:
-                self._client.key_value_set(f"imgcls_jax/alive/{self._me}", str(beat), True)
+                with self._writing:
+                    if self._stop.is_set():
+                        return
+                    self._client.key_value_set(f"imgcls_jax/alive/{self._me}", str(beat), True)
                 for peer in range(self._count):
                     if peer == self._me:
                         continue
@@ -138,8 +143,8 @@ class PeerWatch:
                     if value != last_value[peer]:
                         last_value[peer], last_change[peer] = value, now
                     elif now - last_change[peer] > self._timeout_s and not self._stop.is_set():
-                        self._exit(f"process {peer} of {self._count} has shown no sign of "
-                                   f"life for {self._timeout_s:.0f} s (killed or crashed?)")  # fmt: skip
+                        self._exit(f"process {peer} of {self._count} has shown no sign "
+                                   f"of life for {self._timeout_s:.0f} s (killed or crashed?)")  # fmt: skip
                 last_change[self._me] = now
             except jax.errors.JaxRuntimeError as e:  # The coordinator (process 0) is gone.
                 if now - last_change[self._me] > self._timeout_s and not self._stop.is_set():

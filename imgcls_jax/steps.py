@@ -30,8 +30,9 @@ NEVER = jnp.iinfo(jnp.int32).max  # first_step of a window without non-finite st
 
 @flax.struct.dataclass
 class NonfiniteSteps(metrics.Metric):
-    """How many steps had a non-finite loss, gradient or new state (their update was not applied), and
-    the first of them; computes (count, first step), the step 0 when there was none."""
+    """How many steps had a non-finite loss, gradient or new state (their update was not
+    applied), and the first of them; computes (count, first step), the step 0 when there was
+    none."""
 
     count: jnp.ndarray
     first_step: jnp.ndarray

@@ -467,7 +467,6 @@ def _final_results(
     results: dict[str, Any] = {"step": int(state.step)}
     if has_validation:  # The best metric, its step and early stopping; not the fingerprint.
         results.update({k: v for k, v in progress.items() if k != "dataset"})
-    if has_validation:
         val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation, "val")
         results.update(val)
         split = "val"
@@ -491,8 +490,9 @@ def _final_results(
 
 
 def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
-    """Stops the run at a non-finite loss, gradient or new state (config.training.on_nonfinite="stop"),
-    or at a log window that skipped every update; returns how many updates were skipped."""
+    """Stops the run at a non-finite loss, gradient or new state
+    (config.training.on_nonfinite="stop"), or at a log window that skipped every update;
+    returns how many updates were skipped."""
     count, first = (int(x) for x in nonfinite)
     if count == 0:
         return 0
@@ -502,16 +502,17 @@ def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
             "one stays in the workdir.")  # fmt: skip
     if cfg.on_nonfinite == "stop":
         raise FloatingPointError(
-            f"Non-finite loss, gradient or new state at step {first}. {kept} {fix} To skip such updates "
-            "instead, set config.training.on_nonfinite=skip."
+            f"Non-finite loss, gradient or new state at step {first}. {kept} {fix} To skip "
+            "such updates instead, set config.training.on_nonfinite=skip."
         )
     if count == window:
         raise FloatingPointError(
             f"Every update of steps {step - window + 1}-{step} had a non-finite loss, "
             f"gradient or new state and was skipped. {fix}"
         )
-    logging.warning("Skipped %d update(s) with a non-finite loss, gradient or new state in steps %d-%d "
-                    "(first: step %d).", count, step - window + 1, step, first)  # fmt: skip
+    logging.warning("Skipped %d update(s) with a non-finite loss, gradient or new state in "
+                    "steps %d-%d (first: step %d).", count, step - window + 1, step,
+                    first)  # fmt: skip
     return count
 
 

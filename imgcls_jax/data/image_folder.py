@@ -50,9 +50,8 @@ def to_8_bit(img: PIL.Image.Image, mode: str) -> PIL.Image.Image:
     if img.mode in SIXTEEN_BIT_MODES or img.mode == "I":
         values = np.asarray(img).astype(np.int64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise UnsupportedImageError(
-                f"32-bit integer pixels (PIL mode {img.mode}) outside 0-65535; save it as 8 or 16 bits"
-            )
+            raise UnsupportedImageError(f"32-bit integer pixels (PIL mode {img.mode}) outside "
+                                        "0-65535; save it as 8 or 16 bits")  # fmt: skip
         img = PIL.Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
