@@ -67,8 +67,7 @@ def decode_image(source, image_size: int, mode: str) -> np.ndarray | None:
     a pixel format with no 8-bit meaning."""
     try:
         with PIL.Image.open(source) as img:
-            # Converting fully loads the pixels, so truncation surfaces inside the try.
-            img.load()
+            img.load()  # Reads every pixel, so truncation surfaces inside the try.
             img = to_8_bit(img, mode)
     except UnsupportedImageError:
         raise
