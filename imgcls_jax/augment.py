@@ -289,14 +289,18 @@ def mix_batch(
     switch_prob: float,
     prob: float,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Mixup or CutMix (timm's batch mode): each example is mixed with the reversed batch.
+    """Mixup or CutMix (timm's batch mode, one weight per batch): each example is mixed with
+    a partner drawn by a random permutation of the batch (from `key`), so that partners are
+    random whatever order the examples come in.
 
-    Returns the mixed images and soft labels ``lam * y + (1 - lam) * y_reversed``, where for
+    Returns the mixed images and soft labels ``lam * y + (1 - lam) * y_partner``, where for
     CutMix ``lam`` is the fraction of the image that was not pasted over.
     """
-    apply_key, switch_key, mixup_key, cutmix_key, box_key = jax.random.split(key, 5)
+    keys = jax.random.split(key, 6)
+    apply_key, switch_key, mixup_key, cutmix_key, box_key, partner_key = keys
     targets = jax.nn.one_hot(labels, num_classes) if labels.ndim == 1 else labels
-    partner_images, partner_targets = images[::-1], targets[::-1]
+    partners = jax.random.permutation(partner_key, images.shape[0])
+    partner_images, partner_targets = images[partners], targets[partners]
     _, height, width, _ = images.shape
     apply = jax.random.bernoulli(apply_key, prob)
     use_cutmix = jnp.asarray(cutmix_alpha > 0)

@@ -101,14 +101,27 @@ def _constant_batch(n=4, size=10):
     return jnp.broadcast_to(values[:, None, None, None], (n, size, size, 1)), jnp.arange(n)
 
 
+def _partner(soft, i):
+    """The partner of example i of `_constant_batch` (label i), read from its soft label."""
+    others = np.asarray(soft[i]).copy()
+    others[i] = 0
+    return int(np.argmax(others)) if others.max() > 0 else i
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_cutmix_labels_match_the_pasted_area(seed):
     images, labels = _constant_batch()
     out, soft = augment.mix_batch(jax.random.key(seed), images, labels, 4, 0.0, 1.0, 0.5, 1.0)
     np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
     for i in range(4):
-        partner = 3 - i
+        partner = _partner(soft, i)
         own_fraction = float(jnp.mean(out[i] == images[i, 0, 0, 0]))
+        if partner == i:  # Pasted over with itself.
+            assert own_fraction == 1.0 and float(soft[i, i]) == pytest.approx(1.0)
+            continue
+        assert float(jnp.mean(out[i] == images[partner, 0, 0, 0])) == pytest.approx(
+            1 - own_fraction
+        )
         assert float(soft[i, i]) == pytest.approx(own_fraction, abs=1e-6)
         assert float(soft[i, partner]) == pytest.approx(1 - own_fraction, abs=1e-6)
 
@@ -117,12 +130,38 @@ def test_mixup_blends_images_and_labels_by_the_same_weight():
     images, labels = _constant_batch()
     out, soft = augment.mix_batch(jax.random.key(0), images, labels, 4, 0.4, 0.0, 0.5, 1.0)
     np.testing.assert_allclose(soft.sum(-1), 1.0, rtol=1e-6)
-    lam = float(soft[0, 0])
-    np.testing.assert_allclose(out[0], lam * images[0] + (1 - lam) * images[3], rtol=1e-5)
+    for i in range(4):
+        lam, partner = float(soft[i, i]), _partner(soft, i)
+        expected = lam * images[i] + (1 - lam) * images[partner] if partner != i else images[i]
+        np.testing.assert_allclose(out[i], expected, rtol=1e-5)
     # mix_prob 0: images and one-hot labels pass through unchanged.
     same, hard = augment.mix_batch(jax.random.key(0), images, labels, 4, 0.4, 1.0, 0.5, 0.0)
     np.testing.assert_array_equal(same, images)
     np.testing.assert_array_equal(hard, jax.nn.one_hot(labels, 4))
+
+
+def test_mixing_partners_are_random_even_for_class_ordered_batches():
+    """Examples stored in class order (as every image folder is) still meet partners of every
+    class, the same class about 1 time in 10; a reversed batch met only mirror classes."""
+    classes, per_class = 10, 10
+    labels = jnp.repeat(jnp.arange(classes), per_class)  # 0,0,...,1,1,...: class order.
+    images = jnp.zeros((classes * per_class, 4, 4, 1))
+    pairs = np.zeros((classes, classes), int)
+    for seed in range(30):
+        _, soft = augment.mix_batch(
+            jax.random.key(seed), images, labels, classes, 1.0, 0.0, 0.5, 1.0
+        )
+        soft = np.asarray(soft)
+        for i, label in enumerate(np.asarray(labels)):
+            others = soft[i].copy()
+            others[label] = 0
+            partner = int(np.argmax(others)) if others.max() > 1e-6 else int(label)
+            pairs[label, partner] += 1
+    assert (pairs > 0).all()  # All 100 class pairs occur.
+    same = np.trace(pairs) / pairs.sum()
+    assert 0.06 < same < 0.14, same
+    expected = pairs.sum() / classes**2
+    assert np.abs(pairs - expected).max() < 0.6 * expected
 
 
 def test_hue_zero_is_identity_and_a_third_turns_red_green():
