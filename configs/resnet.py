@@ -24,7 +24,7 @@ def fashion_mnist(c):
 
 
 def fashion_mnist_speed(c):
-    """Fashion-MNIST against the clock (issue 7: >= 94% in 5 minutes on 2 CPU cores): the
+    """Fashion-MNIST against the clock (goal: >= 94% in 5 minutes on 2 CPU cores): the
     airbench-style net (width 32), 2.6x ResNet-20's images per second here and more accurate
     per epoch; bfloat16 (AMX convolutions), batch 256, 12 epochs of random flips over all 60k
     train images (no validation split), one evaluation at the end with flip test-time

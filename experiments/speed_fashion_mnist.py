@@ -1,5 +1,5 @@
-"""Speed run: how accurate is Fashion-MNIST after about 5 minutes on this machine? Goal
-(issue 7): >= 94.0% test accuracy in <= 5 minutes of wall time on 2 CPU cores.
+"""Speed run: how accurate is Fashion-MNIST after about 5 minutes on this machine? Goal:
+>= 94.0% test accuracy in <= 5 minutes of wall time on 2 CPU cores.
 
 Launches `configs/resnet.py:fashion_mnist_speed` once per seed, each as its own
 `python launch.py` process, and times the whole command (interpreter start, data loading,

@@ -1,4 +1,5 @@
-"""Metric writers: TensorBoard, the log, and a JSON-lines file in the workdir (process 0 only)."""
+"""The workdir and its metric writers: TensorBoard, the log, and a JSON-lines file (process 0
+only)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ import numpy as np
 from clu import metric_writers
 from clu.metric_writers import interface
 from etils import epath
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates `workdir` (local or gs://) and, when local, checks that it takes files."""
+    path = epath.Path(workdir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if "://" not in workdir:
+            probe = path / f".write_check_{jax.process_index()}"
+            probe.write_text("")
+            probe.unlink()
+    except OSError as e:
+        raise NotADirectoryError(
+            f"--workdir={workdir} is not a writable directory ({e.strerror or e}): choose "
+            "another --workdir or fix its permissions."
+        ) from None
 
 
 class JsonlWriter(interface.MetricWriter):

@@ -39,11 +39,6 @@ from imgcls_jax.data import fingerprint
 from imgcls_jax.models import build_model
 from imgcls_jax.preemption import PreemptionWatch
 
-
-class DatasetChangedError(ValueError):
-    """A resume found other data than the checkpoints were trained on."""
-
-
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
 
@@ -275,26 +270,11 @@ def _restore_or_init(
             "Use a new --workdir for a different model, or the config the checkpoints were "
             "trained with; nothing was changed in the workdir."
         ) from e
-    _check_same_dataset(saved.get("dataset"), dataset, trainer.config.training, checkpointer)
+    fingerprint.check_resume(saved.get("dataset"), dataset,
+                             trainer.config.training.allow_dataset_change, checkpointer.directory)  # fmt: skip
     progress.update(saved, dataset=dataset)
     logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
     return state, progress
-
-
-def _check_same_dataset(saved: dict | None, current: dict, cfg, checkpointer: Checkpointer) -> None:
-    """Stops a resume on data other than the checkpoints were trained on, unless allowed."""
-    change = fingerprint.describe_change(saved, current) if saved else ""
-    if not change:
-        return
-    if cfg.allow_dataset_change:
-        logging.warning("Resuming on a changed dataset (%s), as allowed.", change)
-        return
-    raise DatasetChangedError(
-        f"The dataset differs from the one the checkpoints in {checkpointer.directory} were "
-        f"trained on ({change}), so the train/validation split would be redrawn. Use a new "
-        "--workdir, restore the data, or set config.training.allow_dataset_change=True to "
-        "resume anyway."
-    )
 
 
 def train_and_evaluate(
@@ -310,7 +290,7 @@ def train_and_evaluate(
     """
     timer = timing.RunTimer()
     config_lib.validate(config)  # Before the workdir is made (Trainer validates Python callers).
-    _check_workdir(workdir)
+    reporting.check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
     writer = reporting.create_writer(workdir)
     checkpointer = Checkpointer(workdir, config.training.keep_checkpoints)
@@ -355,22 +335,6 @@ def train_and_evaluate(
         timer.stop()
         checkpointer.close()
         writer.close()
-
-
-def _check_workdir(workdir: str) -> None:
-    """Creates `workdir` (local or gs://) and, when local, checks that it takes files."""
-    path = epath.Path(workdir)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if "://" not in workdir:
-            probe = path / f".write_check_{jax.process_index()}"
-            probe.write_text("")
-            probe.unlink()
-    except OSError as e:
-        raise NotADirectoryError(
-            f"--workdir={workdir} is not a writable directory ({e.strerror or e}): choose "
-            "another --workdir or fix its permissions."
-        ) from None
 
 
 def _write_augmentation_grid(

@@ -4,12 +4,17 @@ holds, stored in every checkpoint so that a resume on changed data is caught."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
 import numpy as np
 
 from imgcls_jax.data import Dataset, Split
 from imgcls_jax.data.encoded import EncodedImages
+
+
+class DatasetChangedError(ValueError):
+    """A resume found other data than the checkpoints were trained on."""
 
 
 def _update_with_images(digest, images) -> None:
@@ -65,3 +70,19 @@ def describe_change(saved: dict, current: dict) -> str:
         else:
             changes.append(f"{split} holds other examples (same count, {now['examples']})")
     return "; ".join(changes)
+
+
+def check_resume(saved: dict | None, current: dict, allowed: bool, where: str) -> None:
+    """Stops a resume from the checkpoints in `where` on other data than they were trained
+    on, unless `allowed`; checkpoints without a fingerprint are not checked."""
+    change = describe_change(saved, current) if saved else ""
+    if not change:
+        return
+    if allowed:
+        logging.warning("Resuming on a changed dataset (%s), as allowed.", change)
+        return
+    raise DatasetChangedError(
+        f"The dataset differs from the one the checkpoints in {where} were trained on "
+        f"({change}), so the train/validation split would be redrawn. Use a new --workdir, "
+        "restore the data, or set config.training.allow_dataset_change=True to resume anyway."
+    )
