@@ -247,3 +247,17 @@ def test_the_survivor_of_a_killed_peer_stops_with_one_line(tmp_path):
     assert code == 1, log[-3000:]
     last = log.strip().splitlines()[-1]
     assert "Stopping: process 1 of 2 has shown no sign of life for 20 s" in last, log[-3000:]
+
+
+def test_the_survivor_of_a_killed_coordinator_stops_within_30_s(tmp_path):
+    """Process 0 hosts JAX's coordination service; when it dies, JAX's client ends the others
+    at once (with its own message and a stack dump, which no Python hook can replace)."""
+    workdir = tmp_path / "run"
+    processes = _start_two_processes(workdir)
+    _wait_until(lambda: len(_logged_steps(workdir)) >= 2, processes, "two logged steps")
+    processes[0].send_signal(signal.SIGKILL)
+    code = processes[1].wait(30)  # The issue's bound; a hang raises TimeoutExpired.
+    _, log = _finish(processes[1])
+    _finish(processes[0])
+    assert code != 0, log[-3000:]
+    assert "leader task was preempted/died" in log or "Stopping:" in log, log[-3000:]
