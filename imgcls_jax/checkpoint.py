@@ -3,6 +3,7 @@ content checksum and a finiteness check, falling back to an older step when one 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -232,3 +233,45 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+
+
+def saved_steps(workdir: str) -> list[int]:
+    """The complete steps under `workdir/checkpoints`, oldest first (none while unwritten)."""
+    directory = epath.Path(workdir) / CHECKPOINT_DIR
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def read_progress(workdir: str, step: int) -> dict:
+    """The `progress` dict (best step and metric, ...) saved with `step`."""
+    path = epath.Path(workdir) / CHECKPOINT_DIR / str(step) / "progress" / "metadata"
+    return json.loads(path.read_text())
+
+
+def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict:
+    """Only the `params` and `batch_stats` of saved `step` (no optimizer state), on the
+    shardings of `abstract_variables`, verified against the step's checksums; raises
+    CheckpointRestoreError when they are missing, damaged or not finite."""
+    step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            (step_dir / "state").resolve(),
+            args=ocp.args.PyTreeRestore(
+                item=abstract_variables,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables),
+                partial_restore=True,
+            ),
+        )
+        saved = json.loads((step_dir / "integrity" / "metadata").read_text())["checksums"]
+    except Exception as e:  # Damaged or missing files surface in many types (see restore).
+        raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: "
+                                     f"{type(e).__name__}: {e}") from e  # fmt: skip
+    checksums, nonfinite = _checksums_and_nonfinite(restored)
+    # Saved from the train state's attributes (".params[...]"), restored as a dict ("['params']").
+    damaged = [path for path, value in checksums.items()
+               if saved.get("." + path[2:].replace("']", "", 1)) != value]  # fmt: skip
+    if damaged or nonfinite:
+        raise CheckpointRestoreError(f"step {step} in {step_dir.parent} is damaged or not "
+                                     f"finite in {', '.join(damaged + nonfinite)}")  # fmt: skip
+    return restored

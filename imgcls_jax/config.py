@@ -20,11 +20,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.source = "auto"  # auto | tfds | debian | image_folder
     c.dataset.data_dir = ""  # TFDS data_dir, or the class-folder root for image_folder.
     c.dataset.download = False  # Let TFDS download and prepare (needs network).
+    # Split names: TFDS splits, or for image folders the folders ROOT/<split>/<class>/.
     c.dataset.train_split = "train"
     c.dataset.test_split = "test"  # "" when the dataset has no test split.
-    # Held out from train; an int count or a fraction < 1. 0 trains on all of train: no
-    # validation, so no best checkpoint and no early stopping.
-    c.dataset.validation_size = 5000
+    # A split to validate on (e.g. "validation", "val"); "" holds validation_size out of train.
+    c.dataset.validation_split = ""
+    # Held out from train (unless validation_split is set); an int count or a fraction < 1.
+    # 0 trains on all of train: no validation, so no best checkpoint and no early stopping.
+    c.dataset.validation_size = 5000.0  # Float, so that a fraction may be given too.
+    c.dataset.test_size = 0.0  # Held out from train as the test split (when test_split is "").
     c.dataset.split_seed = 0  # Fixes which train examples are held out.
     c.dataset.train_size = 0  # Train on a random subset of this many examples; 0 uses all.
     c.dataset.class_fractions = ()  # Per class: keep this fraction of its train examples.
@@ -184,6 +188,7 @@ def apply_overrides(
 NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "seed": (0, None),
     "dataset.validation_size": (0, None),
+    "dataset.test_size": (0, None),
     "dataset.train_size": (0, None),
     "dataset.image_size": (0, None),
     "dataset.decode_threads": (0, None),
@@ -270,13 +275,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.transfer.layer_decay must lie in (0, 1]; 1 disables it.")
     if not 0.0 <= config.loss.label_smoothing < 1.0:
         raise ValueError("config.loss.label_smoothing must lie in [0, 1).")
-    if config.dataset.validation_size == 0:
+    if config.dataset.test_size and config.dataset.test_split:
+        raise ValueError(
+            f"config.dataset.test_size={config.dataset.test_size} holds a test split out of "
+            f"train, but config.dataset.test_split={config.dataset.test_split!r} names one: "
+            "set one of them ('' or 0)."
+        )
+    if config.dataset.validation_size == 0 and not config.dataset.validation_split:
         if config.training.early_stopping_patience:
             raise ValueError(
                 "config.training.early_stopping_patience needs a validation split: set "
                 "config.dataset.validation_size > 0 or the patience to 0."
             )
-        if not config.dataset.test_split:
+        if not config.dataset.test_split and not config.dataset.test_size:
             raise ValueError(
                 "config.dataset.validation_size=0 with no config.dataset.test_split leaves "
                 "nothing to evaluate: hold out a validation split or name a test split."

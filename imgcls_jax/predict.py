@@ -1,103 +1,105 @@
-"""Top-5 predictions of a converted checkpoint for image files.
+"""Top-k classes of image files and folders, from a training workdir or a converted checkpoint.
 
-    python -m imgcls_jax.predict --checkpoint=pretrained/efficientnet_lite0 cat.jpg dog.png
+    python -m imgcls_jax.predict --checkpoint=WORKDIR photos/ extra.jpg --output=preds.csv
+    python -m imgcls_jax.predict --checkpoint=pretrained/efficientnet_lite0 cat.jpg
 
-Each image is resized (shorter side to input_size / 0.875, antialiased) and centre-cropped to
-the checkpoint's input size, then normalised with its mean and std, as in standard ImageNet
-evaluation.
+A workdir's model (its best step by default) sees each image as in its evaluation: resized and
+centre-cropped on the host to the training image size, then the config's evaluation pipeline
+and normalisation. A converted checkpoint's: shorter side to input_size / 0.875, centre crop.
+Unreadable files are named on stderr and skipped; the exit status is then 1.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import os
 import sys
+from collections.abc import Sequence
 
-import jax
-import ml_collections
-import numpy as np
-from absl import app, flags
-from PIL import Image
+from absl import app, flags, logging
 
-CROP_FRACTION = 0.875
+from imgcls_jax.data.image_folder import IMAGE_EXTENSIONS
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "A converted checkpoint directory.", required=True)
-flags.DEFINE_integer("top", 5, "How many classes to print per image.")
+flags.DEFINE_string("checkpoint", None, "A workdir of launch.py, or a converted checkpoint "
+                    "directory (imgcls_jax.convert).", required=True)  # fmt: skip
+flags.DEFINE_string("step", "best", "Workdirs: 'best' (by validation), 'latest' or a step.")
+flags.DEFINE_integer("top", 5, "How many classes to report per image.")
+flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
+flags.DEFINE_string("output", "", "Also write the predictions to this .csv or .json file.")
 
 
-def load_image(path: str, size: int, channels: int) -> np.ndarray:
-    """Decodes, resizes the shorter side to size / 0.875 and centre-crops size x size."""
-    try:
-        image = Image.open(path)
-        image = image.convert("L" if channels == 1 else "RGB")
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Cannot read image {path}: {e}") from e
-    scale = size / CROP_FRACTION / min(image.size)
-    width, height = (max(size, round(d * scale)) for d in image.size)
-    image = image.resize((width, height), Image.BICUBIC)
-    left, top = (width - size) // 2, (height - size) // 2
-    pixels = np.asarray(image.crop((left, top, left + size, top + size)), np.float32)
-    return pixels.reshape(size, size, channels)
+def expand(paths: Sequence[str]) -> list[str]:
+    """Files as given; folders replaced by the image files below them, sorted."""
+    files = []
+    for path in paths:
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        for folder, _, names in sorted(os.walk(path)):
+            files += [os.path.join(folder, n) for n in sorted(names)
+                      if n.lower().endswith(IMAGE_EXTENSIONS)]  # fmt: skip
+    return files
 
 
-class Predictor:
-    """A converted checkpoint ready to classify images."""
-
-    def __init__(self, checkpoint: str):
-        from imgcls_jax import convert
-        from imgcls_jax.models import build_model
-
-        self.variables, self.metadata = convert.load_pretrained(checkpoint)
-        model_config = ml_collections.ConfigDict({
-            "name": self.metadata["architecture"], "width": self.metadata["width"],
-            "stem": self.metadata["stem"], "dtype": "float32", "bn_momentum": 0.9,
-            "kernels": "auto",
-        })  # fmt: skip
-        model = build_model(model_config, self.metadata["num_classes"])
-        self.channels = self.variables["params"]["stem_conv"]["kernel"].shape[2]
-        self.apply = jax.jit(lambda v, x: jax.nn.softmax(model.apply(v, x)))
-        self.class_names = self.metadata["class_names"] or [
-            str(i) for i in range(self.metadata["num_classes"])
-        ]
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Class probabilities of float32 [N, size, size, C] images in [0, 255]."""
-        mean = np.asarray(self.metadata["mean"], np.float32)
-        std = np.asarray(self.metadata["std"], np.float32)
-        return np.asarray(self.apply(self.variables, (images / 255.0 - mean) / std))
-
-    def top(self, paths: list[str], k: int) -> list[list[tuple[str, float]] | str]:
-        """For each image, its k most probable (class name, probability) pairs, or why it
-        could not be read (the other images are still classified)."""
-        loaded: dict[int, np.ndarray] = {}
-        results: list = [None] * len(paths)
-        for i, path in enumerate(paths):
-            try:
-                loaded[i] = load_image(path, self.metadata["input_size"], self.channels)
-            except ValueError as e:
-                results[i] = str(e)
-        if loaded:
-            probabilities = self.probabilities(np.stack(list(loaded.values())))
-            for i, probs in zip(loaded, probabilities, strict=True):
-                best = np.argsort(-probs)[:k]
-                results[i] = [(self.class_names[j], float(probs[j])) for j in best]
-        return results
+def write_output(path: str, results: list) -> None:  # list[inference.Prediction]
+    """CSV (one row per image and rank) or JSON (one object per image), by extension."""
+    if path.endswith(".json"):
+        records = [
+            {"path": r.path, "error": r.error} if r.error else
+            {"path": r.path, "top": [{"index": i, "name": n, "probability": p} for i, n, p
+                                     in zip(r.indices, r.names, r.probabilities, strict=True)]}
+            for r in results
+        ]  # fmt: skip
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(records, f, indent=1)
+        return
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "rank", "class_index", "class_name", "probability", "error"])
+        for r in results:
+            if r.error:
+                writer.writerow([r.path, "", "", "", "", r.error])
+                continue
+            for rank, (i, n, p) in enumerate(
+                zip(r.indices, r.names, r.probabilities, strict=True), 1
+            ):
+                writer.writerow([r.path, rank, i, n, f"{p:.6f}", ""])
 
 
 def main(argv):
-    paths = argv[1:]
+    if not FLAGS["verbosity"].present:  # Only warnings besides the predictions.
+        logging.set_verbosity(logging.WARNING)
+    if FLAGS.output and not FLAGS.output.endswith((".csv", ".json")):
+        raise app.UsageError(f"--output={FLAGS.output} must end in .csv or .json.")
+    if FLAGS.top < 1 or FLAGS.batch_size < 1:
+        raise app.UsageError("--top and --batch_size must be positive.")
+    paths = expand(argv[1:])
     if not paths:
-        raise app.UsageError("Give one or more image files after the flags.")
-    predictor = Predictor(FLAGS.checkpoint)
+        raise app.UsageError("Give one or more image files or folders after the flags.")
+    from imgcls_jax.inference import Classifier
+
+    try:
+        classifier = Classifier.load(FLAGS.checkpoint, FLAGS.step)
+    except ValueError as e:
+        sys.exit(f"predict: {e}")
+    print(f"# {classifier.source}: {len(paths)} image(s)", file=sys.stderr)
+    results = classifier.classify(paths, FLAGS.top, FLAGS.batch_size)
     failed = 0
-    for path, top in zip(paths, predictor.top(paths, FLAGS.top)):
-        if isinstance(top, str):
-            print(f"predict: {top}; skipped.", file=sys.stderr)
+    for result in results:
+        if result.error:
+            print(f"predict: {result.error}; skipped.", file=sys.stderr)
             failed += 1
             continue
-        print(path)
-        for name, probability in top:
-            print(f"  {probability:7.2%}  {name}")
+        print(result.path)
+        for index, name, probability in zip(
+            result.indices, result.names, result.probabilities, strict=True
+        ):
+            print(f"  {probability:7.2%}  {index:>4}  {name}")
     sys.stdout.flush()
+    if FLAGS.output:
+        write_output(FLAGS.output, results)
     if failed:
         sys.exit(f"predict: {failed} of {len(paths)} image(s) could not be read.")
 

@@ -23,6 +23,7 @@ from imgcls_jax import (
     data,
     device_data,
     imbalance,
+    inference,
     input_pipeline,
     optim,
     reporting,
@@ -293,6 +294,9 @@ def train_and_evaluate(
     reporting.check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
     writer = reporting.create_writer(workdir)
+    if jax.process_index() == 0:  # For `predict` (inference.Classifier.from_workdir).
+        inference.write_description(workdir, inference.describe(
+            config, trainer.dataset.class_names, trainer.image_shape, trainer.mean, trainer.std))  # fmt: skip
     checkpointer = Checkpointer(workdir, config.training.keep_checkpoints)
     try:
         state, progress = _restore_or_init(trainer, checkpointer)

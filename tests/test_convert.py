@@ -212,8 +212,10 @@ def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
     assert run.stderr.strip().endswith("1 of 3 image(s) could not be read.")
     assert "broken.jpg" not in run.stdout
     chelsea, coffee = run.stdout.split(str(tmp_path / "coffee.png"))
-    lines = [line.split("%", 1)[1].strip() for line in chelsea.splitlines()[1:6]]
-    assert any("cat" in name.split(",")[0].split() for name in lines), chelsea
+    lines = [line.split("%", 1)[1].split(maxsplit=1) for line in chelsea.splitlines()[1:6]]
+    assert any("cat" in name.split(",")[0].split() for _, name in lines), chelsea
+    names = imagenet_class_names()
+    assert all(names[int(index)] == name for index, name in lines), chelsea
     probabilities = [float(line.split("%")[0]) for line in chelsea.splitlines()[1:6]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.0
     assert "cup" in coffee or "espresso" in coffee, coffee

@@ -83,15 +83,28 @@ def test_dataset_too_large_for_host_memory_is_refused_before_decoding():
 def test_validation_holdout_is_disjoint_fixed_and_complete():
     images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
     labels = np.arange(100, dtype=np.int32)
-    train, val = data.split_validation(images, labels, 0.2, seed=0)
-    train2, val2 = data.split_validation(images, labels, 20, seed=0)
-    assert len(val) == 20 and len(train) == 80
+    train, val, test = data.hold_out(images, labels, 0.2, 0, seed=0)
+    train2, val2, _ = data.hold_out(images, labels, 20, 0, seed=0)
+    assert len(val) == 20 and len(train) == 80 and test is None
     np.testing.assert_array_equal(val.labels, val2.labels)
     assert sorted(np.concatenate([train.labels, val.labels]).tolist()) == list(range(100))
     np.testing.assert_array_equal(train.images[:, 0, 0, 0], train.labels)
-    everything, none = data.split_validation(images, labels, 0, seed=0)
-    assert none is None
+    everything, none, no_test = data.hold_out(images, labels, 0, 0, seed=0)
+    assert none is None and no_test is None
     np.testing.assert_array_equal(everything.labels, labels)
+
+
+def test_test_holdout_keeps_the_validation_split_and_is_disjoint():
+    images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1)
+    labels = np.arange(100, dtype=np.int32)
+    _, val_only, _ = data.hold_out(images, labels, 20, 0, seed=3)
+    train, val, test = data.hold_out(images, labels, 20, 0.1, seed=3)
+    np.testing.assert_array_equal(val.labels, val_only.labels)  # Adding a test set moves nothing.
+    assert (len(train), len(val), len(test)) == (70, 20, 10)
+    parts = [set(s.labels.tolist()) for s in (train, val, test)]
+    assert set.union(*parts) == set(range(100)) and sum(map(len, parts)) == 100
+    with pytest.raises(ValueError, match="leave no train examples"):
+        data.hold_out(images, labels, 60, 40, seed=3)
 
 
 def test_tfds_source_with_mock_data(monkeypatch):
@@ -127,7 +140,7 @@ def test_image_folder_source_splits_and_skips_bad_files(tmp_path, caplog):
     (tmp_path / "dog" / "broken.jpg").write_bytes(b"not a jpeg")
     c = base_config().dataset
     c.update(name="image_folder", data_dir=str(tmp_path), image_size=8, validation_size=4,
-             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # fmt: skip
+             test_split="", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # fmt: skip
     dataset = data.load_dataset(c)
     assert dataset.class_names == ("cat", "dog")
     assert len(dataset.train) + len(dataset.validation) == 12 and len(dataset.validation) == 4

@@ -139,8 +139,8 @@ def test_tfds_records_stream_as_the_same_files_do(folder, tfds_jpegs):
     assert from_tfds.class_names == CLASSES
     # The folder's files 5..109, streamed and held out as the TFDS split must be.
     images, labels, _ = list_image_folder(str(folder), 12, 3, threads=2)
-    train, validation = data.split_validation(
-        images[5:110], labels[5:110], config.dataset.validation_size, config.dataset.split_seed
+    train, validation, _ = data.hold_out(
+        images[5:110], labels[5:110], config.dataset.validation_size, 0, config.dataset.split_seed
     )
     for streamed, reference in ((from_tfds.train, train), (from_tfds.validation, validation)):
         np.testing.assert_array_equal(streamed.labels, reference.labels)

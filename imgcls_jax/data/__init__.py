@@ -75,22 +75,35 @@ def resolve_source(dataset_config: ml_collections.ConfigDict) -> str:
     return "tfds"
 
 
-def split_validation(
-    images: np.ndarray, labels: np.ndarray, size: float, seed: int
-) -> tuple[Split, Split | None]:
-    """Holds out `size` examples (or a fraction if < 1) of train, chosen by a fixed permutation;
-    none (validation None) when `size` is 0."""
-    if size == 0:
-        return Split(images, labels), None
-    count = int(round(size * len(labels))) if size < 1 else int(size)
-    if not 0 < count < len(labels):
-        raise ValueError(
-            f"config.dataset.validation_size={size} leaves no train or no validation examples "
-            f"out of {len(labels)}."
-        )
-    order = np.random.default_rng(seed).permutation(len(labels))
-    val, train = np.sort(order[:count]), np.sort(order[count:])
-    return Split(images[train], labels[train]), Split(images[val], labels[val])
+def _held_out_count(size: float, total: int, key: str) -> int:
+    count = int(round(size * total)) if size < 1 else int(size)
+    if size and not 0 < count < total:
+        raise ValueError(f"config.dataset.{key}={size} leaves no train or no {key[:-5]} "
+                         f"examples out of {total}.")  # fmt: skip
+    return count
+
+
+def hold_out(
+    images: np.ndarray, labels: np.ndarray, validation_size: float, test_size: float, seed: int
+) -> tuple[Split, Split | None, Split | None]:
+    """(train, validation, test): `validation_size` and `test_size` examples (or fractions if
+    < 1) held out of train by one fixed permutation; None for a size of 0."""
+    total = len(labels)
+    val_count = _held_out_count(validation_size, total, "validation_size")
+    test_count = _held_out_count(test_size, total, "test_size")
+    if val_count + test_count >= total:
+        raise ValueError(f"config.dataset.validation_size={validation_size} and test_size="
+                         f"{test_size} leave no train examples out of {total}.")  # fmt: skip
+    if not val_count and not test_count:
+        return Split(images, labels), None, None
+    order = np.random.default_rng(seed).permutation(total)
+    held = np.split(order, [val_count, val_count + test_count])
+
+    def part(indices: np.ndarray) -> Split | None:
+        indices = np.sort(indices)
+        return Split(images[indices], labels[indices]) if len(indices) else None
+
+    return part(held[2]), part(held[0]), part(held[1])
 
 
 def subset(split: Split, size: int, seed: int) -> Split:
@@ -101,66 +114,106 @@ def subset(split: Split, size: int, seed: int) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
+def _load_debian(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
+    if c.validation_split:
+        raise ValueError("Fashion-MNIST's files have only 'train' and 'test' splits: set "
+                         "config.dataset.validation_split=''.")  # fmt: skip
+    splits = {"train": fashion_mnist_files.load_split(c.train_split)}
+    if c.test_split:
+        splits["test"] = fashion_mnist_files.load_split(c.test_split)
+    return splits, fashion_mnist_files.CLASS_NAMES
+
+
+def _load_image_folder(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
+    from imgcls_jax.data import image_folder
+
+    folders = image_folder.split_folders(c.data_dir, c.train_split, c.validation_split,
+                                         c.test_split) or {"train": c.data_dir}  # fmt: skip
+    splits, class_names, channels = {}, None, c.channels
+    for key in ("train", "validation", "test"):  # Train first: it fixes classes and channels.
+        if key not in folders:
+            continue
+        if c.streaming:
+            images, labels, class_names = image_folder.list_image_folder(
+                folders[key], c.image_size, channels, c.decode_threads, class_names
+            )
+        else:
+            folder = image_folder.load_image_folder(
+                folders[key], c.image_size, channels, c.strict, class_names
+            )
+            images, labels, class_names = folder.images, folder.labels, folder.class_names
+        splits[key], channels = (images, labels), images.shape[-1]
+    return splits, class_names
+
+
+def _load_tfds(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
+    from imgcls_jax.data import tfds_source
+
+    splits, class_names, channels = {}, (), c.channels
+    names = {"train": c.train_split, "validation": c.validation_split, "test": c.test_split}
+    for key, split in names.items():  # Train first: it fixes the channels.
+        if not split:
+            continue
+        common = (c.name, split, c.data_dir, c.download, c.image_size)
+        if c.streaming:
+            images, labels, names_found = tfds_source.list_split(*common, channels,
+                                                                 c.decode_threads)  # fmt: skip
+        else:
+            images, labels, names_found = tfds_source.load_split(*common)
+        splits[key], channels = (images, labels), images.shape[-1]
+        class_names = class_names or names_found
+    return splits, class_names
+
+
+LOADERS = {"debian": _load_debian, "image_folder": _load_image_folder, "tfds": _load_tfds}
+
+
+def class_counts(split: Split, num_classes: int) -> list[int]:
+    return np.bincount(split.labels, minlength=num_classes).tolist()
+
+
+def describe_class_counts(split: Split, class_names: tuple[str, ...], most: int = 20) -> str:
+    """Like "12 cat, 9 dog"; for more than `most` classes the smallest and largest."""
+    counts = class_counts(split, len(class_names))
+    if len(class_names) <= most:
+        return ", ".join(f"{n} {name}" for name, n in zip(class_names, counts, strict=True))
+    low, high = int(np.argmin(counts)), int(np.argmax(counts))
+    return (f"{len(class_names)} classes, {counts[low]} ({class_names[low]}) to "
+            f"{counts[high]} ({class_names[high]}) each")  # fmt: skip
+
+
 def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
-    """Loads the configured dataset into host memory and holds out the validation split."""
-    source = resolve_source(dataset_config)
-    test = None
-    if source == "debian":
-        images, labels = fashion_mnist_files.load_split("train")
-        if dataset_config.test_split:
-            test = Split(*fashion_mnist_files.load_split(dataset_config.test_split))
-        class_names = fashion_mnist_files.CLASS_NAMES
-    elif source == "image_folder" and dataset_config.streaming:
-        from imgcls_jax.data.image_folder import list_image_folder
-
-        images, labels, class_names = list_image_folder(
-            dataset_config.data_dir, dataset_config.image_size, dataset_config.channels,
-            dataset_config.decode_threads,
-        )  # fmt: skip
-    elif source == "image_folder":
-        from imgcls_jax.data.image_folder import load_image_folder
-
-        folder = load_image_folder(
-            dataset_config.data_dir,
-            image_size=dataset_config.image_size,
-            channels=dataset_config.channels,
-            strict=dataset_config.strict,
-        )
-        images, labels, class_names = folder.images, folder.labels, folder.class_names
-    else:
-        from imgcls_jax.data import tfds_source
-
-        def load(split: str):
-            common = (dataset_config.name, split, dataset_config.data_dir,
-                      dataset_config.download, dataset_config.image_size)  # fmt: skip
-            if dataset_config.streaming:
-                return tfds_source.list_split(*common, dataset_config.channels,
-                                              dataset_config.decode_threads)  # fmt: skip
-            return tfds_source.load_split(*common)
-
-        images, labels, class_names = load(dataset_config.train_split)
-        if dataset_config.test_split:
-            test_images, test_labels, _ = load(dataset_config.test_split)
-            test = Split(test_images, test_labels)
-    if source == "debian" and dataset_config.image_size not in (0, 28):
+    """Loads the configured dataset (into host memory, or listed for streaming) and holds out
+    validation (unless `validation_split` names one) and `test_size` examples from train."""
+    c = dataset_config
+    source = resolve_source(c)
+    if source == "debian" and c.image_size not in (0, 28):
         raise ValueError("Fashion-MNIST from Debian's files is 28 px: set dataset.image_size=0.")
-    train, validation = split_validation(
-        images, labels, dataset_config.validation_size, dataset_config.split_seed
-    )
-    if dataset_config.train_size:
-        train = subset(train, dataset_config.train_size, dataset_config.split_seed)
-    if dataset_config.class_fractions:
+    splits, class_names = LOADERS[source](c)
+    validation_size = 0 if c.validation_split else c.validation_size
+    train, validation, test = hold_out(*splits["train"], validation_size, c.test_size,
+                                       c.split_seed)  # fmt: skip
+    if "validation" in splits:
+        validation = Split(*splits["validation"])
+    if "test" in splits:
+        test = Split(*splits["test"])
+    if c.train_size:
+        train = subset(train, c.train_size, c.split_seed)
+    if c.class_fractions:
         from imgcls_jax.imbalance import reduce_classes
 
-        train = reduce_classes(train, dataset_config.class_fractions, dataset_config.split_seed)
+        train = reduce_classes(train, c.class_fractions, c.split_seed)
+    dataset = Dataset(train, validation, test, tuple(class_names))
+    counts = {
+        name: len(split) if split is not None else 0
+        for name, split in (("train", train), ("validation", validation), ("test", test))
+    }
     logging.info(
-        "Dataset %s (%s): %d train, %d validation, %s test, %d classes, images %s.",
-        dataset_config.name,
-        source,
-        len(train),
-        len(validation) if validation is not None else 0,
-        len(test) if test is not None else "no",
-        len(class_names),
-        images.shape[1:],
-    )
-    return Dataset(train, validation, test, tuple(class_names))
+        "Dataset %s (%s): %d train, %d validation, %d test, %d classes, images %s.",
+        c.name, source, counts["train"], counts["validation"], counts["test"],
+        len(class_names), train.images.shape[1:],
+    )  # fmt: skip
+    for name, split in (("train", train), ("validation", validation), ("test", test)):
+        if split is not None:
+            logging.info("  %s: %s", name, describe_class_counts(split, dataset.class_names))
+    return dataset

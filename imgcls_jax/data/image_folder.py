@@ -117,47 +117,103 @@ def _check_channels(channels: int, paths: list[str]) -> int:
     return channels
 
 
-def _list_files(root: str) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """Returns (sorted class names, [(path relative to root, label)]) in deterministic order."""
+def _list_files(
+    root: str, class_names: tuple[str, ...] | None = None
+) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+    """Returns (sorted class names, [(path relative to root, label)]) in deterministic order.
+
+    With `class_names` (a validation or test folder), labels index those names: the folder
+    may lack some classes but holds no other."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"Image folder {root!r} does not exist. {LAYOUT_HINT}")
-    class_names = tuple(
+    found = tuple(
         sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     )
-    if not class_names:
+    if not found:
         raise ValueError(f"Image folder {root!r} has no class subfolders. {LAYOUT_HINT}")
+    if class_names is not None:
+        unknown = sorted(set(found) - set(class_names))
+        if unknown:
+            raise ValueError(f"Class folder(s) {unknown} under {root!r} are not train classes "
+                             f"{list(class_names)}: rename or remove them.")  # fmt: skip
+    names = found if class_names is None else class_names
     files = []
-    for label, name in enumerate(class_names):
+    for label, name in enumerate(names):
+        if name not in found:
+            continue
         for entry in sorted(os.scandir(os.path.join(root, name)), key=lambda e: e.name):
             if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 files.append((os.path.join(name, entry.name), label))
     if not files:
         raise ValueError(
-            f"Image folder {root!r} has class subfolders {list(class_names)} but no image files "
+            f"Image folder {root!r} has class subfolders {list(found)} but no image files "
             f"in them. {LAYOUT_HINT}"
         )
     used = {label for _, label in files}
-    empty = [name for label, name in enumerate(class_names) if label not in used]
+    empty = [
+        names[label] for label in range(len(names)) if names[label] in found and label not in used
+    ]
     if empty:
         raise ValueError(f"Class folder(s) {empty} under {root!r} hold no image files: add "
                          f"images or remove the folder(s). {LAYOUT_HINT}")  # fmt: skip
-    if len(class_names) < 2:
-        raise ValueError(f"Image folder {root!r} has one class, {class_names[0]!r}; a classifier "
+    if len(names) < 2:
+        raise ValueError(f"Image folder {root!r} has one class, {names[0]!r}; a classifier "
                          f"needs at least 2 class subfolders. {LAYOUT_HINT}")  # fmt: skip
-    return class_names, files
+    return names, files
+
+
+def split_folders(root: str, train: str, validation: str, test: str) -> dict[str, str] | None:
+    """{"train"|"validation"|"test": folder} for the layout ROOT/<split>/<class>/<image>
+    (torchvision's `train/val/test`), or None for one folder of classes (ROOT/<class>/<image>).
+
+    The split layout is recognised by ROOT/`train` holding class subfolders. Every split
+    folder present must be named by the config (`validation` or `test` "" means none), and
+    every named one must exist, so that no folder is silently ignored.
+    """
+    train_dir = os.path.join(root, train)
+    if not (os.path.isdir(train_dir) and any(e.is_dir() for e in os.scandir(train_dir))):
+        if test:
+            raise ValueError(
+                f"dataset.test_split={test!r}, but {root!r} is one folder of classes with no "
+                f"{train!r}/{test!r} split folders: set dataset.test_split='' (results on "
+                f"validation), hold out a test set with dataset.test_size, or use the layout "
+                f"ROOT/{train}/<class>/ and ROOT/{test}/<class>/."
+            )
+        if validation:
+            raise ValueError(f"dataset.validation_split={validation!r} needs the layout "
+                             f"ROOT/{train}/<class>/ and ROOT/{validation}/<class>/; {root!r} is "
+                             "one folder of classes. Set dataset.validation_split=''.")  # fmt: skip
+        return None
+    present = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    named = {"train": train, "validation": validation, "test": test}
+    for key, name in named.items():
+        if name and name not in present:
+            raise ValueError(f"dataset.{key}_split={name!r}, but {root!r} has only the split "
+                             f"folders {present}: name one of them, or '' for none.")  # fmt: skip
+    unused = [name for name in present if name not in named.values()]
+    if unused:
+        raise ValueError(
+            f"{root!r} has split folder(s) {unused} that the config does not name: set "
+            f"dataset.validation_split or dataset.test_split to use them, or move them away."
+        )
+    return {key: os.path.join(root, name) for key, name in named.items() if name}
 
 
 def load_image_folder(
-    root: str, image_size: int, channels: int = 3, strict: bool = False
+    root: str,
+    image_size: int,
+    channels: int = 3,
+    strict: bool = False,
+    class_names: tuple[str, ...] | None = None,
 ) -> ImageFolderData:
     """Decodes every image under `root` to uint8 [image_size, image_size, channels] (0:
-    channels inferred from the files).
+    channels inferred from the files); `class_names` fixes the labels (see `_list_files`).
 
     Unreadable files are skipped with one warning listing them, or raise a ValueError if `strict`.
     """
     if image_size < 1:
         raise ValueError(f"image_size must be a positive integer, got {image_size}.")
-    class_names, files = _list_files(root)
+    class_names, files = _list_files(root, class_names)
     paths = [os.path.join(root, rel) for rel, _ in files]
     mode = "RGB" if _check_channels(channels, paths) == 3 else "L"
     # Threads suffice: PIL releases the GIL while decoding and resizing.
@@ -191,11 +247,15 @@ def load_image_folder(
 
 
 def list_image_folder(
-    root: str, image_size: int, channels: int = 3, threads: int = 0
+    root: str,
+    image_size: int,
+    channels: int = 3,
+    threads: int = 0,
+    class_names: tuple[str, ...] | None = None,
 ) -> tuple[EncodedImages, np.ndarray, tuple[str, ...]]:
     """The images under `root` left encoded, decoded later batch by batch: (images, int32
     labels, class names). Unreadable files surface when a batch needs them."""
-    class_names, files = _list_files(root)
+    class_names, files = _list_files(root, class_names)
     paths = [os.path.join(root, rel) for rel, _ in files]
     labels = np.array([label for _, label in files], dtype=np.int32)
     channels = _check_channels(channels, paths)

@@ -1,0 +1,217 @@
+"""A trained or converted model ready to classify image files: its variables, the evaluation
+preprocessing it was trained with, and its class names."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from etils import epath
+
+from imgcls_jax import augment, checkpoint, steps
+from imgcls_jax.data import image_folder
+
+MODEL_FILE = "model.json"  # In a training workdir: what `Classifier.from_workdir` needs.
+CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).
+CROP_FRACTION = 0.875  # Converted ImageNet weights: resize to size / 0.875, centre-crop size.
+STEPS = ("best", "latest")
+
+
+def describe(
+    config: ml_collections.ConfigDict,
+    class_names: Sequence[str],
+    image_shape: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> dict[str, Any]:
+    """What a trained workdir's model needs for inference (written to MODEL_FILE)."""
+    return {
+        "model": config.model.to_dict(),
+        "class_names": list(class_names),
+        "image_size": int(image_shape[0]),  # Host: shorter side to this, centre square.
+        "channels": int(image_shape[-1]),
+        "eval": config.augment.eval,  # Then on device, as in evaluation.
+        "eval_flip_tta": bool(config.augment.eval_flip_tta),
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+    }
+
+
+def write_description(workdir: str, description: dict[str, Any]) -> None:
+    with epath.Path(workdir, MODEL_FILE).open("w") as f:
+        json.dump(description, f, indent=2)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One image's most probable classes, most probable first; or why it could not be read."""
+
+    path: str
+    indices: list[int] = dataclasses.field(default_factory=list)
+    names: list[str] = dataclasses.field(default_factory=list)
+    probabilities: list[float] = dataclasses.field(default_factory=list)
+    error: str = ""
+
+
+class Classifier:
+    """Classifies image files: decoded and resized on the host as in training, then the
+    evaluation pipeline, normalisation and the model on device, in fixed-size batches."""
+
+    def __init__(
+        self,
+        model_config: ml_collections.ConfigDict,
+        variables: dict[str, Any],
+        description: dict[str, Any],
+        source: str,
+    ):
+        from imgcls_jax.models import build_model
+
+        self.description, self.source = description, source
+        self.class_names = list(description["class_names"])
+        model = build_model(model_config, len(self.class_names))
+        preprocess = augment.build_eval_fn(description["eval"])
+        mean, std = tuple(description["mean"]), tuple(description["std"])
+        flip_tta = description["eval_flip_tta"]
+
+        def probabilities(variables, images):
+            images = steps.normalize(preprocess(images), mean, std)
+            logits = model.apply(variables, images, train=False)
+            if flip_tta:
+                logits = (logits + model.apply(variables, images[:, :, ::-1], train=False)) / 2
+            return jax.nn.softmax(logits.astype(jnp.float32))
+
+        self.variables = variables
+        self._probabilities = jax.jit(probabilities)
+
+    @classmethod
+    def load(cls, path: str, step: str = "best") -> Classifier:
+        """From a training workdir (MODEL_FILE) or a converted checkpoint (CONVERTED_FILE)."""
+        if os.path.exists(os.path.join(path, MODEL_FILE)):
+            return cls.from_workdir(path, step)
+        if os.path.exists(os.path.join(path, CONVERTED_FILE)):
+            return cls.from_converted(path)
+        raise ValueError(f"{path} holds neither {MODEL_FILE} (a workdir of launch.py) nor "
+                         f"{CONVERTED_FILE} (a checkpoint of imgcls_jax.convert).")  # fmt: skip
+
+    @classmethod
+    def from_workdir(cls, workdir: str, step: str = "best") -> Classifier:
+        """The model trained in `workdir` at `step`: "best" (by validation; the latest when
+        the run has no validation), "latest", or a step number."""
+        with open(os.path.join(workdir, MODEL_FILE), encoding="utf-8") as f:
+            description = json.load(f)
+        chosen = _choose_step(workdir, step)
+        model_config = ml_collections.ConfigDict(description["model"])
+        from imgcls_jax.models import build_model
+
+        model = build_model(model_config, len(description["class_names"]))
+        shape = (1, description["image_size"], description["image_size"], description["channels"])
+        abstract = jax.eval_shape(
+            lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
+        )
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = {
+            name: jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract[name]
+            )  # fmt: skip
+            for name in ("params", "batch_stats")
+        }
+        variables = checkpoint.restore_variables(workdir, chosen, abstract)
+        return cls(model_config, variables, description, f"{workdir} step {chosen} ({step})")
+
+    @classmethod
+    def from_converted(cls, directory: str) -> Classifier:
+        """A checkpoint of imgcls_jax.convert, preprocessed as in ImageNet evaluation: shorter
+        side to input_size / 0.875, centre crop of input_size."""
+        from imgcls_jax import convert
+
+        variables, metadata = convert.load_pretrained(directory)
+        size = metadata["input_size"]
+        description = {
+            "class_names": metadata["class_names"]
+            or [str(i) for i in range(metadata["num_classes"])],
+            "image_size": round(size / CROP_FRACTION),
+            "channels": variables["params"]["stem_conv"]["kernel"].shape[2],
+            "eval": f"center_crop({size})",
+            "eval_flip_tta": False,
+            "mean": metadata["mean"],
+            "std": metadata["std"],
+        }
+        model_config = ml_collections.ConfigDict({
+            "name": metadata["architecture"], "width": metadata["width"],
+            "stem": metadata["stem"], "dtype": "float32", "bn_momentum": 0.9, "kernels": "auto",
+        })  # fmt: skip
+        return cls(model_config, variables, description, directory)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """Class probabilities of uint8 [N, image_size, image_size, channels] images."""
+        return np.asarray(self._probabilities(self.variables, images))
+
+    def decode(self, path: str) -> np.ndarray:
+        """`path` decoded as in training; raises ValueError naming the file if unreadable."""
+        mode = "RGB" if self.description["channels"] == 3 else "L"
+        image = image_folder.decode_named(path, path, self.description["image_size"], mode)
+        if image is None:
+            raise ValueError(f"Cannot read image {path}")
+        return image
+
+    def classify(self, paths: Sequence[str], top: int, batch_size: int = 64) -> list[Prediction]:
+        """Per path, its `top` classes, or why it could not be read (the others are still
+        classified). Batches are padded to `batch_size`, so one compiled program serves all."""
+        results: list[Prediction] = []
+        size, channels = self.description["image_size"], self.description["channels"]
+        with concurrent.futures.ThreadPoolExecutor() as pool:
+            for start in range(0, len(paths), batch_size):
+                chunk = paths[start : start + batch_size]
+                decoded = list(pool.map(_or_error(self.decode), chunk))
+                images = np.zeros((batch_size, size, size, channels), np.uint8)
+                readable = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+                for row, i in enumerate(readable):
+                    images[row] = decoded[i]
+                probabilities = self.probabilities(images) if readable else None
+                rows = dict(zip(readable, range(len(readable)), strict=True))
+                for i, path in enumerate(chunk):
+                    if i not in rows:
+                        results.append(Prediction(path, error=decoded[i]))
+                        continue
+                    probs = probabilities[rows[i]]
+                    best = np.argsort(-probs, kind="stable")[:top].tolist()
+                    results.append(Prediction(path, best, [self.class_names[j] for j in best],
+                                              [float(probs[j]) for j in best]))  # fmt: skip
+        return results
+
+
+def _or_error(decode: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray | str]:
+    def decode_or_error(path: str) -> np.ndarray | str:
+        try:
+            return decode(path)
+        except ValueError as e:  # UnsupportedImageError included.
+            return str(e)
+
+    return decode_or_error
+
+
+def _choose_step(workdir: str, step: str) -> int:
+    saved = checkpoint.saved_steps(workdir)
+    if not saved:
+        raise ValueError(f"{workdir} has no checkpoint yet; train first (launch.py).")
+    if step.isdigit():
+        if int(step) not in saved:
+            raise ValueError(f"Step {step} is not saved in {workdir}; saved: {saved}.")
+        return int(step)
+    if step not in STEPS:
+        raise ValueError(f"--step={step!r} must be 'best', 'latest' or a saved step {saved}.")
+    if step == "best":
+        best = checkpoint.read_progress(workdir, saved[-1]).get("best_step")
+        if best in saved:
+            return best
+        logging.info("%s has no best step (no validation split); using the latest.", workdir)
+    return saved[-1]
