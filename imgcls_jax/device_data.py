@@ -39,7 +39,7 @@ class DeviceResidentTrain:
     """The train split replicated on every device, and the step -> batch gather.
 
     Batches are exactly the host pipeline's (`input_pipeline.train_batch`): the same (seed,
-    step) order, sorted within the batch. The host computes the order once per epoch, uploads
+    step) order. The host computes the order once per epoch, uploads
     it as an [steps, batch] index table, and per step only dispatches the gather.
     """
 
@@ -57,7 +57,7 @@ class DeviceResidentTrain:
         """[steps_per_epoch, batch] example indices of one epoch, on every device."""
         first = epoch * self.order.steps_per_epoch
         table = np.stack(
-            [np.sort(self.order.indices(first + i)) for i in range(self.order.steps_per_epoch)]
+            [self.order.indices(first + i) for i in range(self.order.steps_per_epoch)]
         ).astype(np.int32)
         return _replicate(table, sharding.replicated(self.mesh))
 

@@ -43,9 +43,10 @@ class TrainOrder:
 
 def train_batch(split: Split, order: TrainOrder, step: int, mesh: Mesh) -> dict[str, jax.Array]:
     """The global batch of train step `step`, assembled from this process's rows."""
-    # Sorted: a faster gather of the same set. Sorted globally before slicing, so each row
-    # (and its augmentation key) is the same for every number of processes.
-    local = np.sort(order.indices(step))[sharding.process_slice(order.batch_size)]
+    # In the order's random order, not sorted: a batch of class-ordered data (image folders)
+    # is not ordered by class. Sliced from the global batch, so each row (and its
+    # augmentation key) is the same for every number of processes.
+    local = order.indices(step)[sharding.process_slice(order.batch_size)]
     images = np.asarray(split.images[local])  # Decodes here when the split is streamed.
     return sharding.to_global({"image": images, "label": split.labels[local]}, mesh)
 

@@ -32,6 +32,20 @@ def test_train_batches_are_sharded_global_arrays():
     assert sorted(np.asarray(batch["label"]).tolist()) == sorted(order.indices(5).tolist())
 
 
+def test_batches_of_class_ordered_data_are_not_ordered_by_class():
+    """Image folders list their files class by class; a batch must still mix the classes in
+    random order (as must the augmentation preview, which shows a batch's first images)."""
+    mesh = sharding.make_mesh()
+    labels = np.repeat(np.arange(10, dtype=np.int32), 100)  # Class-ordered, as on disk.
+    split = data.Split(labels.astype(np.uint8).reshape(-1, 1, 1, 1), labels)
+    order = input_pipeline.TrainOrder(len(labels), 64, seed=0)
+    for step in range(5):
+        batch = np.asarray(input_pipeline.train_batch(split, order, step, mesh)["label"])
+        assert len(set(batch[:16].tolist())) >= 6, batch[:16]  # The preview's first 16.
+        rises = np.mean(np.diff(batch) > 0)
+        assert 0.3 < rises < 0.7, batch  # About half, as for random order; sorted gives ~0.14.
+
+
 def test_eval_batches_cover_every_example_once_with_mask():
     mesh = sharding.make_mesh()
     split = data.Split(np.zeros((50, 2, 2, 1), np.uint8), np.arange(50, dtype=np.int32))
