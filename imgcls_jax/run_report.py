@@ -25,8 +25,13 @@ def write_run_report(
     matrix: np.ndarray,
     class_names: Sequence[str],
     split: str,
+    details: Mapping[str, Any] | None = None,
 ) -> None:
-    """Writes the report files; `matrix` holds [true, predicted] counts on `split`."""
+    """Writes the report files; `matrix` holds [true, predicted] counts on `split`.
+
+    `details` (optional) adds what the run was: "config" (a dict), "parameters", "devices",
+    "image_shape", "class_counts" ({split: [count per class]}), "run_s" and "compile_s".
+    """
     per_class = confusion.per_class_accuracy(matrix)
     report = {
         "results": dict(results),
@@ -35,6 +40,7 @@ def write_run_report(
         "confusion_matrix": np.asarray(matrix).tolist(),
         "per_class_accuracy": {n: _finite(a) for n, a in zip(class_names, per_class)},
         "balanced_accuracy": confusion.balanced_accuracy(matrix),
+        **(details or {}),
     }
     with epath.Path(workdir, "report.json").open("w") as f:
         json.dump(report, f, indent=2)
@@ -56,28 +62,83 @@ def _markdown(report: Mapping[str, Any], matrix: np.ndarray) -> str:
         [name, int(n), "n/a" if acc is None else f"{100 * acc:.2f}"]
         for (name, acc), n in zip(report["per_class_accuracy"].items(), support)
     ]
-    return "\n\n".join([
-        "# Run report",
-        "## Final metrics\n\n" + markdown.table(
-            ["metric", "value"], [[k, f"{v:.6g}"] for k, v in scalars.items()]
-        ),
+    sections = ["# Run report", _run_section(report)]
+    sections.append("## Final metrics\n\n" + markdown.table(
+        ["metric", "value"], [[k, f"{v:.6g}"] for k, v in scalars.items()]
+    ))  # fmt: skip
+    sections.append(
         f"## Per-class accuracy ({report['split']}; balanced accuracy "
         f"{100 * report['balanced_accuracy']:.2f}%)\n\n"
-        + markdown.table(["class", "examples", "accuracy %"], per_class),
-    ]) + "\n"  # fmt: skip
+        + markdown.table(["class", "examples", "accuracy %"], per_class)
+    )
+    if "class_counts" in report:
+        counts = report["class_counts"]
+        rows = [[name, *(counts[s][i] for s in counts)]
+                for i, name in enumerate(report["class_names"])]  # fmt: skip
+        rows.append(["all", *(sum(counts[s]) for s in counts)])
+        sections.append("## Examples per class\n\n" + markdown.table(["class", *counts], rows))
+    if "config" in report:
+        flat = _flatten(report["config"])
+        sections.append("## Config\n\n<details><summary>every field</summary>\n\n"
+                        + markdown.table(["field", "value"], [[k, f"`{v}`"] for k, v in flat])
+                        + "\n\n</details>")  # fmt: skip
+    return "\n\n".join(sections) + "\n"
+
+
+def _run_section(report: Mapping[str, Any]) -> str:
+    results, config = report["results"], report.get("config", {})
+    rows = []
+    if config:
+        model = config["model"]
+        rows += [["model", f"{model['name']} (width {model['width']}, {model['dtype']})"],
+                 ["dataset", f"{config['dataset']['name']}"]]  # fmt: skip
+    if "parameters" in report:
+        rows.append(["parameters", f"{report['parameters']:,}"])
+    if "image_shape" in report:
+        rows.append(["images", " x ".join(map(str, report["image_shape"]))])
+    rows.append(["steps", str(results.get("step"))])
+    if "best_step" in results:
+        rows.append(["best step (validation)", str(results["best_step"])])
+    if "devices" in report:
+        rows.append(["devices", str(report["devices"])])
+    if "run_s" in report:
+        rows.append(["wall time", f"{report['run_s']:.1f} s, of which compiling "
+                                  f"{report['compile_s']:.1f} s"])  # fmt: skip
+    return "## Run\n\n" + markdown.table(["", ""], rows)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            items += _flatten(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items
+
+
+# The curves' losses: train without label smoothing where the run smoothed (the validation
+# loss never smooths); train's is measured on the augmented (and mixed) batches it trained on.
+TRAIN_LOSS_KEYS = ("train/loss_no_smoothing", "train/loss")
 
 
 def plot_learning_curves(records: Sequence[Mapping[str, Any]], path: str) -> None:
-    """Loss and accuracy against step, train and validation on the same axes."""
+    """Loss and accuracy against step, train and validation on the same axes; both losses
+    are cross-entropy without label smoothing."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    train_loss = next((k for k in TRAIN_LOSS_KEYS if any(k in r for r in records)), "train/loss")
+    keys = {"loss": {"train": train_loss, "val": "val/loss"},
+            "accuracy": {"train": "train/accuracy", "val": "val/accuracy"}}  # fmt: skip
+    titles = {"loss": "cross-entropy, no label smoothing", "accuracy": "accuracy"}
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for split, style in (("train", "-"), ("val", "o-")):
-            key = f"{split}/{metric}"
+            key = keys[metric][split]
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
-                ax.plot(*zip(*points), style, markersize=3, label=split)
-        ax.set(xlabel="step", ylabel=metric, title=f"{metric}: train vs validation")
+                label = "train (augmented batches)" if split == "train" else "validation"
+                ax.plot(*zip(*points), style, markersize=3, label=label)
+        ax.set(xlabel="step", ylabel=metric, title=titles[metric])
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

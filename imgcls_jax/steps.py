@@ -48,13 +48,19 @@ class NonfiniteSteps(metrics.Metric):
         return self.count, jnp.where(self.count > 0, self.first_step, 0)
 
 
-def metrics_collection(num_classes: int, train: bool) -> type[metrics.Collection]:
+def metrics_collection(
+    num_classes: int, train: bool, smoothed: bool = False
+) -> type[metrics.Collection]:
     """CLU metrics: loss, top-1, top-5 when there are more than 5 classes; the learning rate
-    and non-finite steps when training, the confusion matrix when evaluating."""
+    and non-finite steps when training, the confusion matrix when evaluating. With `smoothed`
+    (label smoothing in the train loss) also `loss_no_smoothing`, comparable with the
+    validation loss."""
     fields: dict[str, Any] = {
         "loss": metrics.Average.from_output("loss"),
         "accuracy": metrics.Average.from_fun(_top_k_correct(1)),
     }
+    if smoothed:
+        fields["loss_no_smoothing"] = metrics.Average.from_output("loss_no_smoothing")
     if num_classes > 5:
         fields["top5_accuracy"] = metrics.Average.from_fun(_top_k_correct(5))
     if train:
@@ -226,8 +232,14 @@ def train_step(
     step_metrics = metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step),
         finite=finite, step=state.step + 1,
+        loss_no_smoothing=cross_entropy(logits, labels, 0.0) if label_smoothing else loss,
     )  # fmt: skip
-    for name in ("loss", "accuracy", "top5_accuracy"):  # A skipped step does not count.
+    for name in (
+        "loss",
+        "loss_no_smoothing",
+        "accuracy",
+        "top5_accuracy",
+    ):  # A skipped step does not count.
         if name in step_metrics.__dataclass_fields__:
             metric = getattr(step_metrics, name)
             kept = jax.tree.map(lambda m, e: jnp.where(finite, m, e), metric, type(metric).empty())

@@ -116,7 +116,9 @@ class Trainer:
             params_shape, self.frozen, config.transfer.layer_decay,
         )  # fmt: skip
         self._log_frozen()
-        self.train_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=True)
+        self.train_metrics_cls = steps.metrics_collection(
+            self.dataset.num_classes, train=True, smoothed=config.loss.label_smoothing > 0
+        )
         self.eval_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=False)
         self._build_steps()
 
@@ -310,8 +312,10 @@ def train_and_evaluate(
             trainer.total_steps, trainer.steps_per_epoch, config.input.batch_size,
             trainer.mesh.size,
         )  # fmt: skip
+        last_validation = None
         if not progress["stopped_early"] and int(state.step) < trainer.total_steps:
-            state, preempted = _train(trainer, state, progress, writer, checkpointer)
+            state, preempted, last_validation = _train(trainer, state, progress, writer,
+                                                       checkpointer)  # fmt: skip
             if preempted:
                 checkpointer.wait()
                 logging.warning("Saved step %d after a preemption notice; relaunch the same "
@@ -319,13 +323,14 @@ def train_and_evaluate(
                 return {"step": int(state.step), "preempted": True}
         checkpointer.save(int(state.step), state, progress)
         checkpointer.wait()
-        results, matrix, split = _final_results(trainer, state, checkpointer, progress)
+        results, matrix, split = _final_results(
+            trainer, state, checkpointer, progress, last_validation
+        )
         writer.write_scalars(int(state.step), {k: v for k, v in results.items() if "/" in k})
         writer.flush()
         if jax.process_index() == 0:
-            run_report.write_run_report(
-                workdir, results, matrix, trainer.dataset.class_names, split
-            )
+            run_report.write_run_report(workdir, results, matrix, trainer.dataset.class_names,
+                                        split, _run_details(trainer, state, timer))  # fmt: skip
             timer.stop()
             with epath.Path(workdir, TIMING_FILE).open("w") as f:
                 json.dump(timer.summary(), f, indent=2)
@@ -339,6 +344,24 @@ def train_and_evaluate(
         timer.stop()
         checkpointer.close()
         writer.close()
+
+
+def _run_details(trainer: Trainer, state: steps.TrainState, timer: timing.RunTimer) -> dict:
+    """What the run report states besides the metrics: config, size, data and time."""
+    splits = {"train": trainer.dataset.train, "validation": trainer.dataset.validation,
+              "test": trainer.dataset.test}  # fmt: skip
+    return {
+        "config": trainer.config.to_dict(),
+        "parameters": int(parameter_overview.count_parameters(state.params)),
+        "devices": trainer.mesh.size,
+        "image_shape": list(trainer.image_shape),
+        "class_counts": {
+            name: data.class_counts(split, trainer.dataset.num_classes)
+            for name, split in splits.items()
+            if split is not None
+        },  # fmt: skip
+        **timer.summary(),
+    }
 
 
 def _write_augmentation_grid(
@@ -365,7 +388,8 @@ def _train(
 ) -> tuple[steps.TrainState, bool]:
     """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
 
-    Returns the state and whether a preemption notice stopped it (after saving)."""
+    Returns the state, whether a preemption notice stopped it (after saving), and the last
+    validation as (step, metrics, confusion matrix), or None."""
     cfg = trainer.config.training
     report_progress = periodic_actions.ReportProgress(
         num_train_steps=trainer.total_steps, writer=writer, every_steps=cfg.log_every_steps
@@ -379,7 +403,7 @@ def _train(
             trainer.config.input.prefetch,
         )  # fmt: skip
     pending: list = []
-    preempted = False
+    preempted, last_validation = False, None
     # Closing `batches` stops its prefetch thread, also when a step raises.
     with PreemptionWatch() as preemption, contextlib.closing(batches):
         for step in range(start_step + 1, trainer.total_steps + 1):
@@ -399,7 +423,10 @@ def _train(
                 pending = []
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             if is_eval and trainer.dataset.validation is not None:
-                val = trainer.evaluate(state, trainer.dataset.validation, "val")
+                val, matrix = trainer.evaluate_with_confusion(
+                    state, trainer.dataset.validation, "val"
+                )
+                last_validation = step, val, matrix
                 writer.write_scalars(step, val)
                 _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
                 checkpointer.save(step, state, progress)
@@ -409,7 +436,7 @@ def _train(
                 checkpointer.save(step, state, progress)
             if preempted:
                 break
-    return state, preempted
+    return state, preempted, last_validation
 
 
 def _update_progress(progress: dict, value: float, step: int, cfg) -> None:
@@ -427,15 +454,24 @@ def _update_progress(progress: dict, value: float, step: int, cfg) -> None:
 
 
 def _final_results(
-    trainer: Trainer, state, checkpointer: Checkpointer, progress: dict
+    trainer: Trainer,
+    state,
+    checkpointer: Checkpointer,
+    progress: dict,
+    last_validation: tuple[int, dict, np.ndarray] | None,
 ) -> tuple[dict, np.ndarray, str]:
     """Validation and test metrics of the final state and of the best checkpoint, and the
-    final state's confusion matrix on test (validation when there is no test split)."""
+    final state's confusion matrix on test (validation when there is no test split). The
+    loop's last validation is reused when it evaluated the final state."""
     has_validation = trainer.dataset.validation is not None
     results: dict[str, Any] = {"step": int(state.step)}
     if has_validation:  # The best metric, its step and early stopping; not the fingerprint.
         results.update({k: v for k, v in progress.items() if k != "dataset"})
-        val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation, "val")
+        if last_validation is not None and last_validation[0] == int(state.step):
+            _, val, matrix = last_validation
+        else:
+            val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation,
+                                                          "val")  # fmt: skip
         results.update(val)
         split = "val"
     if trainer.dataset.test is not None:

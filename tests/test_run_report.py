@@ -26,10 +26,22 @@ def test_confusion_matrix_counts_unmasked_examples_and_merges():
     assert confusion.balanced_accuracy(missing) == 1.0
 
 
-def test_every_run_writes_a_report_that_matches_its_results(tmp_path, dataset):
+def test_every_run_writes_a_report_that_matches_its_results(tmp_path, dataset, monkeypatch):
+    from imgcls_jax import reporting
+    from imgcls_jax.train import Trainer
+
+    evaluated = []  # (split, step) of every evaluation: none may be repeated.
+    evaluate = Trainer.evaluate_with_confusion
+
+    def counting(self, state, split, prefix):
+        evaluated.append((prefix, int(state.step)))
+        return evaluate(self, state, split, prefix)
+
+    monkeypatch.setattr(Trainer, "evaluate_with_confusion", counting)
     config = tiny_config(**{"training.num_train_steps": 8, "input.batch_size": 32,
                             "training.eval_every_epochs": 0.5})  # fmt: skip
     results = train_and_evaluate(config, str(tmp_path), dataset)
+    assert len(evaluated) == len(set(evaluated)) and ("val", 8) in evaluated, evaluated
     for name in run_report.REPORT_FILES:
         assert (tmp_path / name).stat().st_size > 0
     with open(tmp_path / "report.json") as f:
@@ -42,4 +54,11 @@ def test_every_run_writes_a_report_that_matches_its_results(tmp_path, dataset):
     per_class = np.diag(matrix) / matrix.sum(axis=1)
     np.testing.assert_allclose(list(report["per_class_accuracy"].values()), per_class)
     assert results["test/balanced_accuracy"] == pytest.approx(per_class.mean())
-    assert "class3" in (tmp_path / "report.md").read_text()
+    text = (tmp_path / "report.md").read_text()
+    assert "class3" in text and f"| best step (validation) | {results['best_step']} |" in text
+    assert report["config"]["model"]["name"] == config.model.name and report["parameters"] > 0
+    assert report["class_counts"]["test"] == np.bincount(dataset.test.labels).tolist()
+    assert report["run_s"] > report["compile_s"] > 0
+    # Label smoothing is on: the curves compare the train loss without it to validation's.
+    records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert config.loss.label_smoothing > 0 and "train/loss_no_smoothing" in records[0]
