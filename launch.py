@@ -122,10 +122,13 @@ def launch_on_tpu() -> None:
 
     if not (FLAGS.tpu_zone and FLAGS.tpu_type):
         raise app.UsageError("--tpu needs --tpu_zone and --tpu_type.")
+    from imgcls_jax import config as config_lib
+
     try:
         cloud_tpu.check_workdir(FLAGS.workdir)
+        config_lib.validate(FLAGS.config)  # Here, before anything is created or paid for.
     except ValueError as e:
-        raise app.UsageError(str(e)) from e
+        sys.exit(f"launch.py: {e}")
     vm = cloud_tpu.TpuVm(FLAGS.tpu, FLAGS.tpu_zone, FLAGS.tpu_type, FLAGS.tpu_version,
                          FLAGS.tpu_project, FLAGS.tpu_spot)  # fmt: skip
     launch_args = _without_tpu_flags(sys.argv[1:])

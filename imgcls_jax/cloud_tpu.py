@@ -1,5 +1,6 @@
 """Cloud TPU jobs: the gcloud commands that create a TPU VM, ship this project to every
-worker, and start the same training command on all of them."""
+worker, install it with its own Python, and start the same training command on all of them,
+detached, with the log streamed."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ import subprocess
 from collections.abc import Sequence
 
 ARCHIVE = "/tmp/imgcls_jax.tar.gz"
+# The runtime images' system Python is older than this project needs (3.11+), so each worker
+# gets its own Python in a virtual environment from uv (github.com/astral-sh/uv).
+PYTHON = "3.12"
+VENV = "imgcls_jax_venv"
+LOG = "imgcls_jax_train.log"  # On every worker, in the home directory; process 0's is streamed.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +32,11 @@ class TpuVm:
 
 def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
     """The steps, in order: pack the committed tree (git archive), create the TPU VM, copy the
-    archive to every worker, unpack and install there, train on every worker.
+    archive to every worker, install there (Python 3.12 from uv, this project, jax[tpu]),
+    start training detached on every worker, and stream worker 0's log.
 
+    Training runs under `nohup setsid`, so a dropped SSH connection does not stop it; the last
+    command (which ends with the training) can be rerun at any time to follow the log.
     `launch_args` are launch.py's arguments (config, overrides, workdir); `--distributed=on`
     is added so that every worker joins one JAX job.
     """
@@ -36,18 +45,33 @@ def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
     create = [*tpu_vm, "create", vm.name, *where, f"--accelerator-type={vm.accelerator_type}",
               f"--version={vm.runtime_version}"] + (["--spot"] if vm.spot else [])  # fmt: skip
     directory = shlex.quote(vm.remote_dir)
+    uv = "~/.local/bin/uv"
     install = (
         f"mkdir -p {directory} && tar -xzf imgcls_jax.tar.gz -C {directory} && cd {directory} "
-        '&& python3 -m pip install -q -c constraints.txt -e . "jax[tpu]"'
+        f"&& (test -x {uv} || curl -LsSf https://astral.sh/uv/install.sh | sh) "
+        f"&& {uv} venv --allow-existing --python {PYTHON} ~/{VENV} "
+        f"&& {uv} pip install --python ~/{VENV}/bin/python -c constraints.txt -e . "
+        '"jax[tpu]"'
     )
     train_args = [a for a in launch_args if not a.startswith("--distributed")]
-    train = f"cd {directory} && python3 launch.py --distributed=on " + shlex.join(train_args)
+    train = (
+        f"cd {directory} && nohup setsid ~/{VENV}/bin/python launch.py --distributed=on "
+        f"{shlex.join(train_args)} > ~/{LOG} 2>&1 < /dev/null &"
+    )
+    # Follows the log until training ends (or Ctrl-C, which leaves the training running).
+    # "[.]": the pattern must not match this shell's own command line.
+    stream = (
+        "if pid=$(pgrep -o -f 'launch[.]py --distributed=on'); "
+        f"then tail -n +1 -F --pid=$pid ~/{LOG}; else cat ~/{LOG}; fi"
+    )
+    ssh = [*tpu_vm, "ssh", vm.name, *where]
     return [
         ["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
         create,
         [*tpu_vm, "scp", ARCHIVE, f"{vm.name}:imgcls_jax.tar.gz", *where, "--worker=all"],
-        [*tpu_vm, "ssh", vm.name, *where, "--worker=all", f"--command={install}"],
-        [*tpu_vm, "ssh", vm.name, *where, "--worker=all", f"--command={train}"],
+        [*ssh, "--worker=all", f"--command={install}"],
+        [*ssh, "--worker=all", f"--command={train}"],
+        [*ssh, "--worker=0", f"--command={stream}"],
     ]
 
 

@@ -326,7 +326,9 @@ def train_and_evaluate(
         results, matrix, split = _final_results(
             trainer, state, checkpointer, progress, last_validation
         )
-        writer.write_scalars(int(state.step), {k: v for k, v in results.items() if "/" in k})
+        logged = last_validation is not None and last_validation[0] == int(state.step)
+        writer.write_scalars(int(state.step), {k: v for k, v in results.items()
+                                               if "/" in k and not (logged and k.startswith("val/"))})  # fmt: skip
         writer.flush()
         if jax.process_index() == 0:
             run_report.write_run_report(workdir, results, matrix, trainer.dataset.class_names,

@@ -112,11 +112,13 @@ def reference(tmp_path_factory):
     return workdir
 
 
-def test_sigterm_saves_exits_cleanly_and_the_relaunch_resumes_exactly(tmp_path, reference):
+@pytest.mark.parametrize("notice", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_saves_exits_cleanly_and_the_relaunch_resumes_exactly(tmp_path, reference, notice):
+    """SIGTERM: a preemption notice; SIGHUP: the SSH session that started the run dropped."""
     workdir = tmp_path / "run"
     process = _start(workdir)
     _wait_until(lambda: 3 in _complete_steps(workdir), [process], "checkpoint 3")
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(notice)
     code, log = _finish(process)
     assert code == 0, log[-3000:]
     saved = int(log.split("Saved step ")[1].split()[0])

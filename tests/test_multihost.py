@@ -1,5 +1,6 @@
 """Multi-process set-up and the Cloud TPU launcher (no processes or gcloud needed)."""
 
+import os
 import shlex
 import subprocess
 import sys
@@ -62,16 +63,58 @@ def test_tpu_dry_run_prints_the_job_commands():
     assert commands[2] == [*tpu_vm, "scp", cloud_tpu.ARCHIVE, "my-tpu:imgcls_jax.tar.gz", *where,
                            "--worker=all"]  # fmt: skip
     assert commands[3][:9] == [*tpu_vm, "ssh", "my-tpu", *where, "--worker=all"]
-    assert "pip install" in commands[3][9] and '"jax[tpu]"' in commands[3][9]
+    install = commands[3][9]
+    assert f"uv venv --allow-existing --python {cloud_tpu.PYTHON}" in install  # Python >= 3.11.
+    assert f"--python ~/{cloud_tpu.VENV}/bin/python -c constraints.txt -e . " in install
+    assert '"jax[tpu]"' in install
     assert commands[4][:9] == [*tpu_vm, "ssh", "my-tpu", *where, "--worker=all"]
     train = commands[4][9].removeprefix("--command=cd imgcls_jax && ")
-    assert shlex.split(train) == ["python3", "launch.py", "--distributed=on",
-                                  "--config=configs/resnet.py:imagenet", "--workdir=gs://bucket/r50",
-                                  "--config.model.name=resnet50"]  # fmt: skip
-    assert len(commands) == 5
+    # Detached from the SSH session; the output goes to a log file.
+    assert train.startswith(f"nohup setsid ~/{cloud_tpu.VENV}/bin/python launch.py ")
+    assert train.endswith(f" > ~/{cloud_tpu.LOG} 2>&1 < /dev/null &")
+    launched = shlex.split(train.split(" > ")[0])[4:]
+    assert launched == ["--distributed=on", "--config=configs/resnet.py:imagenet",
+                        "--workdir=gs://bucket/r50", "--config.model.name=resnet50"]  # fmt: skip
+    assert commands[5][:9] == [*tpu_vm, "ssh", "my-tpu", *where, "--worker=0"]
+    assert f"tail -n +1 -F --pid=$pid ~/{cloud_tpu.LOG}" in commands[5][9]
+    assert len(commands) == 6
     assert "tpu-vm delete my-tpu --zone=us-central2-b --project=lab --quiet" in run.stdout
+
+
+def test_the_detached_command_and_the_log_stream_run_in_a_shell(tmp_path):
+    """The train and stream commands as a worker's shell runs them: launch.py starts in the
+    background with its output in the log, and the stream prints that log until it ends."""
+    vm = cloud_tpu.TpuVm("t", "z", "v4-8", remote_dir=str(tmp_path / "project"))
+    commands = cloud_tpu.commands(vm, ["--workdir=gs://b/r"])
+    home = tmp_path / "home"
+    (home / cloud_tpu.VENV / "bin").mkdir(parents=True)
+    (tmp_path / "project").mkdir()
+    fake_python = home / cloud_tpu.VENV / "bin" / "python"  # Stands in for training.
+    fake_python.write_text("#!/bin/sh\necho started $@; sleep 1; echo finished\n")
+    fake_python.chmod(0o755)
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    train = commands[4][-1].removeprefix("--command=")
+    started = subprocess.run(["bash", "-c", train], env=env, timeout=10)
+    assert started.returncode == 0  # Returns at once: the SSH session may close.
+    stream = commands[5][-1].removeprefix("--command=")
+    streamed = subprocess.run(["bash", "-c", stream], env=env, capture_output=True, text=True,
+                              timeout=30)  # fmt: skip
+    assert streamed.stdout.splitlines() == [
+        "started launch.py --distributed=on --workdir=gs://b/r",
+        "finished",
+    ], streamed
+    again = subprocess.run(["bash", "-c", stream], env=env, capture_output=True, text=True,
+                           timeout=30)  # After the training: the whole log, then it ends.  # fmt: skip
+    assert again.stdout == streamed.stdout
 
 
 def test_tpu_launch_needs_a_bucket_workdir():
     run = _dry_run("--workdir=/tmp/run", "--tpu=t", "--tpu_zone=z", "--tpu_type=v4-8")
     assert run.returncode != 0 and "gs://BUCKET/DIR" in run.stderr
+
+
+def test_tpu_launch_validates_the_config_before_printing_any_command():
+    run = _dry_run("--workdir=gs://b/r", "--tpu=t", "--tpu_zone=z", "--tpu_type=v4-8",
+                   "--config.model.name=resnet5O")  # fmt: skip
+    assert run.returncode == 1 and run.stdout == "", run.stdout
+    assert "resnet50" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]
