@@ -51,7 +51,11 @@ def partial(c):
 def linear_probe(c):
     _common(c)
     c.transfer.linear_probe = True
-    c.optimizer.learning_rate = 0.1
+    # The frozen backbone's pooled features are large (mean |f|^2 about 3,500 on these
+    # images), and an SGD step moves a linear head's logits by about lr x |f|^2 per unit of
+    # error; momentum 0.9 multiplies that by 10. At 0.1 the logits overshoot and the loss
+    # climbs while accuracy rises; 0.003 keeps the loss falling (docs: transfer).
+    c.optimizer.learning_rate = 0.003
 
 
 def full_llrd(c):

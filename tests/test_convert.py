@@ -219,3 +219,38 @@ def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
     probabilities = [float(line.split("%")[0]) for line in chelsea.splitlines()[1:6]]
     assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 100.0
     assert "cup" in coffee or "espresso" in coffee, coffee
+
+
+def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path, lite0):
+    """configs/transfer.py:linear_probe on Fashion-MNIST with the real ImageNet weights: the
+    loss must fall from the start, not climb while the accuracy rises."""
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from imgcls_jax import reporting
+    from imgcls_jax.config import apply_overrides
+    from imgcls_jax.train import train_and_evaluate
+
+    variables, _, _, path = lite0
+    size, mean, std = convert.default_preprocessing("efficientnet_lite0")
+    convert.save_pretrained(str(tmp_path / "lite0"), variables, {
+        "architecture": "efficientnet_lite0", "width": 0, "stem": "", "num_classes": 1000,
+        "input_size": size, "mean": mean.tolist(), "std": std.tolist(), "class_names": [],
+        "source": path, "source_sha256": "",
+    })  # fmt: skip
+    sys.path.insert(0, REPO_ROOT)
+    from configs.transfer import get_config
+
+    config = apply_overrides(get_config("linear_probe"), {
+        "transfer.checkpoint": str(tmp_path / "lite0"), "dataset.train_size": 480,
+        "dataset.validation_size": 480, "dataset.test_split": "", "input.batch_size": 48,
+        "input.eval_batch_size": 240, "training.num_train_steps": 10,
+        "training.eval_every_epochs": 1.0, "training.log_every_steps": 5,
+        "augment.grid_images": 0,
+    })  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path / "run"))
+    records = reporting.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    train = [r["train/loss_no_smoothing"] for r in records if "train/loss" in r]
+    assert train[-1] < train[0], train
+    assert results["val/loss"] < np.log(10) and results["val/accuracy"] > 0.3, results  # Chance: 0.1.
