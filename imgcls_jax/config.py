@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.prefetch = 2  # Host-fed train batches prepared ahead, in a thread.
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "sgd"  # sgd | adamw
+    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion (optim.OPTIMIZERS)
     c.optimizer.learning_rate = 0.1
     c.optimizer.lr_base_batch_size = 0  # If > 0, lr *= batch_size / lr_base_batch_size.
     c.optimizer.momentum = 0.9
@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
     c.optimizer.eps = 1e-8
+    c.optimizer.trust_coefficient = 0.001  # LARS's trust ratio scale.
     c.optimizer.weight_decay = 5e-4  # Skips biases and normalisation parameters.
     c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
 
@@ -240,14 +241,20 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks names and values before any device work; raises with the fix."""
-    from imgcls_jax import augment, data, device_data, models  # Registries live with their owners.
+    from imgcls_jax import (  # Registries live with their owners.
+        augment,
+        data,
+        device_data,
+        models,
+        optim,
+    )
 
     check_choice("model.name", config.model.name, models.MODEL_REGISTRY)
     check_choice("model.stem", config.model.stem, ("small", "imagenet"))
     check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16", "float16"))
     check_choice("model.kernels", config.model.kernels, models.KERNELS)
     check_choice("dataset.source", config.dataset.source, data.SOURCES)
-    check_choice("optimizer.name", config.optimizer.name, ("sgd", "adamw"))
+    check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
     check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
     check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
     check_choice("input.device_resident", config.input.device_resident, device_data.MODES)

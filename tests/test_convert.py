@@ -253,4 +253,6 @@ def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path,
     records = reporting.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     train = [r["train/loss_no_smoothing"] for r in records if "train/loss" in r]
     assert train[-1] < train[0], train
-    assert results["val/loss"] < np.log(10) and results["val/accuracy"] > 0.3, results  # Chance: 0.1.
+    assert results["val/loss"] < np.log(10) and results["val/accuracy"] > 0.3, (
+        results
+    )  # Chance: 0.1.

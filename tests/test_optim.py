@@ -48,7 +48,7 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", ["sgd", "adamw"])
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 def test_weight_decay_skips_biases_and_norm_params(name):
     c = base_config().optimizer
     c.update(name=name, weight_decay=0.1, momentum=0.0)
@@ -84,3 +84,43 @@ def test_sgd_nesterov_matches_the_formula():
     buf2 = 0.9 * buf1 + 2.0
     assert float(u1["w"][0]) == pytest.approx(-0.1 * (1.0 + 0.9 * buf1))
     assert float(u2["w"][0]) == pytest.approx(-0.1 * (2.0 + 0.9 * buf2))
+
+
+def _first_update(name, grads, params, **overrides):
+    c = base_config().optimizer
+    c.update(name=name, **overrides)
+    tx = optim.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(0.5))
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return jax.tree.map(np.asarray, updates)
+
+
+def test_lars_lamb_and_lion_first_steps_match_their_formulas():
+    rng = np.random.default_rng(0)
+    params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)},
+              "norm": {"bias": jnp.asarray(rng.normal(size=4), jnp.float32)}}  # fmt: skip
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    p, g = np.asarray(params["conv"]["kernel"]), np.asarray(grads["conv"]["kernel"])
+    pb, gb = np.asarray(params["norm"]["bias"]), np.asarray(grads["norm"]["bias"])
+    lr, wd = 0.5, 0.01
+
+    # LARS (You et al. 2017): trust = tc * |p| / |g + wd p| on kernels; biases: plain SGD.
+    lars = _first_update("lars", grads, params, weight_decay=wd, momentum=0.9, nesterov=False,
+                         trust_coefficient=0.001)  # fmt: skip
+    d = g + wd * p
+    trust = 0.001 * np.linalg.norm(p) / np.linalg.norm(d)
+    np.testing.assert_allclose(lars["conv"]["kernel"], -lr * trust * d, rtol=1e-5)
+    np.testing.assert_allclose(lars["norm"]["bias"], -lr * gb, rtol=1e-5)
+
+    # LAMB (You et al. 2019): Adam's first step is g / (|g| + eps) = sign(g) (bias-corrected).
+    lamb = _first_update("lamb", grads, params, weight_decay=wd, eps=1e-6)
+    r = g / (np.abs(g) + 1e-6) + wd * p
+    np.testing.assert_allclose(lamb["conv"]["kernel"],
+                               -lr * np.linalg.norm(p) / np.linalg.norm(r) * r, rtol=1e-4)  # fmt: skip
+    rb = gb / (np.abs(gb) + 1e-6)
+    np.testing.assert_allclose(lamb["norm"]["bias"],
+                               -lr * np.linalg.norm(pb) / np.linalg.norm(rb) * rb, rtol=1e-4)  # fmt: skip
+
+    # Lion (Chen et al. 2023): sign((1 - b1) g) plus decoupled decay, kernels only.
+    lion = _first_update("lion", grads, params, weight_decay=wd, b1=0.9, b2=0.99)
+    np.testing.assert_allclose(lion["conv"]["kernel"], -lr * (np.sign(g) + wd * p), rtol=1e-5)
+    np.testing.assert_allclose(lion["norm"]["bias"], -lr * np.sign(gb), rtol=1e-5)
