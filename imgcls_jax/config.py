@@ -121,6 +121,9 @@ def base_config() -> ml_collections.ConfigDict:
     # fingerprint is in every checkpoint); the validation split may then hold former train
     # examples.
     c.training.allow_dataset_change = False
+    # "START:STOP" traces train steps START..STOP-1 with jax.profiler into workdir/tensorboard
+    # (TensorBoard's profile tab); "" traces nothing.
+    c.training.profile_steps = ""
     return c
 
 
@@ -247,6 +250,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         device_data,
         models,
         optim,
+        profiling,
     )
 
     check_choice("model.name", config.model.name, models.MODEL_REGISTRY)
@@ -261,6 +265,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip"))
     check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))
     data.check_dataset_name(config.dataset)
+    profiling.parse_steps(config.training.profile_steps)
     augment.parse_pipeline(config.augment.train)  # Raises on unknown ops or bad arguments.
     augment.parse_pipeline(config.augment.eval, augment.EVAL_OPS)
     if len(config.dataset.mean) != len(config.dataset.std):

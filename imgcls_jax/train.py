@@ -26,6 +26,7 @@ from imgcls_jax import (
     inference,
     input_pipeline,
     optim,
+    profiling,
     reporting,
     run_report,
     sharding,
@@ -406,10 +407,13 @@ def _train(
         )  # fmt: skip
     pending: list = []
     preempted, last_validation = False, None
+    profiler = profiling.StepProfiler(cfg.profile_steps, str(checkpointer.workdir / "tensorboard"))
     # Closing `batches` stops its prefetch thread, also when a step raises.
-    with PreemptionWatch() as preemption, contextlib.closing(batches):
+    with PreemptionWatch() as preemption, contextlib.closing(batches), contextlib.closing(profiler):
         for step in range(start_step + 1, trainer.total_steps + 1):
-            state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
+            with profiler.annotate(step):
+                state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
+            profiler.after(step, state)
             pending.append(step_metrics)
             report_progress(step)
             preempted = preemption.reached(step)

@@ -318,3 +318,21 @@ def test_image_grid_places_images_row_by_row():
     assert grid[1, 1, 0] == 0 and grid[1, 5, 0] == 10 and grid[4, 1, 0] == 20
     assert grid[7, 5, 0] == 255  # The empty sixth cell stays white, like the borders.
     assert grid[0].min() == 255 and grid[:, 0].min() == 255
+
+
+@pytest.mark.parametrize("spec", ["2:4", "3:9"])  # The second runs past the last step (4).
+def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, dataset, spec):
+    config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32,
+                            "training.profile_steps": spec, "augment.grid_images": 0})  # fmt: skip
+    train_and_evaluate(config, str(tmp_path), dataset)
+    traces = list((tmp_path / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0, traces
+    assert b"train" in traces[0].read_bytes()  # The step annotations.
+
+
+@pytest.mark.parametrize("spec", ["5", "0:3", "4:2", "a:b"])
+def test_bad_profile_steps_are_refused_with_the_format(spec):
+    from imgcls_jax import config as config_lib
+
+    with pytest.raises(ValueError, match="must be 'START:STOP'"):
+        config_lib.validate(tiny_config(**{"training.profile_steps": spec}))
