@@ -51,6 +51,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 64  # Channels of the first stage.
     c.model.dtype = "float32"  # Compute dtype; parameters stay float32.
     c.model.bn_momentum = 0.9
+    # Stochastic depth (ResNets, ViT): the residual-branch drop rate rises linearly over the
+    # blocks from 0 to this.
+    c.model.drop_path_rate = 0.0
+    # ViT (vit_ti | vit_s | vit_b | vit_l): patch side, cls | gap pooling, learn | sincos2d
+    # position embeddings, dropout after attention, MLP and embeddings.
+    c.model.patch_size = 16
+    c.model.pool = "cls"
+    c.model.posemb = "learn"
+    c.model.dropout = 0.0
     # Convolution and batch-norm kernels: auto (oneDNN on a one-device CPU run) | xla | onednn
     c.model.kernels = "auto"
 
@@ -198,6 +207,9 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "dataset.decode_threads": (0, None),
     "model.width": (1, None),
     "model.bn_momentum": (0, 1),
+    "model.drop_path_rate": (0, 0.99),
+    "model.dropout": (0, 0.99),
+    "model.patch_size": (1, None),
     "augment.grid_images": (0, None),
     "augment.mixup_alpha": (0, None),
     "augment.cutmix_alpha": (0, None),
@@ -255,6 +267,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     check_choice("model.name", config.model.name, models.MODEL_REGISTRY)
     check_choice("model.stem", config.model.stem, ("small", "imagenet"))
+    check_choice("model.pool", config.model.pool, models.vit.POOLS)
+    check_choice("model.posemb", config.model.posemb, models.vit.POSEMBS)
     check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16", "float16"))
     check_choice("model.kernels", config.model.kernels, models.KERNELS)
     check_choice("dataset.source", config.dataset.source, data.SOURCES)

@@ -123,6 +123,7 @@ class Classifier:
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract[name]
             )  # fmt: skip
             for name in ("params", "batch_stats")
+            if name in abstract  # A ViT has no batch statistics.
         }
         variables = checkpoint.restore_variables(workdir, chosen, abstract)
         return cls(model_config, variables, description, f"{workdir} step {chosen} ({step})")

@@ -166,7 +166,7 @@ def replace_variables(variables: dict[str, Any], tx: optax.GradientTransformatio
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
-        batch_stats=variables["batch_stats"],
+        batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(variables["params"]),
     )
 
@@ -217,7 +217,7 @@ def train_step(
                 rngs={"dropout": dropout_key},
             )
         loss = cross_entropy(logits, labels, label_smoothing)
-        return (weights * loss).mean(), (logits, loss, updates["batch_stats"])
+        return (weights * loss).mean(), (logits, loss, updates.get("batch_stats", {}))
 
     (objective, (logits, loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params

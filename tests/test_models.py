@@ -7,14 +7,14 @@ import ml_collections
 import numpy as np
 import pytest
 
+from imgcls_jax.config import base_config
 from imgcls_jax.models import MODEL_REGISTRY, build_model
 from imgcls_jax.models.layers import max_pool
 
 
 def _config(name, **kw):
-    c = ml_collections.ConfigDict(
-        dict(name=name, width=4, stem="small", dtype="float32", bn_momentum=0.9, kernels="auto")
-    )
+    c = ml_collections.ConfigDict(base_config().model.to_dict())
+    c.update(name=name, width=4, stem="small", dtype="float32", bn_momentum=0.9, kernels="auto")
     c.update(kw)
     return c
 
@@ -31,7 +31,8 @@ def test_every_model_maps_images_to_logits(name):
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
     assert logits.shape == (2, 7) and logits.dtype == jnp.float32
-    assert set(variables) == {"params", "batch_stats"}
+    expected = {"params"} if name.startswith("vit") else {"params", "batch_stats"}
+    assert set(variables) == expected
 
 
 # Registered models made shallower where their depth only repeats blocks already covered: one
@@ -44,7 +45,7 @@ SHALLOWER = {
 
 @pytest.mark.parametrize("name, stem", [("resnet8", "small"), ("resnet18", "imagenet"),
                                         ("resnet50", "imagenet"), ("efficientnet_lite0", ""),
-                                        ("airbench", "")])  # fmt: skip
+                                        ("airbench", ""), ("vit_ti", "")])  # fmt: skip
 def test_every_parameter_gets_a_gradient(name, stem):
     """One model per block type and stem. (Random numbers come from the "rbg" generator and
     NumPy: XLA:CPU compiles a threefry sampler per parameter shape, slowly, and the values do
@@ -60,7 +61,7 @@ def test_every_parameter_gets_a_gradient(name, stem):
 
     def loss(params):
         logits, _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
+            {"params": params, "batch_stats": variables.get("batch_stats", {})},
             x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(3)},
         )  # fmt: skip
         return jnp.sum(logits**2)
@@ -136,3 +137,75 @@ def test_max_pool_matches_flax_in_values_and_gradients(shape, window, strides, p
             np.asarray(grad_ours, np.float32), np.asarray(grad_flax, np.float32),
             rtol=0, atol=0.02 if overlapping and dtype == jnp.bfloat16 else 1e-6,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    # timm's vit_{tiny,small,base,large}_patch16_224 with 1,000 classes.
+    [("vit_ti", 5_717_416), ("vit_s", 22_050_664), ("vit_b", 86_567_656),
+     ("vit_l", 304_326_632)],
+)  # fmt: skip
+def test_vit_sizes_match_the_published_models(name, expected):
+    from imgcls_jax.config import apply_overrides
+
+    config = apply_overrides(base_config().model, {"name": name, "patch_size": 16})
+    model = build_model(config, 1000)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected
+
+
+def test_vit_options_small_patches_pooling_and_fixed_position_embeddings():
+    from imgcls_jax.config import apply_overrides
+
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 28, 28, 1)), jnp.float32)
+    base = base_config().model
+    for pool, posemb in (("cls", "learn"), ("gap", "sincos2d")):
+        config = apply_overrides(base, {"name": "vit_ti", "patch_size": 4, "pool": pool,
+                                        "posemb": posemb})  # fmt: skip
+        model = build_model(config, 10)
+        variables = model.init(jax.random.key(0), images)
+        assert ("cls_token" in variables["params"]) == (pool == "cls")
+        assert ("pos_embedding" in variables["params"]) == (posemb == "learn")
+        if posemb == "learn":  # 7x7 patches of 4 px, plus the class token.
+            assert variables["params"]["pos_embedding"].shape == (1, 50, 192)
+        assert model.apply(variables, images).shape == (2, 10)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        model.init(jax.random.key(0), jnp.zeros((1, 30, 30, 1)))
+
+
+def test_drop_path_drops_whole_examples_and_keeps_the_mean():
+    from imgcls_jax.models.layers import DropPath
+
+    x = jnp.ones((4000, 3, 5))
+    layer = DropPath(0.25)
+    y = np.asarray(layer.apply({}, x, True, rngs={"dropout": jax.random.key(1)}))
+    kept = y[:, 0, 0] != 0
+    assert np.all(y[kept] == 1 / 0.75) and np.all(y[~kept] == 0)  # Whole examples.
+    assert abs(kept.mean() - 0.75) < 0.03 and abs(y.mean() - 1.0) < 0.04
+    np.testing.assert_array_equal(layer.apply({}, x, False), x)  # Evaluation: identity.
+
+
+def test_resnet_drop_path_changes_training_only():
+    from imgcls_jax.config import apply_overrides
+
+    images = jnp.asarray(np.random.default_rng(0).normal(size=(8, 16, 16, 3)), jnp.float32)
+    config = apply_overrides(base_config().model, {"name": "resnet20", "width": 4,
+                                                   "kernels": "xla"})  # fmt: skip
+    plain = build_model(config, 10)
+    dropping = build_model(apply_overrides(config, {"drop_path_rate": 0.5}), 10)
+    variables = plain.init(jax.random.key(0), images)
+    # Perturbed: the zero-initialised last BN scale of each block makes every branch 0 at init.
+    rng = np.random.default_rng(1)
+    variables = {**variables, "params": jax.tree.map(
+        lambda p: p + 0.1 * rng.standard_normal(p.shape, np.float32), variables["params"])}  # fmt: skip
+    # The same parameters (stochastic depth adds none); the same function in evaluation.
+    assert jax.tree.structure(dropping.init(jax.random.key(0), images)) == jax.tree.structure(
+        variables
+    )
+    np.testing.assert_array_equal(plain.apply(variables, images), dropping.apply(variables, images))
+
+    def train(model):
+        return model.apply(variables, images, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(2)})[0]  # fmt: skip
+
+    assert not np.allclose(train(plain), train(dropping))

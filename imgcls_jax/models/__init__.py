@@ -14,7 +14,7 @@ from absl import logging
 
 from imgcls_jax.config import check_choice
 from imgcls_jax.kernels import onednn
-from imgcls_jax.models import efficientnet_lite, resnet
+from imgcls_jax.models import efficientnet_lite, resnet, vit
 from imgcls_jax.models.airbench import AirbenchNet
 from imgcls_jax.models.efficientnet_lite import EfficientNetLite
 from imgcls_jax.models.resnet import RESNET_ARCHS, ResNet
@@ -67,7 +67,25 @@ def _resnet(arch: dict, num_classes: int, model_config: ml_collections.ConfigDic
         stem=model_config.stem,
         dtype=DTYPES[model_config.dtype],
         bn_momentum=model_config.bn_momentum,
+        drop_path_rate=model_config.drop_path_rate,
         **native_kernels(model_config.kernels, model_config.dtype),
+    )
+
+
+def _vit(variant: tuple, num_classes: int, model_config: ml_collections.ConfigDict) -> nn.Module:
+    width, depth, mlp_dim, heads = variant
+    return vit.ViT(
+        num_classes=num_classes,
+        width=width,
+        depth=depth,
+        mlp_dim=mlp_dim,
+        num_heads=heads,
+        patch_size=model_config.patch_size,
+        pool=model_config.pool,
+        posemb=model_config.posemb,
+        dropout=model_config.dropout,
+        drop_path_rate=model_config.drop_path_rate,
+        dtype=DTYPES[model_config.dtype],
     )
 
 
@@ -104,6 +122,7 @@ MODEL_REGISTRY: dict[str, Callable[[int, ml_collections.ConfigDict], nn.Module]]
         name: functools.partial(_efficientnet_lite, variant)
         for name, variant in efficientnet_lite.VARIANTS.items()
     },
+    **{name: functools.partial(_vit, variant) for name, variant in vit.VARIANTS.items()},
 }
 
 

@@ -158,3 +158,19 @@ def max_pool(x: jax.Array, window: Sequence[int], strides: Sequence[int] | None 
     window = tuple(window)
     strides = tuple(strides or window)
     return _max_pool(x, window, strides, tuple(tuple(p) for p in padding))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch of an example with probability
+    `rate` during training (scaling the kept ones by 1 / (1 - rate))."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        if not train or self.rate == 0.0:
+            return x
+        keep = jax.random.bernoulli(
+            self.make_rng("dropout"), 1.0 - self.rate, (x.shape[0],) + (1,) * (x.ndim - 1)
+        )
+        return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)

@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from imgcls_jax.models.layers import conv_and_norm, max_pool
+from imgcls_jax.models.layers import DropPath, conv_and_norm, max_pool
 
 ModuleDef = Any
 
@@ -21,6 +21,8 @@ class BasicBlock(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
+    drop_path: float = 0.0  # Stochastic depth of the residual branch.
+    train: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -34,7 +36,7 @@ class BasicBlock(nn.Module):
                 self.filters, (1, 1), (self.strides, self.strides), name="proj_conv"
             )(residual)
             residual = self.norm(name="proj_norm")(residual)
-        return nn.relu(residual + y)
+        return nn.relu(residual + DropPath(self.drop_path)(y, self.train))
 
 
 class BottleneckBlock(nn.Module):
@@ -44,6 +46,8 @@ class BottleneckBlock(nn.Module):
     conv: ModuleDef
     norm: ModuleDef
     strides: int = 1
+    drop_path: float = 0.0  # Stochastic depth of the residual branch.
+    train: bool = False
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -58,7 +62,7 @@ class BottleneckBlock(nn.Module):
                 self.filters * 4, (1, 1), (self.strides, self.strides), name="proj_conv"
             )(residual)
             residual = self.norm(name="proj_norm")(residual)
-        return nn.relu(residual + y)
+        return nn.relu(residual + DropPath(self.drop_path)(y, self.train))
 
 
 class ResNet(nn.Module):
@@ -75,6 +79,7 @@ class ResNet(nn.Module):
     stem: str = "imagenet"
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
+    drop_path_rate: float = 0.0  # Stochastic depth, rising linearly over the blocks to this.
     conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
     norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
 
@@ -90,10 +95,12 @@ class ResNet(nn.Module):
         else:
             x = conv(self.width, (3, 3), name="stem_conv")(x)
             x = norm(name="stem_norm", relu=True)(x)
+        rates = iter(np.linspace(0.0, self.drop_path_rate, sum(self.stage_sizes)).tolist())
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = self.block_cls(self.width * 2**i, conv=conv, norm=norm, strides=strides)(x)
+                x = self.block_cls(self.width * 2**i, conv=conv, norm=norm, strides=strides,
+                                   drop_path=next(rates), train=train)(x)  # fmt: skip
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return x.astype(jnp.float32)
