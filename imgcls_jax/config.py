@@ -121,6 +121,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.eval_every_epochs = 1.0
     c.training.checkpoint_every_steps = 0  # 0: checkpoint at every evaluation only.
     c.training.keep_checkpoints = 3
+    # Split each batch into this many micro-batches inside the step and average their
+    # gradients: the memory of a smaller batch, the update of the whole one. Batch norm
+    # normalises each micro-batch by itself (see steps._loss_and_grads).
+    c.training.grad_accum_steps = 1
     c.training.early_stopping_patience = 0  # Evaluations without improvement; 0 disables.
     c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
     # A non-finite loss, gradient or new state: "stop" the run naming the step, or "skip" that
@@ -210,6 +214,7 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.drop_path_rate": (0, 0.99),
     "model.dropout": (0, 0.99),
     "model.patch_size": (1, None),
+    "training.grad_accum_steps": (1, None),
     "augment.grid_images": (0, None),
     "augment.mixup_alpha": (0, None),
     "augment.cutmix_alpha": (0, None),

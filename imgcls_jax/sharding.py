@@ -25,12 +25,14 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, key: str) -> None:
-    """Raises when a global batch does not split evenly over devices and processes."""
-    if batch_size % mesh.size or batch_size % jax.process_count():
+def check_batch_size(batch_size: int, mesh: Mesh, key: str, parts: int = 1) -> None:
+    """Raises when a global batch does not split evenly over devices and processes (and, in
+    each, into `parts` micro-batches for gradient accumulation)."""
+    if batch_size % (mesh.size * parts) or batch_size % jax.process_count():
+        per = f" x {parts} micro-batches (training.grad_accum_steps)" if parts > 1 else ""
         raise ValueError(
-            f"config.{key}={batch_size} must be divisible by the {mesh.size} devices "
-            f"and {jax.process_count()} processes; use a multiple of {mesh.size}."
+            f"config.{key}={batch_size} must be divisible by the {mesh.size} devices{per} "
+            f"and {jax.process_count()} processes; use a multiple of {mesh.size * parts}."
         )
 
 

@@ -171,6 +171,70 @@ def replace_variables(variables: dict[str, Any], tx: optax.GradientTransformatio
     )
 
 
+def _loss_and_grads(
+    state: TrainState,
+    images: jnp.ndarray,
+    labels: jnp.ndarray,
+    weights: jnp.ndarray,
+    dropout_key: jax.Array,
+    *,
+    model: nn.Module,
+    label_smoothing: float,
+    frozen: Any | None,
+    frozen_norms: frozenset[str],
+    micro_batches: int,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, Any, Any]:
+    """(objective, logits, per-example loss, new batch statistics, gradients) of the batch.
+
+    With `micro_batches` k > 1 the batch is split into k equal parts (part i holds rows i,
+    i + k, ..., so that every device feeds each part equally), run one after another in a
+    `lax.scan` with their gradients averaged: the memory of a k times smaller batch, the
+    gradient of the whole one. Batch norm normalises each part with its own statistics and
+    updates the running ones k times.
+    """
+
+    def loss_fn(params, batch_stats, images, labels, weights, key):
+        if frozen is not None:  # No gradient work below the lowest trainable layer.
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+        with nn.intercept_methods(frozen_norm_interceptor(frozen_norms)):
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": batch_stats}, images, train=True,
+                mutable=["batch_stats"], rngs={"dropout": key},
+            )  # fmt: skip
+        loss = cross_entropy(logits, labels, label_smoothing)
+        return (weights * loss).mean(), (logits, loss, updates.get("batch_stats", {}))
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if micro_batches == 1:
+        (objective, (logits, loss, batch_stats)), grads = grad_fn(
+            state.params, state.batch_stats, images, labels, weights, dropout_key
+        )
+        return objective, logits, loss, batch_stats, grads
+    k = micro_batches
+
+    def split(x):  # [B, ...] -> [k, B / k, ...], part i holding rows i, i + k, ...
+        return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
+
+    def join(x):  # The inverse of split.
+        return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
+
+    def part(carry, inputs):
+        batch_stats, grad_sum, objective_sum = carry
+        index, *batch = inputs
+        key = jax.random.fold_in(dropout_key, index)
+        (objective, (logits, loss, batch_stats)), grads = grad_fn(
+            state.params, batch_stats, *batch, key
+        )
+        grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+        return (batch_stats, grad_sum, objective_sum + objective), (logits, loss)
+
+    carry = (state.batch_stats, jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0))
+    parts = (jnp.arange(k), split(images), split(labels), split(weights))
+    (batch_stats, grad_sum, objective_sum), (logits, loss) = jax.lax.scan(part, carry, parts)
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    return objective_sum / k, join(logits), join(loss), batch_stats, grads
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jnp.ndarray],
@@ -188,6 +252,7 @@ def train_step(
     frozen: Any | None,
     frozen_norms: frozenset[str],
     metrics_cls: type[metrics.Collection],
+    micro_batches: int = 1,
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number.
 
@@ -195,6 +260,8 @@ def train_step(
     reported loss stays the plain mean cross-entropy. Parameters marked True in `frozen` (a
     pytree of Python bools, or None) get no gradient (the optimizer leaves them too); the
     BatchNorm layers in `frozen_norms` run in inference mode and keep their statistics.
+    `micro_batches` > 1 accumulates the gradient over that many parts of the batch
+    (`_loss_and_grads`).
 
     When the loss, the gradient or any array of the new state is not finite, the update is
     not applied (only the step advances) and the `nonfinite` metric records the step; the
@@ -203,25 +270,16 @@ def train_step(
     images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
     images = normalize(images, mean, std)
     dropout_key = jax.random.fold_in(jax.random.fold_in(key, state.step), 1)  # Dropout, drop path.
-    weights = 1.0 if class_weights is None else example_weights(labels, class_weights)
-
-    def loss_fn(params):
-        if frozen is not None:  # No gradient work below the lowest trainable layer.
-            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-        with nn.intercept_methods(frozen_norm_interceptor(frozen_norms)):
-            logits, updates = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                images,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": dropout_key},
-            )
-        loss = cross_entropy(logits, labels, label_smoothing)
-        return (weights * loss).mean(), (logits, loss, updates.get("batch_stats", {}))
-
-    (objective, (logits, loss, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params
+    weights = (
+        jnp.ones(labels.shape[0], jnp.float32)
+        if class_weights is None
+        else example_weights(labels, class_weights)
     )
+    objective, logits, loss, batch_stats, grads = _loss_and_grads(
+        state, images, labels, weights, dropout_key, model=model,
+        label_smoothing=label_smoothing, frozen=frozen, frozen_norms=frozen_norms,
+        micro_batches=micro_batches,
+    )  # fmt: skip
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
@@ -234,13 +292,8 @@ def train_step(
         finite=finite, step=state.step + 1,
         loss_no_smoothing=cross_entropy(logits, labels, 0.0) if label_smoothing else loss,
     )  # fmt: skip
-    for name in (
-        "loss",
-        "loss_no_smoothing",
-        "accuracy",
-        "top5_accuracy",
-    ):  # A skipped step does not count.
-        if name in step_metrics.__dataclass_fields__:
+    for name in ("loss", "loss_no_smoothing", "accuracy", "top5_accuracy"):
+        if name in step_metrics.__dataclass_fields__:  # A skipped step does not count.
             metric = getattr(step_metrics, name)
             kept = jax.tree.map(lambda m, e: jnp.where(finite, m, e), metric, type(metric).empty())
             step_metrics = step_metrics.replace(**{name: kept})

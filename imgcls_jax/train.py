@@ -57,7 +57,8 @@ class Trainer:
         config_lib.validate(config)
         self.config = config
         self.mesh = sharding.make_mesh(devices)
-        sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size")
+        sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size",
+                                  config.training.grad_accum_steps)  # fmt: skip
         sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
         self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
         if self.dataset.validation is None and self.dataset.test is None:
@@ -186,6 +187,7 @@ class Trainer:
                 frozen=self.frozen if self.any_frozen else None,
                 frozen_norms=transfer.frozen_norms(self.frozen),
                 metrics_cls=self.train_metrics_cls,
+                micro_batches=self.config.training.grad_accum_steps,
                 **norm,
             ),
             in_shardings=(replicated, batch, replicated),

@@ -145,7 +145,7 @@ def test_without_validation_training_is_the_same_and_only_test_is_evaluated(tmp_
     assert sorted(os.listdir(tmp_path / "none" / "checkpoints")) == ["16", "8"]
     assert not os.path.exists(tmp_path / "none" / "best")
     report = (tmp_path / "none" / "report.md").read_text()
-    assert "test/accuracy" in report and "val/" not in report
+    assert "\n| test/accuracy |" in report and "\n| val/" not in report  # No val metric rows.
     with pytest.raises(ValueError, match="neither a validation nor a test split"):
         Trainer(no_validation, dataclasses.replace(unvalidated, test=None))
 
@@ -295,7 +295,7 @@ def test_augmentation_grid_shows_what_the_first_step_sees(tmp_path, dataset):
     trainer = Trainer(config, dataset)
     shown = trainer.augmented_images(0, 12)
     # Each shown image is the step-0 batch's image or its mirror (flip_lr), in batch order.
-    raw = dataset.train.images[np.sort(trainer.order.indices(0))][:12].astype(np.float32)
+    raw = dataset.train.images[trainer.order.indices(0)][:12].astype(np.float32)
     assert all(np.array_equal(s, r) or np.array_equal(s, r[:, ::-1]) for s, r in zip(shown, raw))
     assert any(not np.array_equal(s, r) for s, r in zip(shown, raw))
     png = np.asarray(Image.open(tmp_path / train.AUGMENTATION_GRID_FILE))
@@ -336,3 +336,49 @@ def test_bad_profile_steps_are_refused_with_the_format(spec):
 
     with pytest.raises(ValueError, match="must be 'START:STOP'"):
         config_lib.validate(tiny_config(**{"training.profile_steps": spec}))
+
+
+def _steps(trainer, count):
+    from imgcls_jax import input_pipeline
+
+    state = trainer.create_state()
+    losses = []
+    for step in range(count):
+        batch = input_pipeline.train_batch(trainer.dataset.train, trainer.order, step, trainer.mesh)
+        state, metrics = trainer.train_step(state, batch, trainer.train_key)
+        losses.append(float(metrics.compute()["loss"]))
+    return state, losses
+
+
+def test_gradient_accumulation_equals_the_whole_batch_without_batch_norm(dataset, monkeypatch):
+    """A ViT has no batch statistics: 4 micro-batches of 8 give the update of 32 at once."""
+    import functools
+
+    from imgcls_jax import models
+
+    # A 2-block ViT of width 32 (registered under vit_ti for this test): compiles in seconds.
+    monkeypatch.setitem(
+        models.MODEL_REGISTRY, "vit_ti", functools.partial(models._vit, (32, 2, 64, 2))
+    )
+    overrides = {"model.name": "vit_ti", "model.patch_size": 4, "input.batch_size": 32,
+                 "optimizer.weight_decay": 1e-4, "augment.train": "random_crop(1)|flip_lr"}  # fmt: skip
+    whole, whole_losses = _steps(Trainer(tiny_config(**overrides), dataset), 3)
+    parts, parts_losses = _steps(
+        Trainer(tiny_config(**overrides, **{"training.grad_accum_steps": 4}), dataset), 3
+    )
+    np.testing.assert_allclose(parts_losses, whole_losses, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6),
+                 jax.device_get(parts.params), jax.device_get(whole.params))  # fmt: skip
+    assert not np.allclose(jax.device_get(whole.params["head"]["kernel"]), 0)  # It trained.
+
+
+def test_gradient_accumulation_with_batch_norm_updates_the_statistics_per_micro_batch(dataset):
+    overrides = {"input.batch_size": 32, "training.grad_accum_steps": 2}
+    trainer = Trainer(tiny_config(**overrides), dataset)
+    state, losses = _steps(trainer, 2)
+    whole, _ = _steps(Trainer(tiny_config(**{"input.batch_size": 32}), dataset), 2)
+    assert np.all(np.isfinite(losses))
+    stats = jax.device_get(state.batch_stats["stem_norm"]["mean"])
+    assert not np.allclose(stats, jax.device_get(whole.batch_stats["stem_norm"]["mean"]))
+    with pytest.raises(ValueError, match=r"8 devices x 3 micro-batches .* multiple of 24"):
+        Trainer(tiny_config(**{"input.batch_size": 32, "training.grad_accum_steps": 3}), dataset)
