@@ -10,6 +10,15 @@ from typing import Any
 import ml_collections
 
 
+def model_config(**fields) -> ml_collections.ConfigDict:
+    """The base config's `model` section with `fields` set (an unknown field raises): for
+    building a model outside a training run, e.g. to convert weights or to predict."""
+    config = base_config().model
+    config.lock()
+    config.update(fields)
+    return config
+
+
 def base_config() -> ml_collections.ConfigDict:
     """Returns the unlocked base config; presets in `configs/` override it and lock it."""
     c = ml_collections.ConfigDict()
@@ -125,6 +134,12 @@ def base_config() -> ml_collections.ConfigDict:
     # gradients: the memory of a smaller batch, the update of the whole one. Batch norm
     # normalises each micro-batch by itself (see steps._loss_and_grads).
     c.training.grad_accum_steps = 1
+    # An exponential moving average of the weights (and batch statistics), kept in the train
+    # state and checkpoints; 0 disables it. Evaluations then also report the average as
+    # val_ema/..., test_ema/... (select the best step by it with early_stopping_metric
+    # "val_ema/accuracy"); `predict` uses it. ema_warmup: timm's warm-up of the decay.
+    c.training.ema_decay = 0.0
+    c.training.ema_warmup = True
     c.training.early_stopping_patience = 0  # Evaluations without improvement; 0 disables.
     c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
     # A non-finite loss, gradient or new state: "stop" the run naming the step, or "skip" that
@@ -215,6 +230,7 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.dropout": (0, 0.99),
     "model.patch_size": (1, None),
     "training.grad_accum_steps": (1, None),
+    "training.ema_decay": (0, 0.999999),
     "augment.grid_images": (0, None),
     "augment.mixup_alpha": (0, None),
     "augment.cutmix_alpha": (0, None),
@@ -312,6 +328,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"train, but config.dataset.test_split={config.dataset.test_split!r} names one: "
             "set one of them ('' or 0)."
         )
+    metric = config.training.early_stopping_metric
+    prefixes = ("val/", "val_ema/") if config.training.ema_decay else ("val/",)
+    if not metric.startswith(prefixes):
+        raise ValueError(f"config.training.early_stopping_metric={metric!r} must be a validation "
+                         f"metric: {' or '.join(p + 'NAME' for p in prefixes)}, e.g. "
+                         "'val/accuracy' ('val_ema/...' needs training.ema_decay > 0).")  # fmt: skip
     if config.dataset.validation_size == 0 and not config.dataset.validation_split:
         if config.training.early_stopping_patience:
             raise ValueError(

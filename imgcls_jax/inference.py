@@ -18,12 +18,14 @@ import numpy as np
 from etils import epath
 
 from imgcls_jax import augment, checkpoint, steps
+from imgcls_jax import config as config_lib
 from imgcls_jax.data import image_folder
 
 MODEL_FILE = "model.json"  # In a training workdir: what `Classifier.from_workdir` needs.
 CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).
 CROP_FRACTION = 0.875  # Converted ImageNet weights: resize to size / 0.875, centre-crop size.
 STEPS = ("best", "latest")
+WEIGHTS = ("auto", "ema", "trained")  # auto: the average when the run kept one.
 
 
 def describe(
@@ -35,6 +37,7 @@ def describe(
 ) -> dict[str, Any]:
     """What a trained workdir's model needs for inference (written to MODEL_FILE)."""
     return {
+        "ema": config.training.ema_decay > 0,  # The checkpoints hold a weight average.
         "model": config.model.to_dict(),
         "class_names": list(class_names),
         "image_size": int(image_shape[0]),  # Host: shorter side to this, centre square.
@@ -93,23 +96,30 @@ class Classifier:
         self._probabilities = jax.jit(probabilities)
 
     @classmethod
-    def load(cls, path: str, step: str = "best") -> Classifier:
+    def load(cls, path: str, step: str = "best", weights: str = "auto") -> Classifier:
         """From a training workdir (MODEL_FILE) or a converted checkpoint (CONVERTED_FILE)."""
         if os.path.exists(os.path.join(path, MODEL_FILE)):
-            return cls.from_workdir(path, step)
+            return cls.from_workdir(path, step, weights)
         if os.path.exists(os.path.join(path, CONVERTED_FILE)):
             return cls.from_converted(path)
         raise ValueError(f"{path} holds neither {MODEL_FILE} (a workdir of launch.py) nor "
                          f"{CONVERTED_FILE} (a checkpoint of imgcls_jax.convert).")  # fmt: skip
 
     @classmethod
-    def from_workdir(cls, workdir: str, step: str = "best") -> Classifier:
+    def from_workdir(cls, workdir: str, step: str = "best", weights: str = "auto") -> Classifier:
         """The model trained in `workdir` at `step`: "best" (by validation; the latest when
-        the run has no validation), "latest", or a step number."""
+        the run has no validation), "latest", or a step number; `weights` "ema" (the
+        average, "auto" when the run kept one) or "trained"."""
         with open(os.path.join(workdir, MODEL_FILE), encoding="utf-8") as f:
             description = json.load(f)
+        if weights not in WEIGHTS:
+            raise ValueError(f"--weights={weights!r} must be one of {', '.join(WEIGHTS)}.")
+        if weights == "ema" and not description.get("ema"):
+            raise ValueError(f"{workdir} kept no weight average (training.ema_decay was 0); "
+                             "use --weights=trained.")  # fmt: skip
+        use_ema = weights != "trained" and description.get("ema", False)
         chosen = _choose_step(workdir, step)
-        model_config = ml_collections.ConfigDict(description["model"])
+        model_config = config_lib.model_config(**description["model"])
         from imgcls_jax.models import build_model
 
         model = build_model(model_config, len(description["class_names"]))
@@ -117,16 +127,20 @@ class Classifier:
         abstract = jax.eval_shape(
             lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
         )
+        abstract = {"batch_stats": {}, **abstract}  # A ViT has no batch statistics.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = {
             name: jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract[name]
             )  # fmt: skip
             for name in ("params", "batch_stats")
-            if name in abstract  # A ViT has no batch statistics.
         }
-        variables = checkpoint.restore_variables(workdir, chosen, abstract)
-        return cls(model_config, variables, description, f"{workdir} step {chosen} ({step})")
+        if use_ema:
+            variables = checkpoint.restore_variables(workdir, chosen, {"ema": abstract})["ema"]
+        else:
+            variables = checkpoint.restore_variables(workdir, chosen, abstract)
+        source = f"{workdir} step {chosen} ({step}, {'average' if use_ema else 'trained'} weights)"
+        return cls(model_config, variables, description, source)
 
     @classmethod
     def from_converted(cls, directory: str) -> Classifier:
@@ -146,10 +160,12 @@ class Classifier:
             "mean": metadata["mean"],
             "std": metadata["std"],
         }
-        model_config = ml_collections.ConfigDict({
-            "name": metadata["architecture"], "width": metadata["width"],
-            "stem": metadata["stem"], "dtype": "float32", "bn_momentum": 0.9, "kernels": "auto",
-        })  # fmt: skip
+        model_config = config_lib.model_config(
+            name=metadata["architecture"],
+            width=metadata["width"],
+            stem=metadata["stem"],
+            dtype="float32",
+        )
         return cls(model_config, variables, description, directory)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:

@@ -25,6 +25,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "A workdir of launch.py, or a converted checkpoint "
                     "directory (imgcls_jax.convert).", required=True)  # fmt: skip
 flags.DEFINE_string("step", "best", "Workdirs: 'best' (by validation), 'latest' or a step.")
+flags.DEFINE_enum("weights", "auto", ["auto", "ema", "trained"], "Workdirs: the weight "
+                  "average ('auto': when the run kept one) or the trained weights.")  # fmt: skip
 flags.DEFINE_integer("top", 5, "How many classes to report per image.")
 flags.DEFINE_integer("batch_size", 64, "Images per forward pass.")
 flags.DEFINE_string("output", "", "Also write the predictions to this .csv or .json file.")
@@ -81,7 +83,7 @@ def main(argv):
     from imgcls_jax.inference import Classifier
 
     try:
-        classifier = Classifier.load(FLAGS.checkpoint, FLAGS.step)
+        classifier = Classifier.load(FLAGS.checkpoint, FLAGS.step, FLAGS.weights)
     except ValueError as e:
         sys.exit(f"predict: {e}")
     print(f"# {classifier.source}: {len(paths)} image(s)", file=sys.stderr)

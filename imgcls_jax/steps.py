@@ -17,12 +17,35 @@ from imgcls_jax.confusion import ConfusionMatrix
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training."""
+    """Everything that changes during training. `ema` holds the exponential moving average
+    of the parameters and batch statistics ({"params", "batch_stats"}), or {} without one."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
+    ema: Any = flax.struct.field(default_factory=dict)
+
+    def ema_state(self) -> TrainState:
+        """This state with the averaged weights in place of the trained ones (to evaluate)."""
+        return self.replace(params=self.ema["params"], batch_stats=self.ema["batch_stats"])
+
+
+def with_ema(state: TrainState, enabled: bool) -> TrainState:
+    """`state` with its average started at its current weights, when `enabled`."""
+    if not enabled:
+        return state
+    return state.replace(ema={"params": state.params, "batch_stats": state.batch_stats})
+
+
+def ema_decay_at(update: jax.Array, decay: float, warmup: bool) -> jax.Array:
+    """The decay of the `update`-th average update (1-based): `decay`, or with timm's warm-up
+    (ModelEmaV3: gamma 1, power 2/3) 1 - (1 + t)^(-2/3) with t = update - 1, capped at
+    `decay`; the first update copies the weights."""
+    if not warmup:
+        return jnp.float32(decay)
+    t = jnp.maximum(update - 1, 0).astype(jnp.float32)
+    return jnp.minimum(decay, 1.0 - (1.0 + t) ** (-2.0 / 3.0))
 
 
 NEVER = jnp.iinfo(jnp.int32).max  # first_step of a window without non-finite steps.
@@ -109,17 +132,15 @@ def all_finite(tree: Any) -> jax.Array:
 
 
 def init_state(
-    key: jax.Array, model: nn.Module, tx: optax.GradientTransformation, image_shape: tuple
+    key: jax.Array,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    image_shape: tuple,
+    ema: bool = False,
 ) -> TrainState:
-    """Initialises parameters, batch statistics and optimizer state."""
+    """Initialises parameters, batch statistics, optimizer state and (`ema`) the average."""
     variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-    )
+    return replace_variables(variables, tx, ema)
 
 
 def augment_batch(
@@ -161,14 +182,18 @@ def frozen_norm_interceptor(frozen_norms: frozenset[str]) -> Callable:
     return intercept
 
 
-def replace_variables(variables: dict[str, Any], tx: optax.GradientTransformation) -> TrainState:
-    """A step-0 state holding `variables` (e.g. pretrained ones) and a fresh optimizer state."""
-    return TrainState(
+def replace_variables(
+    variables: dict[str, Any], tx: optax.GradientTransformation, ema: bool = False
+) -> TrainState:
+    """A step-0 state holding `variables` (e.g. pretrained ones), a fresh optimizer state and
+    (`ema`) an average starting at them."""
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=variables["params"],
         batch_stats=variables.get("batch_stats", {}),
         opt_state=tx.init(variables["params"]),
     )
+    return with_ema(state, ema)
 
 
 def _loss_and_grads(
@@ -253,6 +278,8 @@ def train_step(
     frozen_norms: frozenset[str],
     metrics_cls: type[metrics.Collection],
     micro_batches: int = 1,
+    ema_decay: float = 0.0,
+    ema_warmup: bool = True,
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number.
 
@@ -261,7 +288,8 @@ def train_step(
     pytree of Python bools, or None) get no gradient (the optimizer leaves them too); the
     BatchNorm layers in `frozen_norms` run in inference mode and keep their statistics.
     `micro_batches` > 1 accumulates the gradient over that many parts of the batch
-    (`_loss_and_grads`).
+    (`_loss_and_grads`). With `ema_decay` > 0 the state's average follows the new weights
+    (`ema_decay_at`).
 
     When the loss, the gradient or any array of the new state is not finite, the update is
     not applied (only the step advances) and the `nonfinite` metric records the step; the
@@ -283,6 +311,12 @@ def train_step(
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+    if ema_decay:
+        decay = ema_decay_at(state.step + 1, ema_decay, ema_warmup)
+        new = {"params": params, "batch_stats": batch_stats}
+        updated = updated.replace(
+            ema=jax.tree.map(lambda e, w: e * decay + (1.0 - decay) * w, state.ema, new)
+        )
     # The whole new state, not only the loss and gradient: a huge but finite step can still
     # overflow the batch statistics or the optimizer's moments.
     finite = jnp.isfinite(objective) & jnp.isfinite(optax.global_norm(grads)) & all_finite(updated)

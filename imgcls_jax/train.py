@@ -168,9 +168,10 @@ class Trainer:
         image_shape = self.image_shape
         augment_fn = augment.build_augment_fn(self.config.augment.train)
         mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
+        ema = self.config.training.ema_decay > 0
         self.init_state = jax.jit(
             functools.partial(
-                steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape
+                steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape, ema=ema
             ),
             out_shardings=replicated,
         )
@@ -188,6 +189,8 @@ class Trainer:
                 frozen_norms=transfer.frozen_norms(self.frozen),
                 metrics_cls=self.train_metrics_cls,
                 micro_batches=self.config.training.grad_accum_steps,
+                ema_decay=self.config.training.ema_decay,
+                ema_warmup=self.config.training.ema_warmup,
                 **norm,
             ),
             in_shardings=(replicated, batch, replicated),
@@ -213,7 +216,8 @@ class Trainer:
             out_shardings=replicated,
         )
         self.replace_variables = jax.jit(
-            functools.partial(steps.replace_variables, tx=self.tx), out_shardings=replicated
+            functools.partial(steps.replace_variables, tx=self.tx, ema=ema),
+            out_shardings=replicated,
         )
 
     def augmented_images(self, step: int, count: int) -> np.ndarray:
@@ -239,13 +243,23 @@ class Trainer:
         return jax.eval_shape(self.init_state, self.init_key)
 
     def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
-        """Metrics over every example of `split` exactly once, keyed `prefix/name`."""
+        """Metrics over every example of `split` exactly once, keyed `prefix/name`; with a
+        weight average also its metrics, keyed `prefix_ema/name`."""
         return self.evaluate_with_confusion(state, split, prefix)[0]
 
     def evaluate_with_confusion(
         self, state: steps.TrainState, split: data.Split, prefix: str
     ) -> tuple[dict[str, float], np.ndarray]:
-        """`evaluate`'s metrics (plus balanced accuracy) and the [true, predicted] counts."""
+        """`evaluate`'s metrics (plus balanced accuracy) and the trained weights' [true,
+        predicted] counts."""
+        results, matrix = self._evaluate_weights(state, split, prefix)
+        if state.ema:
+            results.update(self._evaluate_weights(state.ema_state(), split, f"{prefix}_ema")[0])
+        return results, matrix
+
+    def _evaluate_weights(
+        self, state: steps.TrainState, split: data.Split, prefix: str
+    ) -> tuple[dict[str, float], np.ndarray]:
         total = None
         for batch in input_pipeline.eval_batches(
             split, self.config.input.eval_batch_size, self.mesh

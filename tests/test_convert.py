@@ -28,11 +28,9 @@ def _state_dict(model):
 
 
 def _flax_logits(arch, variables, num_classes, width, stem, images_nchw):
-    import ml_collections
+    from imgcls_jax.config import model_config
 
-    config = ml_collections.ConfigDict({"name": arch, "width": width, "stem": stem,
-                                        "dtype": "float32", "bn_momentum": 0.9,
-                                        "kernels": "auto"})  # fmt: skip
+    config = model_config(name=arch, width=width, stem=stem, dtype="float32", kernels="auto")
     model = build_model(config, num_classes)
     return np.asarray(model.apply(variables, jnp.asarray(images_nchw.transpose(0, 2, 3, 1))))
 

@@ -139,6 +139,7 @@ def test_train_on_split_folders_then_predict_new_files_with_the_workdir(tmp_path
         "input.eval_batch_size": 8, "training.num_train_steps": 12,
         "training.eval_every_epochs": 1.0, "augment.grid_images": 0,
         "optimizer.learning_rate": 0.05, "augment.eval": "center_crop(6)",
+        "training.ema_decay": 0.8,
     })  # fmt: skip
     workdir = tmp_path / "run"
     results = train_and_evaluate(config, str(workdir))
@@ -159,10 +160,20 @@ def test_train_on_split_folders_then_predict_new_files_with_the_workdir(tmp_path
     assert len(first) == 18 and len([r for r in rows if r["error"]]) == 1
     truth = [CLASSES.index(pathlib.Path(r["path"]).parent.name) for r in first]
     correct = sum(int(r["class_index"]) == t for r, t in zip(first, truth, strict=True))
-    assert correct / 18 == pytest.approx(results["best_test/accuracy"], abs=1e-6)
+    # The run kept a weight average: predict uses it, as the run's best_test_ema evaluated it.
+    assert correct / 18 == pytest.approx(results["best_test_ema/accuracy"], abs=1e-6)
     assert all(r["class_name"] == CLASSES[int(r["class_index"])] for r in rows if r["rank"])
     # Same weights, preprocessing and normalisation as the run's evaluation: same loss.
     true_class = {(r["path"], int(r["class_index"])): float(r["probability"]) for r in rows
                   if r["rank"]}  # fmt: skip
     losses = [-np.log(true_class[(r["path"], t)]) for r, t in zip(first, truth, strict=True)]
-    assert np.mean(losses) == pytest.approx(results["best_test/loss"], rel=1e-4)
+    assert np.mean(losses) == pytest.approx(results["best_test_ema/loss"], rel=1e-4)
+    # The trained weights, in process: the run's best_test numbers.
+    from imgcls_jax.inference import Classifier
+
+    trained = Classifier.from_workdir(str(workdir), "best", weights="trained")
+    paths = [r["path"] for r in first]
+    predictions = trained.classify(paths, top=3, batch_size=8)
+    p_true = [p.probabilities[p.indices.index(t)] for p, t in zip(predictions, truth, strict=True)]
+    assert np.mean(-np.log(p_true)) == pytest.approx(results["best_test/loss"], rel=1e-4)
+    assert results["best_test/loss"] != pytest.approx(results["best_test_ema/loss"], rel=1e-3)

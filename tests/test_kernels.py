@@ -223,8 +223,10 @@ def test_resnet_training_step_matches_xla():
     """A whole ResNet-8 step (forward in train mode, loss, gradients, new BN statistics) with
     oneDNN's convolutions and batch norm equals the same step with XLA's; in bfloat16, it is
     as accurate as XLA's."""
-    config = dict(width=4, stem="small", dtype="float32", bn_momentum=0.9, kernels="xla")
-    plain = models.build_model(models.ml_collections.ConfigDict(dict(name="resnet8", **config)), 5)
+    from imgcls_jax.config import model_config
+
+    config = model_config(name="resnet8", width=4, stem="small", dtype="float32", kernels="xla")
+    plain = models.build_model(config, 5)
     native = plain.clone(conv_fn=onednn.conv_general_dilated, norm_train_fn=onednn.batch_norm_train)
     x = _normal(0, (8, 12, 12, 3))
     labels = jnp.arange(8) % 5

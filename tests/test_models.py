@@ -3,20 +3,17 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from imgcls_jax.config import base_config
+from imgcls_jax.config import base_config, model_config
 from imgcls_jax.models import MODEL_REGISTRY, build_model
 from imgcls_jax.models.layers import max_pool
 
 
 def _config(name, **kw):
-    c = ml_collections.ConfigDict(base_config().model.to_dict())
-    c.update(name=name, width=4, stem="small", dtype="float32", bn_momentum=0.9, kernels="auto")
-    c.update(kw)
-    return c
+    return model_config(**{"name": name, "width": 4, "stem": "small", "dtype": "float32",
+                           "bn_momentum": 0.9, "kernels": "auto", **kw})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))

@@ -382,3 +382,39 @@ def test_gradient_accumulation_with_batch_norm_updates_the_statistics_per_micro_
     assert not np.allclose(stats, jax.device_get(whole.batch_stats["stem_norm"]["mean"]))
     with pytest.raises(ValueError, match=r"8 devices x 3 micro-batches .* multiple of 24"):
         Trainer(tiny_config(**{"input.batch_size": 32, "training.grad_accum_steps": 3}), dataset)
+
+
+def test_ema_decay_warms_up_as_timm_does():
+    from imgcls_jax import steps
+
+    decays = [float(steps.ema_decay_at(jnp.int32(t), 0.99, True)) for t in (1, 2, 9, 10_000)]
+    # timm ModelEmaV3 (gamma 1, power 2/3): 1 - (1 + t)^(-2/3) with t = update - 1, capped.
+    np.testing.assert_allclose(decays, [0.0, 1 - 2 ** (-2 / 3), 1 - 9 ** (-2 / 3), 0.99], rtol=1e-6)
+    assert float(steps.ema_decay_at(jnp.int32(1), 0.99, False)) == pytest.approx(0.99)
+
+
+def test_the_weight_average_follows_its_recurrence_and_is_evaluated(tmp_path, dataset):
+    from imgcls_jax import input_pipeline, steps
+
+    config = tiny_config(**{"input.batch_size": 32, "training.ema_decay": 0.9,
+                            "training.num_train_steps": 4, "augment.grid_images": 0})  # fmt: skip
+    trainer = Trainer(config, dataset)
+    state = trainer.create_state()
+    expected = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    for step in range(4):
+        batch = input_pipeline.train_batch(trainer.dataset.train, trainer.order, step, trainer.mesh)
+        state, _ = trainer.train_step(state, batch, trainer.train_key)
+        decay = float(steps.ema_decay_at(jnp.int32(step + 1), 0.9, True))
+        new = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+        expected = jax.tree.map(lambda e, w, d=decay: d * e + (1 - d) * w, expected, new)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 jax.device_get(state.ema), expected)  # fmt: skip
+    assert not np.allclose(expected["params"]["head"]["kernel"],
+                           jax.device_get(state.params["head"]["kernel"]))  # fmt: skip
+
+    results = train_and_evaluate(config, str(tmp_path), dataset)
+    for prefix in ("val", "val_ema", "test", "test_ema", "best_test", "best_test_ema"):
+        assert 0 <= results[f"{prefix}/accuracy"] <= 1, prefix
+    assert results["test_ema/loss"] != pytest.approx(results["test/loss"])
+    with pytest.raises(ValueError, match="'val_ema/...' needs training.ema_decay > 0"):
+        Trainer(tiny_config(**{"training.early_stopping_metric": "val_ema/accuracy"}), dataset)

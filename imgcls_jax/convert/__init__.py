@@ -168,10 +168,8 @@ def convert_model(
 ) -> tuple[dict[str, Any], int]:
     """Converts `tensors` (a state dict in `arch`'s torch layout) into our variables; returns
     them and the number of classes read off the classifier."""
-    import ml_collections
-
     from imgcls_jax import models
-    from imgcls_jax.config import check_choice
+    from imgcls_jax.config import check_choice, model_config
 
     check_choice("--arch", arch, models.TORCH_LAYOUTS)
     layout = models.TORCH_LAYOUTS[arch]
@@ -180,10 +178,8 @@ def convert_model(
             f"No classifier {layout.head_weight!r} in the weights: is {arch!r} right?"
         )
     num_classes = int(tensors[layout.head_weight].shape[0])
-    model_config = ml_collections.ConfigDict({"name": arch, "width": width, "stem": stem,
-                                              "dtype": "float32", "bn_momentum": 0.9,
-                                              "kernels": "xla"})  # fmt: skip
-    model = models.build_model(model_config, num_classes)
+    config = model_config(name=arch, width=width, stem=stem, dtype="float32", kernels="xla")
+    model = models.build_model(config, num_classes)
     channels = int(tensors[layout.stem_weight].shape[1]) if layout.stem_weight in tensors else 3
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, image_size, image_size, channels)))
