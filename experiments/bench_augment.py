@@ -64,7 +64,7 @@ def main(argv):
 
     from imgcls_jax import input_pipeline, markdown
     from imgcls_jax.data.synthetic import random_dataset
-    from imgcls_jax.train import Trainer
+    from imgcls_jax.trainer import Trainer
 
     base = FLAGS.config
     batch_size = base.input.batch_size

@@ -131,7 +131,7 @@ def training_loop(source: str | None, roots: dict) -> dict:
     from configs.resnet import get_config
     from imgcls_jax import data, input_pipeline
     from imgcls_jax.config import apply_overrides
-    from imgcls_jax.train import Trainer
+    from imgcls_jax.trainer import Trainer
 
     name = TFDS_NAME if source == "tfds" else "image_folder"
     data_dir = roots["tfds"] if source == "tfds" else roots["folder"]

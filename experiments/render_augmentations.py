@@ -31,7 +31,7 @@ flags.DEFINE_integer("columns", 0, "Grid columns; 0 makes it square.")
 def main(argv):
     del argv
     from imgcls_jax import visualize
-    from imgcls_jax.train import Trainer
+    from imgcls_jax.trainer import Trainer
 
     trainer = Trainer(FLAGS.config)
     images = trainer.augmented_images(FLAGS.step, FLAGS.count)

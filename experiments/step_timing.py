@@ -10,7 +10,7 @@ import jax
 from imgcls_jax import input_pipeline
 from imgcls_jax.config import apply_overrides
 from imgcls_jax.data.synthetic import random_dataset
-from imgcls_jax.train import Trainer
+from imgcls_jax.trainer import Trainer
 
 
 class OurStep:

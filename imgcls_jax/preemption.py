@@ -26,6 +26,7 @@ class PreemptionWatch:
         self._requested = threading.Event()
         self._previous_handlers: dict[int, object] = {}
         self._multi_process = jax.process_count() > 1
+        self._calls = 0
 
     def __enter__(self) -> PreemptionWatch:
         if threading.current_thread() is not threading.main_thread():
@@ -48,9 +49,13 @@ class PreemptionWatch:
             self._requested.set()
 
     def reached(self, step: int) -> bool:
-        """Whether training should save at `step` and stop."""
+        """Whether training should save at `step` and stop; call it after every call of
+        train steps, with the step reached."""
         if self._multi_process:
-            stop = multihost_utils.reached_preemption_sync_point(step)
+            # JAX agrees on a sync point one call ahead, counted in calls, so the count must
+            # go up by one per call even when a call runs several steps.
+            self._calls += 1
+            stop = multihost_utils.reached_preemption_sync_point(self._calls)
         else:
             stop = self._requested.is_set()
         if stop:

@@ -34,21 +34,23 @@ class StepProfiler:
         self._log_dir = log_dir
         self._active = False
 
-    def _traced(self, step: int) -> bool:
-        return self._steps is not None and self._steps[0] <= step < self._steps[1]
+    def _traced(self, first: int, last: int) -> bool:
+        return self._steps is not None and first < self._steps[1] and last >= self._steps[0]
 
-    def annotate(self, step: int) -> contextlib.AbstractContextManager:
-        """Wraps the dispatch of train step `step`: starts the trace at START."""
-        if not self._traced(step):
+    def annotate(self, first: int, last: int) -> contextlib.AbstractContextManager:
+        """Wraps the dispatch of train steps `first` to `last` (one call): starts the trace
+        at the call holding START."""
+        if not self._traced(first, last):
             return contextlib.nullcontext()
         if not self._active:
             jax.profiler.start_trace(self._log_dir)
             self._active = True
-        return jax.profiler.StepTraceAnnotation("train", step_num=step)
+        return jax.profiler.StepTraceAnnotation("train", step_num=first)
 
-    def after(self, step: int, state: Any) -> None:
-        """After step `step` was dispatched: at STOP - 1, waits for `state`, ends the trace."""
-        if self._active and step == self._steps[1] - 1:
+    def after(self, last: int, state: Any) -> None:
+        """After the call ending at step `last`: once STOP - 1 is done, waits for `state` and
+        ends the trace."""
+        if self._active and last >= self._steps[1] - 1:
             self._stop(state)
 
     def _stop(self, result: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -69,6 +70,10 @@ class NonfiniteSteps(metrics.Metric):
 
     def compute(self) -> tuple[jnp.ndarray, jnp.ndarray]:
         return self.count, jnp.where(self.count > 0, self.first_step, 0)
+
+    @classmethod
+    def empty(cls) -> NonfiniteSteps:
+        return cls(count=jnp.zeros((), jnp.int32), first_step=jnp.int32(NEVER))
 
 
 def metrics_collection(
@@ -332,6 +337,34 @@ def train_step(
             kept = jax.tree.map(lambda m, e: jnp.where(finite, m, e), metric, type(metric).empty())
             step_metrics = step_metrics.replace(**{name: kept})
     return updated.replace(step=state.step + 1), step_metrics
+
+
+def empty_metrics(metrics_cls: type[metrics.Collection], like: Any) -> metrics.Collection:
+    """`metrics_cls.empty()` in the dtypes of `like` (a step's metrics or their shapes), so
+    that it can start a scan's carry."""
+    return jax.tree.map(lambda e, s: jnp.asarray(e, s.dtype), metrics_cls.empty(), like)
+
+
+def train_steps(
+    state: TrainState,
+    merged: metrics.Collection,
+    batches: tuple[dict[str, jnp.ndarray], ...],
+    key: jax.Array,
+    **step_kwargs,
+) -> tuple[TrainState, metrics.Collection]:
+    """`len(batches)` consecutive `train_step`s in one program (a `lax.scan`), each step's
+    metrics merged into `merged` in step order, on device. Any split of the same steps into
+    calls gives bit-identical states and metrics."""
+    step = functools.partial(train_step, key=key, **step_kwargs)
+
+    def body(carry, batch):
+        state, merged = carry
+        state, step_metrics = step(state, batch)
+        return (state, merged.merge(step_metrics)), None
+
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
+    (state, merged), _ = jax.lax.scan(body, (state, merged), stacked)
+    return state, merged
 
 
 def eval_step(

@@ -1,9 +1,9 @@
-"""The training job: the only reader of the whole config; builds everything and runs the loop."""
+"""The training job: the only reader of the whole config; builds the Trainer, runs the loop,
+evaluates, checkpoints and reports."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -16,262 +16,25 @@ import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 
+from imgcls_jax import config as config_lib
 from imgcls_jax import (
-    augment,
-    confusion,
-    convert,
     data,
-    device_data,
-    imbalance,
     inference,
     input_pipeline,
-    optim,
     profiling,
     reporting,
     run_report,
-    sharding,
     steps,
     timing,
-    transfer,
     visualize,
 )
-from imgcls_jax import config as config_lib
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
 from imgcls_jax.data import fingerprint
-from imgcls_jax.models import build_model
 from imgcls_jax.preemption import PreemptionWatch
+from imgcls_jax.trainer import Trainer
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
-
-
-class Trainer:
-    """Everything built from a config: model, optimizer, jitted steps, data, mesh."""
-
-    def __init__(
-        self,
-        config: ml_collections.ConfigDict,
-        dataset: data.Dataset | None = None,
-        devices: list | None = None,
-    ):
-        config_lib.validate(config)
-        self.config = config
-        self.mesh = sharding.make_mesh(devices)
-        sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size",
-                                  config.training.grad_accum_steps)  # fmt: skip
-        sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
-        self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
-        if self.dataset.validation is None and self.dataset.test is None:
-            raise ValueError("The dataset has neither a validation nor a test split: nothing to "
-                             "evaluate. Hold out config.dataset.validation_size > 0 examples.")  # fmt: skip
-        self.channels = self.dataset.train.images.shape[-1]
-        if self.dataset.num_classes < 2:
-            raise ValueError(f"The dataset has {self.dataset.num_classes} class(es) "
-                             f"{list(self.dataset.class_names)}; a classifier needs at least 2.")  # fmt: skip
-        augment.check_shapes(config.augment.train, config.augment.eval, self.image_shape)
-        self.mean, self.std = tuple(config.dataset.mean), tuple(config.dataset.std)
-        self.pretrained = None  # (variables, metadata) of config.transfer.checkpoint.
-        if config.transfer.checkpoint:
-            self._load_pretrained(config.transfer)
-        self._check_channels()
-        self.model = build_model(config.model, self.dataset.num_classes)
-        train_labels = self.dataset.train.labels
-        self.order = (
-            imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
-            if config.input.sampling == "class_balanced"
-            else input_pipeline.TrainOrder(len(train_labels), config.input.batch_size, config.seed)
-        )
-        self.resident = None  # The train split on device, when it is placed there.
-        if device_data.use_device_resident(
-            config.input.device_resident, self.dataset.train, self.mesh
-        ):
-            self.resident = device_data.DeviceResidentTrain(self.dataset.train, self.order,
-                                                            self.mesh)  # fmt: skip
-        self.class_weights = None
-        if config.loss.class_weighting == "balanced":
-            self.class_weights = imbalance.balanced_class_weights(
-                train_labels, self.dataset.num_classes
-            )
-            logging.info("Class weights: %s", np.round(self.class_weights, 3).tolist())
-        self.steps_per_epoch = self.order.steps_per_epoch
-        self.total_steps = config.training.num_train_steps or max(
-            1, int(config.training.num_epochs * self.steps_per_epoch)
-        )
-        self.eval_every_steps = max(
-            1, int(round(config.training.eval_every_epochs * self.steps_per_epoch))
-        )
-        peak_lr = optim.peak_learning_rate(config.optimizer, config.input.batch_size)
-        self.learning_rate_fn = optim.build_schedule(
-            config.schedule, peak_lr, self.steps_per_epoch, self.total_steps
-        )
-        init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
-        self.init_key = init_key
-        params_shape = jax.eval_shape(
-            lambda: self.model.init(init_key, np.zeros((1, *self.image_shape)), train=False)
-        )["params"]
-        self.frozen = transfer.frozen_mask(
-            params_shape, config.transfer.freeze, config.transfer.linear_probe
-        )
-        self.any_frozen = any(jax.tree.leaves(self.frozen))
-        self.tx = transfer.wrap_optimizer(
-            optim.build_optimizer(config.optimizer, self.learning_rate_fn),
-            params_shape, self.frozen, config.transfer.layer_decay,
-        )  # fmt: skip
-        self._log_frozen()
-        self.train_metrics_cls = steps.metrics_collection(
-            self.dataset.num_classes, train=True, smoothed=config.loss.label_smoothing > 0
-        )
-        self.eval_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=False)
-        self._build_steps()
-
-    @property
-    def image_shape(self) -> tuple[int, ...]:
-        return self.dataset.train.images.shape[1:]
-
-    def _load_pretrained(self, transfer_config: ml_collections.ConfigDict) -> None:
-        """Reads the converted checkpoint; checks its architecture; takes its normalisation."""
-        variables, metadata = convert.load_pretrained(transfer_config.checkpoint)
-        transfer.check_architecture(metadata, self.config.model, transfer_config.checkpoint)
-        if transfer_config.pretrained_preprocessing:
-            self.mean, self.std = transfer.normalisation(metadata, self.channels)
-            logging.info("Normalising with the checkpoint's mean %s and std %s.", self.mean,
-                         self.std)  # fmt: skip
-        self.pretrained = variables, metadata
-
-    def _check_channels(self) -> None:
-        wanted = self.config.dataset.channels
-        if wanted and wanted != self.channels:
-            raise ValueError(
-                f"config.dataset.channels={wanted} but this dataset's images have "
-                f"{self.channels}; only image folders and streamed TFDS datasets convert. Set "
-                f"config.dataset.channels=0."
-            )
-        if len(self.mean) != self.channels:
-            raise ValueError(
-                f"The images have {self.channels} channel(s) but config.dataset.mean/std have "
-                f"{len(self.mean)} entries: give one per channel, or set "
-                f"config.dataset.channels={len(self.mean)} (image folders, streamed TFDS) to "
-                "convert the images."
-            )
-
-    def _log_frozen(self) -> None:
-        flat = jax.tree_util.tree_leaves_with_path(self.frozen)
-        frozen = [transfer.path_name(p) for p, f in flat if f]
-        if frozen:
-            logging.info("Frozen: %d of %d parameter tensors (%s).", len(frozen), len(flat),
-                         ", ".join(frozen))  # fmt: skip
-
-    def _build_steps(self) -> None:
-        replicated = sharding.replicated(self.mesh)
-        batch = sharding.batch_sharding(self.mesh)
-        norm = dict(mean=self.mean, std=self.std)
-        image_shape = self.image_shape
-        augment_fn = augment.build_augment_fn(self.config.augment.train)
-        mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
-        ema = self.config.training.ema_decay > 0
-        self.init_state = jax.jit(
-            functools.partial(
-                steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape, ema=ema
-            ),
-            out_shardings=replicated,
-        )
-        self.train_step = jax.jit(
-            functools.partial(
-                steps.train_step,
-                model=self.model,
-                tx=self.tx,
-                learning_rate_fn=self.learning_rate_fn,
-                augment_fn=augment_fn,
-                mix_fn=mix_fn,
-                label_smoothing=self.config.loss.label_smoothing,
-                class_weights=self.class_weights,
-                frozen=self.frozen if self.any_frozen else None,
-                frozen_norms=transfer.frozen_norms(self.frozen),
-                metrics_cls=self.train_metrics_cls,
-                micro_batches=self.config.training.grad_accum_steps,
-                ema_decay=self.config.training.ema_decay,
-                ema_warmup=self.config.training.ema_warmup,
-                **norm,
-            ),
-            in_shardings=(replicated, batch, replicated),
-            out_shardings=(replicated, replicated),
-            donate_argnums=0,
-        )
-        self.eval_step = jax.jit(
-            functools.partial(
-                steps.eval_step,
-                model=self.model,
-                preprocess_fn=augment.build_eval_fn(self.config.augment.eval),
-                flip_tta=self.config.augment.eval_flip_tta,
-                metrics_cls=self.eval_metrics_cls,
-                **norm,
-            ),
-            in_shardings=(replicated, batch),
-            out_shardings=replicated,
-        )
-
-        self.augment_batch = jax.jit(
-            functools.partial(steps.augment_batch, augment_fn=augment_fn, mix_fn=mix_fn),
-            in_shardings=(replicated, replicated, batch),
-            out_shardings=replicated,
-        )
-        self.replace_variables = jax.jit(
-            functools.partial(steps.replace_variables, tx=self.tx, ema=ema),
-            out_shardings=replicated,
-        )
-
-    def augmented_images(self, step: int, count: int) -> np.ndarray:
-        """The first `count` images of train step `step` exactly as the model sees them
-        (augmented and mixed, before normalisation), as float32 NHWC in [0, 255]."""
-        batch = input_pipeline.train_batch(self.dataset.train, self.order, step, self.mesh)
-        images, _ = self.augment_batch(self.train_key, np.int32(step), batch)
-        return np.asarray(images[:count])
-
-    def create_state(self) -> steps.TrainState:
-        """A fresh state, with the pretrained variables merged in for transfer learning."""
-        state = self.init_state(self.init_key)
-        if self.pretrained is None:
-            return state
-        fresh = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-        merged = transfer.merge_pretrained(
-            fresh, self.pretrained[0], self.channels, stem_kernel="stem_conv/kernel"
-        )
-        logging.info("Loaded %s.", self.config.transfer.checkpoint)
-        return self.replace_variables(merged)
-
-    def abstract_state(self) -> Any:
-        return jax.eval_shape(self.init_state, self.init_key)
-
-    def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
-        """Metrics over every example of `split` exactly once, keyed `prefix/name`; with a
-        weight average also its metrics, keyed `prefix_ema/name`."""
-        return self.evaluate_with_confusion(state, split, prefix)[0]
-
-    def evaluate_with_confusion(
-        self, state: steps.TrainState, split: data.Split, prefix: str
-    ) -> tuple[dict[str, float], np.ndarray]:
-        """`evaluate`'s metrics (plus balanced accuracy) and the trained weights' [true,
-        predicted] counts."""
-        results, matrix = self._evaluate_weights(state, split, prefix)
-        if state.ema:
-            results.update(self._evaluate_weights(state.ema_state(), split, f"{prefix}_ema")[0])
-        return results, matrix
-
-    def _evaluate_weights(
-        self, state: steps.TrainState, split: data.Split, prefix: str
-    ) -> tuple[dict[str, float], np.ndarray]:
-        total = None
-        for batch in input_pipeline.eval_batches(
-            split, self.config.input.eval_batch_size, self.mesh
-        ):
-            batch_metrics = self.eval_step(state, batch)
-            total = batch_metrics if total is None else total.merge(batch_metrics)
-        computed = total.compute()
-        matrix = np.asarray(computed.pop("confusion_matrix"))
-        results = {f"{prefix}/{k}": float(v) for k, v in computed.items()}
-        results[f"{prefix}/balanced_accuracy"] = confusion.balanced_accuracy(matrix)
-        results[f"{prefix}/num_examples"] = int(total.loss.count)
-        return results, matrix
 
 
 def _restore_or_init(
@@ -421,17 +184,26 @@ def _train(
             trainer.dataset.train, trainer.order, start_step, trainer.mesh,
             trainer.config.input.prefetch,
         )  # fmt: skip
-    pending: list = []
+    # Train metrics of the steps since the last log, merged on device, and how many steps.
+    pending, pending_steps = trainer.empty_train_metrics(), 0
     preempted, last_validation = False, None
     profiler = profiling.StepProfiler(cfg.profile_steps, str(checkpointer.workdir / "tensorboard"))
     # Closing `batches` stops its prefetch thread, also when a step raises.
     with PreemptionWatch() as preemption, contextlib.closing(batches), contextlib.closing(profiler):
-        for step in range(start_step + 1, trainer.total_steps + 1):
-            with profiler.annotate(step):
-                state, step_metrics = trainer.train_step(state, next(batches), trainer.train_key)
+        step = start_step
+        while step < trainer.total_steps:
+            count = _steps_in_next_call(trainer, step)
+            chunk = tuple(next(batches) for _ in range(count))
+            with profiler.annotate(step + 1, step + count):
+                # Always the scanned program, also for one step: a loop body compiles to other
+                # float rounding than a lone step, and this way any steps_per_dispatch trains
+                # bit-identically.
+                state, pending = trainer.train_steps(state, pending, chunk, trainer.train_key)
+            step += count
             profiler.after(step, state)
-            pending.append(step_metrics)
-            report_progress(step)
+            pending_steps += count
+            for reached in range(step - count + 1, step + 1):  # CLU counts every step.
+                report_progress(reached)
             preempted = preemption.reached(step)
             is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
             is_save = preempted or (
@@ -439,10 +211,10 @@ def _train(
             )
             if step % cfg.log_every_steps == 0 or is_eval or is_save:
                 # Also before every save, so that a non-finite loss never reaches a checkpoint.
-                summary = functools.reduce(lambda a, b: a.merge(b), pending).compute()
-                skipped = _check_finite(summary.pop("nonfinite"), step, len(pending), cfg)
+                summary = pending.compute()
+                skipped = _check_finite(summary.pop("nonfinite"), step, pending_steps, cfg)
                 summary["skipped_updates"] = skipped
-                pending = []
+                pending, pending_steps = trainer.empty_train_metrics(), 0
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             if is_eval and trainer.dataset.validation is not None:
                 val, matrix = trainer.evaluate_with_confusion(
@@ -459,6 +231,15 @@ def _train(
             if preempted:
                 break
     return state, preempted, last_validation
+
+
+def _steps_in_next_call(trainer: Trainer, step: int) -> int:
+    """How many steps the next call from the host runs: `steps_per_dispatch`, cut short at
+    the next log, evaluation or checkpoint step and at the end."""
+    cfg = trainer.config.training
+    periods = [cfg.log_every_steps, trainer.eval_every_steps, cfg.checkpoint_every_steps]
+    boundaries = [(step // p + 1) * p for p in periods if p > 0] + [trainer.total_steps]
+    return min(trainer.steps_per_dispatch, min(boundaries) - step)
 
 
 def _update_progress(progress: dict, value: float, step: int, cfg) -> None:

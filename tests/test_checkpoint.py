@@ -12,7 +12,8 @@ from conftest import tiny_config
 
 from imgcls_jax import checkpoint
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
-from imgcls_jax.train import Trainer, train_and_evaluate
+from imgcls_jax.train import train_and_evaluate
+from imgcls_jax.trainer import Trainer
 
 CONFIG = {"training.num_train_steps": 4, "input.batch_size": 32,
           "training.checkpoint_every_steps": 2, "training.eval_every_epochs": 10.0}  # fmt: skip

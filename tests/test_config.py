@@ -112,7 +112,7 @@ def test_values_out_of_range_fail_validation_naming_the_key(overrides, message):
 
 
 def test_crops_larger_than_the_images_fail_before_training(dataset):
-    from imgcls_jax.train import Trainer
+    from imgcls_jax.trainer import Trainer
 
     for key, spec in (("augment.eval", "center_crop(64)"), ("augment.train", "resize(4)|random_crop(1)|center_crop(9)")):  # fmt: skip
         with pytest.raises(

@@ -20,7 +20,7 @@ from conftest import REPO_ROOT, tiny_config
 from imgcls_jax import reporting
 from imgcls_jax.checkpoint import Checkpointer
 from imgcls_jax.data import fashion_mnist_files
-from imgcls_jax.train import Trainer
+from imgcls_jax.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(
     not fashion_mnist_files.available(), reason="needs Debian's dataset-fashion-mnist"

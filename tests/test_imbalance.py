@@ -9,7 +9,7 @@ from conftest import synthetic_dataset, tiny_config
 from imgcls_jax import data, imbalance, steps
 from imgcls_jax.config import validate
 from imgcls_jax.input_pipeline import TrainOrder
-from imgcls_jax.train import Trainer
+from imgcls_jax.trainer import Trainer
 
 
 def _imbalanced_dataset():

@@ -124,7 +124,7 @@ def _assert_every_checkpoint_is_finite(workdir, steps):
     from conftest import tiny_config
 
     from imgcls_jax.checkpoint import Checkpointer
-    from imgcls_jax.train import Trainer
+    from imgcls_jax.trainer import Trainer
 
     abstract = Trainer(tiny_config(**{"model.kernels": "xla"})).abstract_state()
     checkpointer = Checkpointer(str(workdir), 10)

@@ -28,7 +28,7 @@ def test_confusion_matrix_counts_unmasked_examples_and_merges():
 
 def test_every_run_writes_a_report_that_matches_its_results(tmp_path, dataset, monkeypatch):
     from imgcls_jax import reporting
-    from imgcls_jax.train import Trainer
+    from imgcls_jax.trainer import Trainer
 
     evaluated = []  # (split, step) of every evaluation: none may be repeated.
     evaluate = Trainer.evaluate_with_confusion

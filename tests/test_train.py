@@ -13,7 +13,8 @@ from conftest import synthetic_dataset, tiny_config
 
 from imgcls_jax import data, reporting
 from imgcls_jax.config import apply_overrides
-from imgcls_jax.train import Trainer, train_and_evaluate
+from imgcls_jax.train import train_and_evaluate
+from imgcls_jax.trainer import Trainer
 
 
 def _params(workdir, config, dataset):
@@ -418,3 +419,43 @@ def test_the_weight_average_follows_its_recurrence_and_is_evaluated(tmp_path, da
     assert results["test_ema/loss"] != pytest.approx(results["test/loss"])
     with pytest.raises(ValueError, match="'val_ema/...' needs training.ema_decay > 0"):
         Trainer(tiny_config(**{"training.early_stopping_metric": "val_ema/accuracy"}), dataset)
+
+
+def _final_checksums(workdir):
+    with open(os.path.join(workdir, "checkpoints", "16", "integrity", "metadata")) as f:
+        import json
+
+        return json.load(f)["checksums"]
+
+
+@pytest.mark.parametrize("devices", [8, 1])  # 1: oneDNN's kernels inside the scan.
+def test_several_steps_per_dispatch_equal_one_step_per_dispatch(tmp_path, dataset, devices):
+    overrides = {"training.num_train_steps": 16, "input.batch_size": 32,
+                 "training.log_every_steps": 8, "training.eval_every_epochs": 100.0,
+                 "augment.train": "random_crop(1)|flip_lr", "augment.grid_images": 0}  # fmt: skip
+    results = {}
+    for k in (1, 3):  # 3: calls of 3, 3 and 2 steps up to each log at 8 and 16.
+        config = tiny_config(**overrides, **{"training.steps_per_dispatch": k})
+        workdir = tmp_path / str(k)
+        results[k] = train_and_evaluate(config, str(workdir), dataset, jax.devices()[:devices])
+    assert _final_checksums(tmp_path / "3") == _final_checksums(tmp_path / "1")  # Bit-identical.
+    assert _train_losses(tmp_path / "3") == _train_losses(tmp_path / "1")
+    assert results[3] == results[1]
+
+
+def test_a_preempted_run_with_several_steps_per_dispatch_resumes_exactly(
+    tmp_path, dataset, monkeypatch
+):
+    from imgcls_jax import preemption
+
+    overrides = {"training.num_train_steps": 16, "input.batch_size": 32,
+                 "training.log_every_steps": 4, "training.eval_every_epochs": 100.0,
+                 "training.steps_per_dispatch": 3, "augment.grid_images": 0}  # fmt: skip
+    config = tiny_config(**overrides)
+    reference = train_and_evaluate(config, str(tmp_path / "reference"), dataset)
+    monkeypatch.setattr(preemption.PreemptionWatch, "reached", lambda self, step: step == 7)
+    stopped = train_and_evaluate(config, str(tmp_path / "run"), dataset)
+    assert stopped == {"step": 7, "preempted": True}  # Calls of 3, 1 (log at 4), 3.
+    monkeypatch.undo()
+    assert train_and_evaluate(config, str(tmp_path / "run"), dataset) == reference
+    assert _final_checksums(tmp_path / "run") == _final_checksums(tmp_path / "reference")

@@ -11,7 +11,7 @@ from conftest import tiny_config
 
 from imgcls_jax import convert, transfer
 from imgcls_jax.models import build_model
-from imgcls_jax.train import Trainer
+from imgcls_jax.trainer import Trainer
 
 WIDTH = 4
 
