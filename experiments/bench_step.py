@@ -1,7 +1,8 @@
 """Benchmark: training throughput of the bare jitted step vs the full training loop.
 
 Question: does the loop (host batching, device transfer, augmentation, metrics, logging)
-keep up with the step? Target: loop >= 95% of the bare step's images/s.
+keep up with the step? Target: loop >= 95% of the bare step's images/s. The loop runs once
+per `--steps_per_dispatch` value (train steps per call from the host), side by side.
 
     python experiments/bench_step.py                       # ResNet-20 on 28x28x1, batch 128
     python experiments/bench_step.py --config=configs/resnet.py:cifar10 --image_size=32 --steps=30
@@ -28,6 +29,7 @@ flags.DEFINE_integer("image_size", 28, "Synthetic image side.")
 flags.DEFINE_integer("channels", 1, "Synthetic image channels.")
 flags.DEFINE_integer("num_classes", 10, "Synthetic classes.")
 flags.DEFINE_integer("steps", 100, "Timed steps (after warm-up).")
+flags.DEFINE_list("steps_per_dispatch", ["1", "4"], "training.steps_per_dispatch values.")
 flags.DEFINE_string("out", "experiments/results/bench_step.json", "Where to write the JSON.")
 
 
@@ -40,7 +42,7 @@ def bare_step_images_per_sec(config, steps: int) -> float:
     return config.input.batch_size / step.run(steps)
 
 
-def loop_images_per_sec(config, dataset, steps: int) -> float:
+def loop_images_per_sec(config, dataset, steps: int, per_dispatch: int) -> float:
     """The real training loop (train_and_evaluate), timed by its own progress reports."""
     from imgcls_jax import reporting
     from imgcls_jax.config import apply_overrides
@@ -54,6 +56,7 @@ def loop_images_per_sec(config, dataset, steps: int) -> float:
             "training.log_every_steps": log_every,
             "training.eval_every_epochs": 1e6,
             "training.checkpoint_every_steps": 0,
+            "training.steps_per_dispatch": per_dispatch,
         },
     )
     with tempfile.TemporaryDirectory() as workdir:
@@ -76,20 +79,24 @@ def main(argv):
         FLAGS.image_size, FLAGS.channels, FLAGS.num_classes,
     )  # fmt: skip
     bare = bare_step_images_per_sec(config, FLAGS.steps)
-    loop = loop_images_per_sec(config, dataset, FLAGS.steps)
+    loops = {int(k): loop_images_per_sec(config, dataset, FLAGS.steps, int(k))
+             for k in FLAGS.steps_per_dispatch}  # fmt: skip
     result = {
         "model": config.model.name, "width": config.model.width, "dtype": config.model.dtype,
         "batch_size": config.input.batch_size, "image_size": FLAGS.image_size,
         "channels": FLAGS.channels, "augment": config.augment.train,
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-        "bare_step_img_per_s": round(bare, 1), "full_loop_img_per_s": round(loop, 1),
-        "loop_over_bare": round(loop / bare, 3),
+        "bare_step_img_per_s": round(bare, 1),
+        "full_loop_img_per_s": {k: round(v, 1) for k, v in loops.items()},
+        "loop_over_bare": {k: round(v / bare, 3) for k, v in loops.items()},
     }  # fmt: skip
     print(markdown.table(
-        ["model", "batch", "image", "augment", "bare step img/s", "full loop img/s", "loop/bare"],
+        ["model", "batch", "image", "augment", "bare step img/s", "steps per call",
+         "full loop img/s", "loop/bare"],
         [[f"{config.model.name} (w{config.model.width}, {config.model.dtype})",
           config.input.batch_size, f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
-          config.augment.train or "none", f"{bare:.0f}", f"{loop:.0f}", f"{loop / bare:.1%}"]],
+          config.augment.train or "none", f"{bare:.0f}", k, f"{loop:.0f}", f"{loop / bare:.1%}"]
+         for k, loop in loops.items()],
     ))  # fmt: skip
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf-8") as f:

@@ -167,7 +167,7 @@ def _train(
     progress: dict[str, Any],
     writer: metric_writers.MetricWriter,
     checkpointer: Checkpointer,
-) -> tuple[steps.TrainState, bool]:
+) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
     """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
 
     Returns the state, whether a preemption notice stopped it (after saving), and the last
