@@ -202,7 +202,12 @@ def test_two_processes_of_four_devices_match_one_of_eight_through_a_preemption(t
     assert "Resumed from step" in finished[1][1]
     expected, actual = _train_losses(reference), _train_losses(workdir)
     assert sorted(actual) == sorted(expected) == list(range(1, STEPS + 1))
-    np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=1e-5)
+    # Two processes sum the gradients (gloo across processes) in another order than one:
+    # equal in the first steps, the losses then drift apart in the last digits (seen: 1e-4
+    # relative by step 16), as the parameters do below.
+    losses = np.array([actual[s] for s in expected]), np.array(list(expected.values()))
+    np.testing.assert_allclose(losses[0][:3], losses[1][:3], rtol=1e-5)
+    np.testing.assert_allclose(*losses, rtol=1e-3)
     final, uninterrupted = (_final_params(w) for w in (workdir, reference))
     for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(uninterrupted)):
         np.testing.assert_allclose(a, b, rtol=0, atol=2e-3 * np.abs(b).max())
