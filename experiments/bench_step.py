@@ -43,27 +43,25 @@ def bare_step_images_per_sec(config, steps: int) -> float:
 
 
 def loop_images_per_sec(config, dataset, steps: int, per_dispatch: int) -> float:
-    """The real training loop (train_and_evaluate), timed by its own progress reports."""
-    from imgcls_jax import reporting
+    """The real training loop (train_and_evaluate): two runs of `steps` and 2 x `steps`
+    steps, whose difference in wall time (timing.json) is `steps` steps of the loop alone;
+    compiling, set-up and the final evaluation cancel out. (CLU's steps_per_sec times the
+    host's dispatches, which run ahead of the device.)"""
     from imgcls_jax.config import apply_overrides
-    from imgcls_jax.train import train_and_evaluate
+    from imgcls_jax.train import TIMING_FILE, train_and_evaluate
 
-    log_every = max(steps // 4, 1)
-    config = apply_overrides(
-        config,
-        {
-            "training.num_train_steps": steps + log_every,
-            "training.log_every_steps": log_every,
-            "training.eval_every_epochs": 1e6,
-            "training.checkpoint_every_steps": 0,
-            "training.steps_per_dispatch": per_dispatch,
-        },
-    )
-    with tempfile.TemporaryDirectory() as workdir:
-        train_and_evaluate(config, workdir, dataset)
-        records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    rates = [r["steps_per_sec"] for r in records if "steps_per_sec" in r][1:]  # Skip compile.
-    return sum(rates) / len(rates) * config.input.batch_size
+    seconds = []
+    for total in (steps, 2 * steps):
+        run = apply_overrides(config, {
+            "training.num_train_steps": total, "training.log_every_steps": max(steps // 4, 1),
+            "training.eval_every_epochs": 1e6, "training.checkpoint_every_steps": 0,
+            "training.steps_per_dispatch": per_dispatch, "augment.grid_images": 0,
+        })  # fmt: skip
+        with tempfile.TemporaryDirectory() as workdir:
+            train_and_evaluate(run, workdir, dataset)
+            with open(os.path.join(workdir, TIMING_FILE), encoding="utf-8") as f:
+                seconds.append(json.load(f)["run_s"])
+    return steps * config.input.batch_size / (seconds[1] - seconds[0])
 
 
 def main(argv):
@@ -75,7 +73,7 @@ def main(argv):
 
     config = FLAGS.config
     dataset = random_dataset(
-        max(4 * config.input.batch_size * (FLAGS.steps + 10) // 4, 2048),
+        max(config.input.batch_size * (2 * FLAGS.steps + 10), 2048),
         FLAGS.image_size, FLAGS.channels, FLAGS.num_classes,
     )  # fmt: skip
     bare = bare_step_images_per_sec(config, FLAGS.steps)
