@@ -136,7 +136,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.grad_accum_steps = 1
     # Train steps per call from the host (a lax.scan over that many batches), so that small,
     # fast steps do not wait on Python; logs, evaluations, checkpoints and preemption checks
-    # fall between calls (a call stops short at each). 0: 8 on GPUs and TPUs, 1 on CPUs.
+    # fall between calls (a call stops short at each). 0: on GPUs and TPUs the largest
+    # divisor of 8 that divides those periods and the run's length, on CPUs 1.
     c.training.steps_per_dispatch = 0
     # An exponential moving average of the weights (and batch statistics), kept in the train
     # state and checkpoints; 0 disables it. Evaluations then also report the average as

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any
 
 import jax
@@ -28,8 +29,9 @@ from imgcls_jax import (
 from imgcls_jax import config as config_lib
 from imgcls_jax.models import build_model
 
-# training.steps_per_dispatch=0 on GPUs and TPUs: small steps stop waiting on the host. On
-# CPUs the host is the device, and one step per call costs nothing extra.
+# training.steps_per_dispatch=0 on GPUs and TPUs (at most; see _auto_steps_per_dispatch):
+# small steps stop waiting on the host. CPUs keep 1: measured side by side, 4 steps per call
+# helped a float32 ResNet-20 but not the bfloat16 airbench net (docs/performance.md).
 AUTO_STEPS_PER_DISPATCH = 8
 
 
@@ -88,8 +90,8 @@ class Trainer:
         self.eval_every_steps = max(
             1, int(round(config.training.eval_every_epochs * self.steps_per_epoch))
         )
-        self.steps_per_dispatch = config.training.steps_per_dispatch or (
-            1 if jax.default_backend() == "cpu" else AUTO_STEPS_PER_DISPATCH
+        self.steps_per_dispatch = (
+            config.training.steps_per_dispatch or self._auto_steps_per_dispatch()
         )
         peak_lr = optim.peak_learning_rate(config.optimizer, config.input.batch_size)
         self.learning_rate_fn = optim.build_schedule(
@@ -114,6 +116,17 @@ class Trainer:
         )
         self.eval_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=False)
         self._build_steps()
+
+    def _auto_steps_per_dispatch(self) -> int:
+        """1 on CPUs; elsewhere the largest divisor of AUTO_STEPS_PER_DISPATCH that also
+        divides the log, evaluation and checkpoint periods and the run's length, so that
+        every call runs the same number of steps (one compiled program)."""
+        if jax.default_backend() == "cpu":
+            return 1
+        cfg = self.config.training
+        periods = [cfg.log_every_steps, self.eval_every_steps, cfg.checkpoint_every_steps,
+                   self.total_steps]  # fmt: skip
+        return math.gcd(AUTO_STEPS_PER_DISPATCH, *[p for p in periods if p > 0])
 
     @property
     def image_shape(self) -> tuple[int, ...]:

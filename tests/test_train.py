@@ -459,3 +459,20 @@ def test_a_preempted_run_with_several_steps_per_dispatch_resumes_exactly(
     monkeypatch.undo()
     assert train_and_evaluate(config, str(tmp_path / "run"), dataset) == reference
     assert _final_checksums(tmp_path / "run") == _final_checksums(tmp_path / "reference")
+
+
+@pytest.mark.parametrize(
+    ("backend", "log", "eval_every", "checkpoint", "total", "expected"),
+    [("gpu", 100, 390, 0, 3900, 2), ("gpu", 100, 400, 1000, 4000, 4), ("tpu", 8, 64, 0, 640, 8),
+     ("gpu", 7, 21, 0, 70, 1), ("cpu", 100, 400, 0, 4000, 1)],
+)  # fmt: skip
+def test_automatic_steps_per_dispatch_keep_every_call_the_same_length(
+    monkeypatch, backend, log, eval_every, checkpoint, total, expected
+):
+    import types
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    config = tiny_config(**{"training.log_every_steps": log,
+                            "training.checkpoint_every_steps": checkpoint})  # fmt: skip
+    trainer = types.SimpleNamespace(config=config, eval_every_steps=eval_every, total_steps=total)
+    assert Trainer._auto_steps_per_dispatch(trainer) == expected
