@@ -135,3 +135,22 @@ def _assert_every_checkpoint_is_finite(workdir, steps):
             assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(state)))
     finally:
         checkpointer.close()
+
+
+def test_a_relaunch_loads_its_programs_from_the_compilation_cache(tmp_path, monkeypatch):
+    """--compilation_cache (on by default): the first run writes every program it compiles,
+    a second run of the same config (another workdir) finds them all and writes none."""
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)  # The tests' shared cache.
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Cache everything.
+    cache = tmp_path / "cache"
+    overrides = (f"--compilation_cache={cache}", "--config.training.num_train_steps=2")
+    first = _launch(tmp_path / "first", *overrides)
+    assert first.returncode == 0, first.stderr[-3000:]
+    def entries():  # Compiled programs (not JAX's access-time files) and when written.
+        return {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if "atime" not in p.name}
+
+    written = entries()
+    assert len(written) >= 3, written  # At least the init, train and eval programs.
+    second = _launch(tmp_path / "second", *overrides)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert entries() == written  # Every program found; none compiled and written again.
