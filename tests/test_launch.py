@@ -146,6 +146,7 @@ def test_a_relaunch_loads_its_programs_from_the_compilation_cache(tmp_path, monk
     overrides = (f"--compilation_cache={cache}", "--config.training.num_train_steps=2")
     first = _launch(tmp_path / "first", *overrides)
     assert first.returncode == 0, first.stderr[-3000:]
+
     def entries():  # Compiled programs (not JAX's access-time files) and when written.
         return {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if "atime" not in p.name}
 
