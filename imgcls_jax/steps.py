@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -201,46 +202,67 @@ def replace_variables(
     return with_ema(state, ema)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainStepParts:
+    """What a train step needs besides (state, batch, key), built once by the Trainer."""
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    learning_rate_fn: optax.Schedule  # Only logged: `tx` holds the schedule it follows.
+    augment_fn: Callable[[jax.Array, jnp.ndarray], jnp.ndarray]
+    mix_fn: Callable | None  # Mixup/CutMix, or None.
+    mean: tuple  # Normalisation, per channel, in [0, 1] units.
+    std: tuple
+    metrics_cls: type[metrics.Collection]
+    label_smoothing: float = 0.0
+    # Per-class loss weights: the optimised loss is the mean of weight x cross-entropy; the
+    # reported loss stays the plain mean cross-entropy.
+    class_weights: jnp.ndarray | None = None
+    # A pytree of Python bools (or None): True parameters get no gradient (the optimizer leaves
+    # them too); the BatchNorm layers in `frozen_norms` run in inference mode.
+    frozen: Any | None = None
+    frozen_norms: frozenset[str] = frozenset()
+    micro_batches: int = 1  # Gradient accumulation over that many parts (`_loss_and_grads`).
+    ema_decay: float = 0.0  # > 0: the state's weight average follows (`ema_decay_at`).
+    ema_warmup: bool = True
+
+
 def _loss_and_grads(
     state: TrainState,
     images: jnp.ndarray,
     labels: jnp.ndarray,
     weights: jnp.ndarray,
     dropout_key: jax.Array,
-    *,
-    model: nn.Module,
-    label_smoothing: float,
-    frozen: Any | None,
-    frozen_norms: frozenset[str],
-    micro_batches: int,
+    parts: TrainStepParts,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, Any, Any]:
     """(objective, logits, per-example loss, new batch statistics, gradients) of the batch.
 
-    With `micro_batches` k > 1 the batch is split into k equal parts (part i holds rows i,
+    With `parts.micro_batches` k > 1 the batch is split into k equal parts (part i holds rows i,
     i + k, ..., so that every device feeds each part equally), run one after another in a
     `lax.scan` with their gradients averaged: the memory of a k times smaller batch, the
     gradient of the whole one. Batch norm normalises each part with its own statistics and
     updates the running ones k times.
     """
 
+    model, frozen, k = parts.model, parts.frozen, parts.micro_batches
+
     def loss_fn(params, batch_stats, images, labels, weights, key):
         if frozen is not None:  # No gradient work below the lowest trainable layer.
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-        with nn.intercept_methods(frozen_norm_interceptor(frozen_norms)):
+        with nn.intercept_methods(frozen_norm_interceptor(parts.frozen_norms)):
             logits, updates = model.apply(
                 {"params": params, "batch_stats": batch_stats}, images, train=True,
                 mutable=["batch_stats"], rngs={"dropout": key},
             )  # fmt: skip
-        loss = cross_entropy(logits, labels, label_smoothing)
+        loss = cross_entropy(logits, labels, parts.label_smoothing)
         return (weights * loss).mean(), (logits, loss, updates.get("batch_stats", {}))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    if micro_batches == 1:
+    if k == 1:
         (objective, (logits, loss, batch_stats)), grads = grad_fn(
             state.params, state.batch_stats, images, labels, weights, dropout_key
         )
         return objective, logits, loss, batch_stats, grads
-    k = micro_batches
 
     def split(x):  # [B, ...] -> [k, B / k, ...], part i holding rows i, i + k, ...
         return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
@@ -259,65 +281,39 @@ def _loss_and_grads(
         return (batch_stats, grad_sum, objective_sum + objective), (logits, loss)
 
     carry = (state.batch_stats, jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0))
-    parts = (jnp.arange(k), split(images), split(labels), split(weights))
-    (batch_stats, grad_sum, objective_sum), (logits, loss) = jax.lax.scan(part, carry, parts)
+    micro = (jnp.arange(k), split(images), split(labels), split(weights))
+    (batch_stats, grad_sum, objective_sum), (logits, loss) = jax.lax.scan(part, carry, micro)
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     return objective_sum / k, join(logits), join(loss), batch_stats, grads
 
 
 def train_step(
-    state: TrainState,
-    batch: dict[str, jnp.ndarray],
-    key: jax.Array,
-    *,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    learning_rate_fn: optax.Schedule,
-    augment_fn: Callable[[jax.Array, jnp.ndarray], jnp.ndarray],
-    mix_fn: Callable | None,
-    mean: tuple,
-    std: tuple,
-    label_smoothing: float,
-    class_weights: jnp.ndarray | None,
-    frozen: Any | None,
-    frozen_norms: frozenset[str],
-    metrics_cls: type[metrics.Collection],
-    micro_batches: int = 1,
-    ema_decay: float = 0.0,
-    ema_warmup: bool = True,
+    state: TrainState, batch: dict[str, jnp.ndarray], key: jax.Array, parts: TrainStepParts
 ) -> tuple[TrainState, metrics.Collection]:
     """One optimisation step; the step's randomness is `key` folded with the step number.
 
-    With `class_weights` the optimised loss is the mean of weight x cross-entropy; the
-    reported loss stays the plain mean cross-entropy. Parameters marked True in `frozen` (a
-    pytree of Python bools, or None) get no gradient (the optimizer leaves them too); the
-    BatchNorm layers in `frozen_norms` run in inference mode and keep their statistics.
-    `micro_batches` > 1 accumulates the gradient over that many parts of the batch
-    (`_loss_and_grads`). With `ema_decay` > 0 the state's average follows the new weights
-    (`ema_decay_at`).
+    What each of `parts` does is said where it is declared (`TrainStepParts`).
 
     When the loss, the gradient or any array of the new state is not finite, the update is
     not applied (only the step advances) and the `nonfinite` metric records the step; the
     other metrics skip it.
     """
-    images, labels = augment_batch(key, state.step, batch, augment_fn, mix_fn)
-    images = normalize(images, mean, std)
+    images, labels = augment_batch(key, state.step, batch, parts.augment_fn, parts.mix_fn)
+    images = normalize(images, parts.mean, parts.std)
     dropout_key = jax.random.fold_in(jax.random.fold_in(key, state.step), 1)  # Dropout, drop path.
     weights = (
         jnp.ones(labels.shape[0], jnp.float32)
-        if class_weights is None
-        else example_weights(labels, class_weights)
+        if parts.class_weights is None
+        else example_weights(labels, parts.class_weights)
     )
     objective, logits, loss, batch_stats, grads = _loss_and_grads(
-        state, images, labels, weights, dropout_key, model=model,
-        label_smoothing=label_smoothing, frozen=frozen, frozen_norms=frozen_norms,
-        micro_batches=micro_batches,
-    )  # fmt: skip
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        state, images, labels, weights, dropout_key, parts
+    )
+    updates, opt_state = parts.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
-    if ema_decay:
-        decay = ema_decay_at(state.step + 1, ema_decay, ema_warmup)
+    if parts.ema_decay:
+        decay = ema_decay_at(state.step + 1, parts.ema_decay, parts.ema_warmup)
         new = {"params": params, "batch_stats": batch_stats}
         updated = updated.replace(
             ema=jax.tree.map(lambda e, w: e * decay + (1.0 - decay) * w, state.ema, new)
@@ -326,10 +322,11 @@ def train_step(
     # overflow the batch statistics or the optimizer's moments.
     finite = jnp.isfinite(objective) & jnp.isfinite(optax.global_norm(grads)) & all_finite(updated)
     updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    step_metrics = metrics_cls.single_from_model_output(
-        loss=loss, logits=logits, labels=labels, learning_rate=learning_rate_fn(state.step),
+    smoothed = parts.label_smoothing > 0
+    step_metrics = parts.metrics_cls.single_from_model_output(
+        loss=loss, logits=logits, labels=labels, learning_rate=parts.learning_rate_fn(state.step),
         finite=finite, step=state.step + 1,
-        loss_no_smoothing=cross_entropy(logits, labels, 0.0) if label_smoothing else loss,
+        loss_no_smoothing=cross_entropy(logits, labels, 0.0) if smoothed else loss,
     )  # fmt: skip
     for name in ("loss", "loss_no_smoothing", "accuracy", "top5_accuracy"):
         if name in step_metrics.__dataclass_fields__:  # A skipped step does not count.
@@ -350,12 +347,12 @@ def train_steps(
     merged: metrics.Collection,
     batches: tuple[dict[str, jnp.ndarray], ...],
     key: jax.Array,
-    **step_kwargs,
+    parts: TrainStepParts,
 ) -> tuple[TrainState, metrics.Collection]:
     """`len(batches)` consecutive `train_step`s in one program (a `lax.scan`), each step's
     metrics merged into `merged` in step order, on device. Any split of the same steps into
     calls gives bit-identical states and metrics."""
-    step = functools.partial(train_step, key=key, **step_kwargs)
+    step = functools.partial(train_step, key=key, parts=parts)
 
     def body(carry, batch):
         state, merged = carry

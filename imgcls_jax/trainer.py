@@ -179,24 +179,25 @@ class Trainer:
             ),
             out_shardings=replicated,
         )
-        step_kwargs = dict(
+        parts = steps.TrainStepParts(
             model=self.model,
             tx=self.tx,
             learning_rate_fn=self.learning_rate_fn,
             augment_fn=augment_fn,
             mix_fn=mix_fn,
+            mean=self.mean,
+            std=self.std,
+            metrics_cls=self.train_metrics_cls,
             label_smoothing=self.config.loss.label_smoothing,
             class_weights=self.class_weights,
             frozen=self.frozen if self.any_frozen else None,
             frozen_norms=transfer.frozen_norms(self.frozen),
-            metrics_cls=self.train_metrics_cls,
             micro_batches=self.config.training.grad_accum_steps,
             ema_decay=self.config.training.ema_decay,
             ema_warmup=self.config.training.ema_warmup,
-            **norm,
         )
         self.train_step = jax.jit(
-            functools.partial(steps.train_step, **step_kwargs),
+            functools.partial(steps.train_step, parts=parts),
             in_shardings=(replicated, batch, replicated),
             out_shardings=(replicated, replicated),
             donate_argnums=0,
@@ -204,7 +205,7 @@ class Trainer:
         # Several steps per call: a tuple of batches (its length fixes the program), metrics
         # merged on device into the ones passed in (`empty_train_metrics` to start).
         self.train_steps = jax.jit(
-            functools.partial(steps.train_steps, **step_kwargs),
+            functools.partial(steps.train_steps, parts=parts),
             in_shardings=(replicated, replicated, batch, replicated),
             out_shardings=(replicated, replicated),
             donate_argnums=(0, 1),
@@ -213,7 +214,7 @@ class Trainer:
             "image": jax.ShapeDtypeStruct((self.config.input.batch_size, *image_shape), np.uint8),
             "label": jax.ShapeDtypeStruct((self.config.input.batch_size,), np.int32),
         }
-        shapes = jax.eval_shape(functools.partial(steps.train_step, **step_kwargs),
+        shapes = jax.eval_shape(functools.partial(steps.train_step, parts=parts),
                                 self.abstract_state(), batch_shape, self.train_key)[1]  # fmt: skip
         self._empty_train_metrics = steps.empty_metrics(self.train_metrics_cls, shapes)
         self.eval_step = jax.jit(
