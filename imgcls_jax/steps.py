@@ -237,13 +237,12 @@ def _loss_and_grads(
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, Any, Any]:
     """(objective, logits, per-example loss, new batch statistics, gradients) of the batch.
 
-    With `parts.micro_batches` k > 1 the batch is split into k equal parts (part i holds rows i,
-    i + k, ..., so that every device feeds each part equally), run one after another in a
-    `lax.scan` with their gradients averaged: the memory of a k times smaller batch, the
-    gradient of the whole one. Batch norm normalises each part with its own statistics and
-    updates the running ones k times.
+    With `parts.micro_batches` k > 1 the batch is split into k equal micro-batches (micro-batch
+    i holds rows i, i + k, ..., so that every device feeds each equally), run one after
+    another in a `lax.scan` with their gradients averaged: the memory of a k times smaller
+    batch, the gradient of the whole one. Batch norm normalises each micro-batch with its own
+    statistics and updates the running ones k times.
     """
-
     model, frozen, k = parts.model, parts.frozen, parts.micro_batches
 
     def loss_fn(params, batch_stats, images, labels, weights, key):
@@ -264,13 +263,13 @@ def _loss_and_grads(
         )
         return objective, logits, loss, batch_stats, grads
 
-    def split(x):  # [B, ...] -> [k, B / k, ...], part i holding rows i, i + k, ...
+    def split(x):  # [B, ...] -> [k, B / k, ...], micro-batch i holding rows i, i + k, ...
         return x.reshape(x.shape[0] // k, k, *x.shape[1:]).swapaxes(0, 1)
 
     def join(x):  # The inverse of split.
         return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
-    def part(carry, inputs):
+    def micro_batch(carry, inputs):
         batch_stats, grad_sum, objective_sum = carry
         index, *batch = inputs
         key = jax.random.fold_in(dropout_key, index)
@@ -282,7 +281,7 @@ def _loss_and_grads(
 
     carry = (state.batch_stats, jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0))
     micro = (jnp.arange(k), split(images), split(labels), split(weights))
-    (batch_stats, grad_sum, objective_sum), (logits, loss) = jax.lax.scan(part, carry, micro)
+    (batch_stats, grad_sum, objective_sum), (logits, loss) = jax.lax.scan(micro_batch, carry, micro)
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     return objective_sum / k, join(logits), join(loss), batch_stats, grads
 
