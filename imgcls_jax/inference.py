@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -80,20 +81,16 @@ class Classifier:
 
         self.description, self.source = description, source
         self.class_names = list(description["class_names"])
-        model = build_model(model_config, len(self.class_names))
-        preprocess = augment.build_eval_fn(description["eval"])
-        mean, std = tuple(description["mean"]), tuple(description["std"])
-        flip_tta = description["eval_flip_tta"]
-
-        def probabilities(variables, images):
-            images = steps.normalize(preprocess(images), mean, std)
-            logits = model.apply(variables, images, train=False)
-            if flip_tta:
-                logits = (logits + model.apply(variables, images[:, :, ::-1], train=False)) / 2
-            return jax.nn.softmax(logits.astype(jnp.float32))
-
+        logits_fn = functools.partial(
+            steps.eval_logits,
+            model=build_model(model_config, len(self.class_names)),
+            preprocess_fn=augment.build_eval_fn(description["eval"]),
+            flip_tta=description["eval_flip_tta"],
+            mean=tuple(description["mean"]),
+            std=tuple(description["std"]),
+        )  # The same function as the run's evaluation.
         self.variables = variables
-        self._probabilities = jax.jit(probabilities)
+        self._probabilities = jax.jit(lambda v, x: jax.nn.softmax(logits_fn(v, x)))
 
     @classmethod
     def load(cls, path: str, step: str = "best", weights: str = "auto") -> Classifier:
@@ -124,17 +121,14 @@ class Classifier:
 
         model = build_model(model_config, len(description["class_names"]))
         shape = (1, description["image_size"], description["image_size"], description["channels"])
-        abstract = jax.eval_shape(
+        shapes = jax.eval_shape(
             lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
         )
-        abstract = {"batch_stats": {}, **abstract}  # A ViT has no batch statistics.
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = {
-            name: jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract[name]
-            )  # fmt: skip
-            for name in ("params", "batch_stats")
-        }
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+            {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})},
+        )  # A ViT has no batch statistics: {}.
         if use_ema:
             variables = checkpoint.restore_variables(workdir, chosen, {"ema": abstract})["ema"]
         else:

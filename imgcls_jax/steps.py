@@ -335,12 +335,6 @@ def train_step(
     return updated.replace(step=state.step + 1), step_metrics
 
 
-def empty_metrics(metrics_cls: type[metrics.Collection], like: Any) -> metrics.Collection:
-    """`metrics_cls.empty()` in the dtypes of `like` (a step's metrics or their shapes), so
-    that it can start a scan's carry."""
-    return jax.tree.map(lambda e, s: jnp.asarray(e, s.dtype), metrics_cls.empty(), like)
-
-
 def train_steps(
     state: TrainState,
     merged: metrics.Collection,
@@ -363,27 +357,36 @@ def train_steps(
     return state, merged
 
 
-def eval_step(
-    state: TrainState,
-    batch: dict[str, jnp.ndarray],
+def eval_logits(
+    variables: dict[str, Any],
+    images: jnp.ndarray,
     *,
     model: nn.Module,
     preprocess_fn: Callable[[jnp.ndarray], jnp.ndarray],
     flip_tta: bool,
     mean: tuple,
     std: tuple,
-    metrics_cls: type[metrics.Collection],
-) -> metrics.Collection:
-    """Metrics of one (possibly padded) batch; `batch["mask"]` marks the real examples.
-
-    `preprocess_fn` resizes/crops on device; with `flip_tta` the logits are the mean of the
-    image's and its mirror image's.
-    """
-    images = normalize(preprocess_fn(batch["image"]), mean, std)
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+) -> jnp.ndarray:
+    """The evaluation logits of [0, 255] images: `preprocess_fn` (resize/crop on device),
+    normalisation, the model in inference mode; with `flip_tta` the mean of the image's and
+    its mirror image's logits. Evaluation and `predict` (inference.py) share it."""
+    images = normalize(preprocess_fn(images), mean, std)
     logits = model.apply(variables, images, train=False)
     if flip_tta:
         logits = (logits + model.apply(variables, images[:, :, ::-1], train=False)) / 2
+    return logits
+
+
+def eval_step(
+    state: TrainState,
+    batch: dict[str, jnp.ndarray],
+    *,
+    logits_fn: Callable[[dict[str, Any], jnp.ndarray], jnp.ndarray],
+    metrics_cls: type[metrics.Collection],
+) -> metrics.Collection:
+    """Metrics of one (possibly padded) batch; `batch["mask"]` marks the real examples.
+    `logits_fn` is `eval_logits` bound to the model and preprocessing."""
+    logits = logits_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
     loss = cross_entropy(logits, batch["label"], 0.0)
     return metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]

@@ -9,7 +9,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -210,21 +209,16 @@ class Trainer:
             out_shardings=(replicated, replicated),
             donate_argnums=(0, 1),
         )
-        batch_shape = {
-            "image": jax.ShapeDtypeStruct((self.config.input.batch_size, *image_shape), np.uint8),
-            "label": jax.ShapeDtypeStruct((self.config.input.batch_size,), np.int32),
-        }
-        shapes = jax.eval_shape(functools.partial(steps.train_step, parts=parts),
-                                self.abstract_state(), batch_shape, self.train_key)[1]  # fmt: skip
-        self._empty_train_metrics = steps.empty_metrics(self.train_metrics_cls, shapes)
+        logits_fn = functools.partial(
+            steps.eval_logits,
+            model=self.model,
+            preprocess_fn=augment.build_eval_fn(self.config.augment.eval),
+            flip_tta=self.config.augment.eval_flip_tta,
+            **norm,
+        )
         self.eval_step = jax.jit(
             functools.partial(
-                steps.eval_step,
-                model=self.model,
-                preprocess_fn=augment.build_eval_fn(self.config.augment.eval),
-                flip_tta=self.config.augment.eval_flip_tta,
-                metrics_cls=self.eval_metrics_cls,
-                **norm,
+                steps.eval_step, logits_fn=logits_fn, metrics_cls=self.eval_metrics_cls
             ),
             in_shardings=(replicated, batch),
             out_shardings=replicated,
@@ -241,8 +235,9 @@ class Trainer:
         )
 
     def empty_train_metrics(self) -> Any:
-        """Merged train metrics of no step yet (a fresh copy: `train_steps` consumes it)."""
-        return jax.tree.map(jnp.copy, self._empty_train_metrics)
+        """Merged train metrics of no step yet (fresh arrays: `train_steps` consumes them). CLU's
+        and our empty metrics have the dtypes a step's metrics have, as a scan's carry needs."""
+        return self.train_metrics_cls.empty()
 
     def augmented_images(self, step: int, count: int) -> np.ndarray:
         """The first `count` images of train step `step` exactly as the model sees them
