@@ -35,7 +35,7 @@ flags.DEFINE_bool("tpu_run", False, "Run the gcloud commands instead of only pri
 flags.DEFINE_bool(
     "reuse_host_memory", True,
     "glibc: keep freed host memory in the process, so XLA:CPU's step buffers are not "
-    "page-faulted in again every step (imgcls_jax/host_memory.py).",
+    "page-faulted in again every step (imgcls_jax/host_memory.py). CPU runs only.",
 )  # fmt: skip
 flags.DEFINE_string(
     "compilation_cache", "~/.cache/imgcls_jax/jax_compilation_cache",
@@ -87,7 +87,8 @@ def main(argv):
     _quiet_library_info_logs()
     from imgcls_jax import host_memory, multihost
 
-    if FLAGS.reuse_host_memory and host_memory.reuse_freed_memory():  # Before JAX's threads.
+    reuse = FLAGS.reuse_host_memory and host_memory.devices_are_cpus()
+    if reuse and host_memory.reuse_freed_memory():  # Before JAX's threads.
         logging.info("Host memory: freed memory is kept for reuse (--reuse_host_memory).")
 
     multihost.initialize(
@@ -140,11 +141,11 @@ def launch_on_tpu() -> None:
 
     if not (FLAGS.tpu_zone and FLAGS.tpu_type):
         raise app.UsageError("--tpu needs --tpu_zone and --tpu_type.")
-    from imgcls_jax import config as config_lib
+    from imgcls_jax import validation
 
     try:
         cloud_tpu.check_workdir(FLAGS.workdir)
-        config_lib.validate(FLAGS.config)  # Here, before anything is created or paid for.
+        validation.validate(FLAGS.config)  # Here, before anything is created or paid for.
     except ValueError as e:
         sys.exit(f"launch.py: {e}")
     vm = cloud_tpu.TpuVm(FLAGS.tpu, FLAGS.tpu_zone, FLAGS.tpu_type, FLAGS.tpu_version,

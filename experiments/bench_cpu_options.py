@@ -13,6 +13,7 @@ Prints a table and writes JSON to --out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -64,13 +65,17 @@ def measure(dtype: str, kernels: str, reuse_host_memory: bool) -> dict:
     from step_timing import OurStep
 
     from configs.resnet import get_config
-    from imgcls_jax import models
     from imgcls_jax.config import apply_overrides
 
-    if kernels == "onednn_conv":
-        native = models.native_kernels("onednn")
-        models.native_kernels = lambda *_: {"conv_fn": native["conv_fn"]}
-        kernels = "onednn"
+    if kernels == "onednn_conv":  # oneDNN's convolutions with XLA's batch norm.
+        from imgcls_jax import kernels as kernels_lib
+        from imgcls_jax import registry
+
+        def conv_only(devices, dtype):
+            native = kernels_lib.onednn_kernels(devices, dtype)
+            return dataclasses.replace(native, name=kernels, batch_norm_train=None)
+
+        registry.register("kernels", kernels, conv_only)
     config = apply_overrides(get_config(), {
         "model.name": FLAGS.model, "model.dtype": dtype, "model.kernels": kernels,
         "input.batch_size": FLAGS.batch_size, "augment.train": "",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+
+from imgcls_jax.registry import check_choice, closest
 
 
 def model_config(**fields) -> ml_collections.ConfigDict:
@@ -91,7 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.prefetch = 2  # Host-fed train batches prepared ahead, in a thread.
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion (optim.OPTIMIZERS)
+    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion (registered in optim.py)
     c.optimizer.learning_rate = 0.1
     c.optimizer.lr_base_batch_size = 0  # If > 0, lr *= batch_size / lr_base_batch_size.
     c.optimizer.momentum = 0.9
@@ -176,21 +177,6 @@ def preset_config(
     config = base_config()
     presets[name](config)
     return lock(config)
-
-
-def closest(name: str, choices: Iterable[str]) -> str:
-    """Formats a 'did you mean' hint naming the closest valid choice."""
-    choices = sorted(choices)
-    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.0)
-    hint = f" Did you mean {match[0]!r}?" if match else ""
-    return f"{hint} Valid choices: {', '.join(choices)}."
-
-
-def check_choice(key: str, value: str, choices: Iterable[str]) -> None:
-    """Raises a ValueError naming the closest valid choice when `value` is not one of them."""
-    choices = list(choices)
-    if value not in choices:
-        raise ValueError(f"config.{key}={value!r} is not known.{closest(value, choices)}")
 
 
 def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
@@ -281,34 +267,13 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
                              "in (0, 1].")  # fmt: skip
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks names and values before any device work; raises with the fix."""
-    from imgcls_jax import (  # Registries live with their owners.
-        augment,
-        data,
-        device_data,
-        models,
-        optim,
-        profiling,
-    )
-
-    check_choice("model.name", config.model.name, models.MODEL_REGISTRY)
-    check_choice("model.stem", config.model.stem, ("small", "imagenet"))
-    check_choice("model.pool", config.model.pool, models.vit.POOLS)
-    check_choice("model.posemb", config.model.posemb, models.vit.POSEMBS)
-    check_choice("model.dtype", config.model.dtype, ("float32", "bfloat16", "float16"))
-    check_choice("model.kernels", config.model.kernels, models.KERNELS)
-    check_choice("dataset.source", config.dataset.source, data.SOURCES)
-    check_choice("optimizer.name", config.optimizer.name, optim.OPTIMIZERS)
-    check_choice("schedule.name", config.schedule.name, ("cosine", "step", "constant"))
+def check_rules(config: ml_collections.ConfigDict) -> None:
+    """Checks the config's own rules: value ranges, plain choices and rules across fields.
+    Names of registered parts (models, optimizers, ...) are checked by building them
+    (`imgcls_jax.validation.validate`)."""
     check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
-    check_choice("input.device_resident", config.input.device_resident, device_data.MODES)
     check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip"))
     check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))
-    data.check_dataset_name(config.dataset)
-    profiling.parse_steps(config.training.profile_steps)
-    augment.parse_pipeline(config.augment.train)  # Raises on unknown ops or bad arguments.
-    augment.parse_pipeline(config.augment.eval, augment.EVAL_OPS)
     if len(config.dataset.mean) != len(config.dataset.std):
         raise ValueError("config.dataset.mean and config.dataset.std must have the same length.")
     if config.dataset.channels not in (0, 1, 3):

@@ -12,6 +12,9 @@ in the process instead; the price is that the process keeps its peak heap until 
 from __future__ import annotations
 
 import ctypes
+import importlib.util
+import os
+import pkgutil
 import sys
 
 # mallopt(3) parameters, from glibc's malloc.h.
@@ -29,3 +32,17 @@ def reuse_freed_memory() -> bool:
     if not hasattr(libc, "gnu_get_libc_version"):  # Not glibc (e.g. musl): nothing to tune.
         return False
     return all(libc.mallopt(option, value) == 1 for option, value in _SETTINGS)
+
+
+def devices_are_cpus() -> bool:
+    """Whether JAX will run on CPUs only, judged without starting it (the setting above must
+    come first): JAX_PLATFORMS names only cpu, or no GPU/TPU plugin (a `jax_plugins` module
+    such as CUDA's, or libtpu) is installed. Accelerator runs keep glibc's defaults: their
+    step buffers live on the device, and the host serves the input pipeline."""
+    platforms = [p for p in os.environ.get("JAX_PLATFORMS", "").lower().split(",") if p]
+    if platforms:
+        return platforms == ["cpu"]
+    if importlib.util.find_spec("libtpu") is not None:
+        return False
+    spec = importlib.util.find_spec("jax_plugins")
+    return spec is None or not any(pkgutil.iter_modules(spec.submodule_search_locations))

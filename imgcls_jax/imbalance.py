@@ -1,34 +1,9 @@
-"""Class imbalance: reduced-class training sets, class-weighted loss, class-balanced sampling."""
+"""Class imbalance: class-weighted loss and class-balanced sampling (reduced-class training
+sets are `data.reduce_classes`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-
-from imgcls_jax.data import Split
-
-
-def reduce_classes(split: Split, fractions: Sequence[float], seed: int) -> Split:
-    """Keeps a random `fractions[c]` of each class c (at least one example of a kept class)."""
-    num_classes = int(split.labels.max()) + 1 if len(split) else 0
-    if len(fractions) < num_classes:
-        raise ValueError(
-            f"config.dataset.class_fractions has {len(fractions)} entries but the data has "
-            f"{num_classes} classes; give one fraction per class."
-        )
-    rng = np.random.default_rng([seed, 2])
-    keep = []
-    for label, fraction in enumerate(fractions):
-        if not 0.0 <= fraction <= 1.0:
-            raise ValueError(
-                f"config.dataset.class_fractions[{label}]={fraction} is not in [0, 1]."
-            )
-        members = np.flatnonzero(split.labels == label)
-        count = max(1, round(fraction * len(members))) if fraction > 0 and len(members) else 0
-        keep.append(rng.permutation(members)[:count])
-    keep = np.sort(np.concatenate(keep))
-    return Split(split.images[keep], split.labels[keep])
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:

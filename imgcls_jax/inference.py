@@ -12,14 +12,14 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils import epath
 
-from imgcls_jax import augment, checkpoint, steps
-from imgcls_jax import config as config_lib
+from imgcls_jax import augment, checkpoint, kernels, models, steps
 from imgcls_jax.data import image_folder
 
 MODEL_FILE = "model.json"  # In a training workdir: what `Classifier.from_workdir` needs.
@@ -66,24 +66,26 @@ class Prediction:
     error: str = ""
 
 
+def _build_model(fields: dict[str, Any], num_classes: int) -> nn.Module:
+    """The model `fields` (a run's model config) describe, on the kernels that suit this
+    process's first device."""
+    chosen = kernels.backend(fields.get("kernels", "auto"), jax.local_devices()[:1],
+                             fields["dtype"])  # fmt: skip
+    return models.build_model(fields, num_classes, chosen)
+
+
 class Classifier:
     """Classifies image files: decoded and resized on the host as in training, then the
     evaluation pipeline, normalisation and the model on device, in fixed-size batches."""
 
     def __init__(
-        self,
-        model_config: ml_collections.ConfigDict,
-        variables: dict[str, Any],
-        description: dict[str, Any],
-        source: str,
+        self, model: nn.Module, variables: dict[str, Any], description: dict[str, Any], source: str
     ):
-        from imgcls_jax.models import build_model
-
         self.description, self.source = description, source
         self.class_names = list(description["class_names"])
         logits_fn = functools.partial(
             steps.eval_logits,
-            model=build_model(model_config, len(self.class_names)),
+            model=model,
             preprocess_fn=augment.build_eval_fn(description["eval"]),
             flip_tta=description["eval_flip_tta"],
             mean=tuple(description["mean"]),
@@ -116,10 +118,7 @@ class Classifier:
                              "use --weights=trained.")  # fmt: skip
         use_ema = weights != "trained" and description.get("ema", False)
         chosen = _choose_step(workdir, step)
-        model_config = config_lib.model_config(**description["model"])
-        from imgcls_jax.models import build_model
-
-        model = build_model(model_config, len(description["class_names"]))
+        model = _build_model(description["model"], len(description["class_names"]))
         shape = (1, description["image_size"], description["image_size"], description["channels"])
         shapes = jax.eval_shape(
             lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
@@ -134,7 +133,7 @@ class Classifier:
         else:
             variables = checkpoint.restore_variables(workdir, chosen, abstract)
         source = f"{workdir} step {chosen} ({step}, {'average' if use_ema else 'trained'} weights)"
-        return cls(model_config, variables, description, source)
+        return cls(model, variables, description, source)
 
     @classmethod
     def from_converted(cls, directory: str) -> Classifier:
@@ -154,13 +153,10 @@ class Classifier:
             "mean": metadata["mean"],
             "std": metadata["std"],
         }
-        model_config = config_lib.model_config(
-            name=metadata["architecture"],
-            width=metadata["width"],
-            stem=metadata["stem"],
-            dtype="float32",
-        )
-        return cls(model_config, variables, description, directory)
+        fields = {"name": metadata["architecture"], "width": metadata["width"],
+                  "stem": metadata["stem"], "dtype": "float32"}  # fmt: skip
+        model = _build_model(fields, len(description["class_names"]))
+        return cls(model, variables, description, directory)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of uint8 [N, image_size, image_size, channels] images."""

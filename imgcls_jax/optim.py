@@ -1,12 +1,15 @@
-"""Learning-rate schedules and Optax optimizers built from their config sections."""
+"""Learning-rate schedules and Optax optimizers (registry kinds "schedule" and "optimizer"),
+built from their config sections."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import ml_collections
 import optax
+
+from imgcls_jax import registry
 
 
 def peak_learning_rate(optimizer_config: ml_collections.ConfigDict, batch_size: int) -> float:
@@ -17,28 +20,48 @@ def peak_learning_rate(optimizer_config: ml_collections.ConfigDict, batch_size: 
     return lr
 
 
+# Schedules after the warm-up: (peak lr, steps per epoch, warm-up steps, steps after the
+# warm-up) -> schedule counted from the end of the warm-up.
+
+
+@registry.register("schedule", "cosine")
+def cosine(peak_lr: float, steps_per_epoch: int, warmup: int, decay_steps: int, *,
+           end_factor: float = 0.0) -> optax.Schedule:  # fmt: skip
+    """Cosine decay to `end_factor` * peak."""
+    del steps_per_epoch, warmup
+    return optax.cosine_decay_schedule(peak_lr, decay_steps, alpha=end_factor)
+
+
+@registry.register("schedule", "step")
+def step(peak_lr: float, steps_per_epoch: int, warmup: int, decay_steps: int, *,
+         step_epochs: Sequence[float] = (), step_factor: float = 0.1) -> optax.Schedule:  # fmt: skip
+    """Multiplied by `step_factor` at each of `step_epochs`."""
+    del decay_steps
+    boundaries = {
+        int(epoch * steps_per_epoch) - warmup: step_factor
+        for epoch in step_epochs
+        if int(epoch * steps_per_epoch) > warmup
+    }
+    return optax.piecewise_constant_schedule(peak_lr, boundaries)
+
+
+@registry.register("schedule", "constant")
+def constant(peak_lr: float, steps_per_epoch: int, warmup: int, decay_steps: int) -> optax.Schedule:
+    del steps_per_epoch, warmup, decay_steps
+    return optax.constant_schedule(peak_lr)
+
+
 def build_schedule(
     schedule_config: ml_collections.ConfigDict,
     peak_lr: float,
     steps_per_epoch: int,
     total_steps: int,
 ) -> optax.Schedule:
-    """Linear warm-up from 0, then cosine, step or constant."""
+    """Linear warm-up from 0, then the schedule named by `schedule_config.name`."""
     warmup = min(int(schedule_config.warmup_epochs * steps_per_epoch), total_steps)
     decay_steps = max(total_steps - warmup, 1)
-    if schedule_config.name == "cosine":
-        main = optax.cosine_decay_schedule(peak_lr, decay_steps, alpha=schedule_config.end_factor)
-    elif schedule_config.name == "step":
-        boundaries = {
-            int(epoch * steps_per_epoch) - warmup: schedule_config.step_factor
-            for epoch in schedule_config.step_epochs
-            if int(epoch * steps_per_epoch) > warmup
-        }
-        main = optax.piecewise_constant_schedule(peak_lr, boundaries)
-    elif schedule_config.name == "constant":
-        main = optax.constant_schedule(peak_lr)
-    else:
-        raise ValueError(f"Unknown schedule {schedule_config.name!r}.")
+    main = registry.build_from("schedule", schedule_config.name, schedule_config, peak_lr,
+                               steps_per_epoch, warmup, decay_steps, key="schedule.name")  # fmt: skip
     if warmup == 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup), main], [warmup])
@@ -49,52 +72,58 @@ def decay_mask(params) -> object:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def _sgd(c: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+# Optimizers: (learning-rate schedule, hyperparameters) -> transformation; weight decay is
+# masked by decay_mask.
+
+
+@registry.register("optimizer", "sgd")
+def sgd(schedule: optax.Schedule, *, momentum: float = 0.9, nesterov: bool = False,
+        weight_decay: float = 0.0) -> optax.GradientTransformation:  # fmt: skip
     """SGD with L2 decay added to the gradient, as in PyTorch."""
-    decay = [optax.add_decayed_weights(c.weight_decay, decay_mask)] if c.weight_decay else []
-    return optax.chain(*decay, optax.sgd(lr, momentum=c.momentum or None, nesterov=c.nesterov))
+    decay = [optax.add_decayed_weights(weight_decay, decay_mask)] if weight_decay else []
+    return optax.chain(*decay, optax.sgd(schedule, momentum=momentum or None, nesterov=nesterov))
 
 
-def _adamw(c: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
-    return optax.adamw(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+@registry.register("optimizer", "adamw")
+def adamw(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+          weight_decay: float = 1e-4) -> optax.GradientTransformation:  # fmt: skip
+    return optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                        mask=decay_mask)  # fmt: skip
 
 
-def _lamb(c: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+@registry.register("optimizer", "lamb")
+def lamb(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
+         weight_decay: float = 0.0) -> optax.GradientTransformation:  # fmt: skip
     """Adam with decoupled decay and a per-layer trust ratio (large-batch training)."""
-    return optax.lamb(lr, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
+    return optax.lamb(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                       mask=decay_mask)  # fmt: skip
 
 
-def _lars(c: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+@registry.register("optimizer", "lars")
+def lars(schedule: optax.Schedule, *, momentum: float = 0.9, nesterov: bool = False,
+         weight_decay: float = 0.0, trust_coefficient: float = 0.001,
+         ) -> optax.GradientTransformation:  # fmt: skip
     """SGD with momentum and a per-layer trust ratio; biases and norm parameters get neither
     the decay nor the trust ratio, as in the large-batch ResNet recipes."""
-    return optax.lars(lr, weight_decay=c.weight_decay, weight_decay_mask=decay_mask,
-                      trust_coefficient=c.trust_coefficient, trust_ratio_mask=decay_mask,
-                      momentum=c.momentum, nesterov=c.nesterov)  # fmt: skip
+    return optax.lars(schedule, weight_decay=weight_decay, weight_decay_mask=decay_mask,
+                      trust_coefficient=trust_coefficient, trust_ratio_mask=decay_mask,
+                      momentum=momentum, nesterov=nesterov)  # fmt: skip
 
 
-def _lion(c: ml_collections.ConfigDict, lr: optax.Schedule) -> optax.GradientTransformation:
+@registry.register("optimizer", "lion")
+def lion(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.99,
+         weight_decay: float = 1e-3) -> optax.GradientTransformation:  # fmt: skip
     """Sign of interpolated momentum (Chen et al. 2023); wants a 3-10x smaller learning rate
     and a 3-10x larger weight decay than AdamW, and b2 about 0.99."""
-    return optax.lion(lr, b1=c.b1, b2=c.b2, weight_decay=c.weight_decay, mask=decay_mask)
-
-
-# name -> builder(optimizer config, learning-rate schedule), weight decay masked by decay_mask.
-OPTIMIZERS: dict[str, Callable[[ml_collections.ConfigDict, optax.Schedule],
-                               optax.GradientTransformation]] = {
-    "sgd": _sgd, "adamw": _adamw, "lamb": _lamb, "lars": _lars, "lion": _lion,
-}  # fmt: skip
+    return optax.lion(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
 
 
 def build_optimizer(
     optimizer_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
-    """The configured optimizer (`OPTIMIZERS`), after global-norm clipping when set."""
-    from imgcls_jax.config import check_choice
-
-    check_choice("optimizer.name", optimizer_config.name, OPTIMIZERS)
+    """The optimizer named by `optimizer_config.name`, after global-norm clipping when set."""
     clip = optimizer_config.grad_clip_norm
     clipping = [optax.clip_by_global_norm(clip)] if clip > 0 else []
-    return optax.chain(*clipping, OPTIMIZERS[optimizer_config.name](optimizer_config,
-                                                                    learning_rate_fn))  # fmt: skip
+    optimizer = registry.build_from("optimizer", optimizer_config.name, optimizer_config,
+                                    learning_rate_fn, key="optimizer.name")  # fmt: skip
+    return optax.chain(*clipping, optimizer)

@@ -16,7 +16,6 @@ import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from etils import epath
 
-from imgcls_jax import config as config_lib
 from imgcls_jax import (
     data,
     inference,
@@ -26,6 +25,7 @@ from imgcls_jax import (
     run_report,
     steps,
     timing,
+    validation,
     visualize,
 )
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
@@ -72,7 +72,7 @@ def train_and_evaluate(
     their own. The run's wall-clock and compile seconds go to `workdir/timing.json`.
     """
     timer = timing.RunTimer()
-    config_lib.validate(config)  # Before the workdir is made (Trainer validates Python callers).
+    validation.validate(config)  # Before the workdir is made (Trainer validates Python callers).
     reporting.check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
     writer = reporting.create_writer(workdir)

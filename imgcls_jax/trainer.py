@@ -24,8 +24,9 @@ from imgcls_jax import (
     sharding,
     steps,
     transfer,
+    validation,
 )
-from imgcls_jax import config as config_lib
+from imgcls_jax.kernels import backend
 from imgcls_jax.models import build_model
 
 # training.steps_per_dispatch=0 on GPUs and TPUs (at most; see _auto_steps_per_dispatch):
@@ -43,7 +44,7 @@ class Trainer:
         dataset: data.Dataset | None = None,
         devices: list | None = None,
     ):
-        config_lib.validate(config)
+        validation.validate(config)
         self.config = config
         self.mesh = sharding.make_mesh(devices)
         sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size",
@@ -63,7 +64,8 @@ class Trainer:
         if config.transfer.checkpoint:
             self._load_pretrained(config.transfer)
         self._check_channels()
-        self.model = build_model(config.model, self.dataset.num_classes)
+        self.kernels = backend(config.model.kernels, self.mesh.devices.flat, config.model.dtype)
+        self.model = build_model(config.model, self.dataset.num_classes, self.kernels)
         train_labels = self.dataset.train.labels
         self.order = (
             imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)

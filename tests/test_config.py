@@ -4,7 +4,7 @@ import pytest
 from conftest import tiny_config
 
 from configs import resnet, transfer
-from imgcls_jax import config as config_lib
+from imgcls_jax import validation
 
 
 @pytest.mark.parametrize(
@@ -14,7 +14,7 @@ from imgcls_jax import config as config_lib
 )
 def test_every_preset_loads_and_validates(module, preset):
     config = module.get_config(preset)
-    config_lib.validate(config)
+    validation.validate(config)
     assert config.is_locked
 
 
@@ -68,7 +68,7 @@ def test_locked_config_rejects_new_attribute():
 def test_unknown_name_names_closest_choice(key, value, hint):
     c = tiny_config(**{key: value, "dataset.source": "auto"})
     with pytest.raises(ValueError, match=f"Did you mean '{hint}'"):
-        config_lib.validate(c)
+        validation.validate(c)
 
 
 def test_unknown_preset_names_closest():
@@ -84,9 +84,9 @@ def test_unknown_preset_names_closest():
     ],
 )
 def test_no_validation_split_refuses_what_needs_one(overrides, message):
-    config_lib.validate(tiny_config(**{"dataset.validation_size": 0}))
+    validation.validate(tiny_config(**{"dataset.validation_size": 0}))
     with pytest.raises(ValueError, match=message):
-        config_lib.validate(tiny_config(**{"dataset.validation_size": 0, **overrides}))
+        validation.validate(tiny_config(**{"dataset.validation_size": 0, **overrides}))
 
 
 @pytest.mark.parametrize(
@@ -108,7 +108,7 @@ def test_no_validation_split_refuses_what_needs_one(overrides, message):
 )  # fmt: skip
 def test_values_out_of_range_fail_validation_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
-        config_lib.validate(tiny_config(**overrides))
+        validation.validate(tiny_config(**overrides))
 
 
 def test_crops_larger_than_the_images_fail_before_training(dataset):

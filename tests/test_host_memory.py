@@ -42,3 +42,21 @@ def test_reused_memory_is_not_page_faulted_in_on_every_call():
 
 def test_reuse_reports_whether_it_applied():
     assert host_memory.reuse_freed_memory() == sys.platform.startswith("linux")
+
+
+def test_only_runs_on_cpus_change_the_host_memory_setting(monkeypatch, tmp_path):
+    """launch.py applies it where JAX will run on CPUs only: judged from JAX_PLATFORMS, or else
+    from whether a GPU/TPU plugin is installed, without starting JAX."""
+    import importlib
+
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert host_memory.devices_are_cpus()
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert not host_memory.devices_are_cpus()
+    monkeypatch.delenv("JAX_PLATFORMS")
+    plugin = tmp_path / "jax_plugins" / "xla_cuda13"  # Where jax-cuda13-plugin installs.
+    plugin.mkdir(parents=True)
+    (plugin / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert not host_memory.devices_are_cpus()

@@ -7,15 +7,15 @@ import pytest
 from conftest import synthetic_dataset, tiny_config
 
 from imgcls_jax import data, imbalance, steps
-from imgcls_jax.config import validate
 from imgcls_jax.input_pipeline import TrainOrder
 from imgcls_jax.trainer import Trainer
+from imgcls_jax.validation import validate
 
 
 def _imbalanced_dataset():
     """Classes 0 and 1 kept at 10%: about 10:1 against classes 2 and 3."""
     full = synthetic_dataset(num_train=1200)
-    train = imbalance.reduce_classes(full.train, (0.1, 0.1, 1.0, 1.0), seed=0)
+    train = data.reduce_classes(full.train, (0.1, 0.1, 1.0, 1.0), seed=0)
     return data.Dataset(train, full.validation, full.test, full.class_names), full.train
 
 
@@ -28,7 +28,7 @@ def test_reduce_classes_keeps_the_asked_fraction_of_each_class():
     index = {img.tobytes(): label for img, label in zip(full.images, full.labels)}
     assert all(index[i.tobytes()] == y for i, y in zip(reduced.train.images, reduced.train.labels))
     with pytest.raises(ValueError, match="one fraction per class"):
-        imbalance.reduce_classes(full, (0.5, 0.5), seed=0)
+        data.reduce_classes(full, (0.5, 0.5), seed=0)
 
 
 def test_balanced_class_weights_equalise_each_class_total():

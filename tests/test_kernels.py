@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO_ROOT
 from jax import lax
 
-from imgcls_jax import models
+from imgcls_jax import kernels, models
 from imgcls_jax.data import fashion_mnist_files
 from imgcls_jax.kernels import onednn
 from imgcls_jax.models.layers import BatchNorm
@@ -144,11 +144,11 @@ def test_bfloat16_kernels_are_taken_where_the_cpu_has_avx512(monkeypatch):
 
     bf16 = jax.make_jaxpr(conv)(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
     assert "ffi_call" not in str(bf16) and "ffi_call" in str(jax.make_jaxpr(conv)(x, kernel))
-    monkeypatch.setattr(jax, "device_count", lambda: 1)  # As on a one-device CPU run.
-    assert models.native_kernels("auto", "bfloat16") == {}
-    assert set(models.native_kernels("auto", "float32")) == {"conv_fn", "norm_train_fn"}
+    one_cpu = jax.devices()[:1]  # As on a one-device CPU run.
+    assert kernels.backend("auto", one_cpu, "bfloat16") == kernels.XLA
+    assert kernels.backend("auto", one_cpu, "float32").name == "onednn"
     with pytest.raises(ValueError, match="take float32 on this CPU.*bfloat16 needs AVX-512"):
-        models.native_kernels("onednn", "bfloat16")
+        kernels.backend("onednn", one_cpu, "bfloat16")
 
 
 def test_a_kernel_given_mixed_dtypes_raises_instead_of_misreading_memory():
@@ -227,7 +227,7 @@ def test_resnet_training_step_matches_xla():
 
     config = model_config(name="resnet8", width=4, stem="small", dtype="float32", kernels="xla")
     plain = models.build_model(config, 5)
-    native = plain.clone(conv_fn=onednn.conv_general_dilated, norm_train_fn=onednn.batch_norm_train)
+    native = plain.clone(kernels=kernels.backend("onednn", jax.devices()[:1], "float32"))
     x = _normal(0, (8, 12, 12, 3))
     labels = jnp.arange(8) % 5
     variables = jax.jit(plain.init)(jax.random.key(1, impl="rbg"), x)
@@ -261,13 +261,28 @@ def test_resnet_training_step_matches_xla():
     assert error(grads_native) <= 1.5 * error(grads_xla)
 
 
+def test_the_build_cache_is_keyed_by_the_onednn_version(monkeypatch):
+    """An upgraded libdnnl gets its own build instead of loading one made for the old one."""
+    version = onednn.onednn_version()
+    assert version.split("+")[0].count(".") == 2  # E.g. 2.6.3+HASH: read from the library.
+    built = onednn.library_path()
+    assert onednn._build() == built and built.exists()  # The build loaded is this version's.
+    monkeypatch.setattr(onednn, "onednn_version", lambda: "9.9.9+abc")
+    assert onednn.library_path() != built and onednn.library_path().parent == built.parent
+
+
 def test_auto_takes_onednn_only_on_one_cpu_device():
-    assert jax.device_count() == 8  # The test set-up's fake devices.
-    assert models.native_kernels("auto") == {} and models.native_kernels("xla") == {}
+    devices = jax.devices()
+    assert len(devices) == 8  # The test set-up's fake devices.
+    assert kernels.backend("auto", devices, "float32") == kernels.XLA
+    assert kernels.backend("xla", devices[:1], "float32") == kernels.XLA
+    assert kernels.backend("auto", devices[:1], "float32").name == "onednn"
     with pytest.raises(ValueError, match="needs a run on one CPU device.*'auto' or 'xla'"):
-        models.native_kernels("onednn")
+        kernels.backend("onednn", devices, "float32")
     with pytest.raises(ValueError, match="Did you mean 'onednn'"):
-        models.native_kernels("onedn")
+        kernels.backend("onedn", devices, "float32")
+    with pytest.raises(ValueError, match="Did you mean 'onednn'"):
+        kernels.check_name("onedn")
 
 
 @pytest.mark.skipif(not fashion_mnist_files.available(), reason="needs dataset-fashion-mnist")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from imgcls_jax.config import base_config, model_config
-from imgcls_jax.models import MODEL_REGISTRY, build_model
+from imgcls_jax.models import build_model, names
 from imgcls_jax.models.layers import max_pool
 
 
@@ -16,7 +16,7 @@ def _config(name, **kw):
                            "bn_momentum": 0.9, "kernels": "auto", **kw})  # fmt: skip
 
 
-@pytest.mark.parametrize("name", sorted(MODEL_REGISTRY))
+@pytest.mark.parametrize("name", names())
 def test_every_model_maps_images_to_logits(name):
     stem = (
         "imagenet"

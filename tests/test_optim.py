@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from imgcls_jax import optim
+from imgcls_jax import optim, registry
 from imgcls_jax.config import base_config
 
 
@@ -48,7 +48,7 @@ PARAMS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+@pytest.mark.parametrize("name", registry.names("optimizer"))
 def test_weight_decay_skips_biases_and_norm_params(name):
     c = base_config().optimizer
     c.update(name=name, weight_decay=0.1, momentum=0.0)

@@ -270,7 +270,7 @@ def test_flip_tta_makes_evaluation_mirror_invariant(dataset):
 
 
 def test_eval_preprocessing_runs_on_device_and_validates(dataset):
-    from imgcls_jax import config as config_lib
+    from imgcls_jax import validation
 
     resized = tiny_config(**{"augment.eval": "resize(16)|center_crop(12)"})
     trainer = Trainer(resized, dataset)
@@ -281,7 +281,7 @@ def test_eval_preprocessing_runs_on_device_and_validates(dataset):
     ).compile() is not None  # fmt: skip
     assert trainer.evaluate(trainer.create_state(), dataset.test, "test")["test/num_examples"] == 70
     with pytest.raises(ValueError, match="Did you mean 'center_crop'"):
-        config_lib.validate(tiny_config(**{"augment.eval": "centre_crop(8)"}))
+        validation.validate(tiny_config(**{"augment.eval": "centre_crop(8)"}))
 
 
 def test_augmentation_grid_shows_what_the_first_step_sees(tmp_path, dataset):
@@ -333,10 +333,10 @@ def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, dataset, spec):
 
 @pytest.mark.parametrize("spec", ["5", "0:3", "4:2", "a:b"])
 def test_bad_profile_steps_are_refused_with_the_format(spec):
-    from imgcls_jax import config as config_lib
+    from imgcls_jax import validation
 
     with pytest.raises(ValueError, match="must be 'START:STOP'"):
-        config_lib.validate(tiny_config(**{"training.profile_steps": spec}))
+        validation.validate(tiny_config(**{"training.profile_steps": spec}))
 
 
 def _steps(trainer, count):
@@ -353,14 +353,10 @@ def _steps(trainer, count):
 
 def test_gradient_accumulation_equals_the_whole_batch_without_batch_norm(dataset, monkeypatch):
     """A ViT has no batch statistics: 4 micro-batches of 8 give the update of 32 at once."""
-    import functools
+    from imgcls_jax.models import vit
 
-    from imgcls_jax import models
-
-    # A 2-block ViT of width 32 (registered under vit_ti for this test): compiles in seconds.
-    monkeypatch.setitem(
-        models.MODEL_REGISTRY, "vit_ti", functools.partial(models._vit, (32, 2, 64, 2))
-    )
+    # A 2-block ViT of width 32 (built as vit_ti in this test): compiles in seconds.
+    monkeypatch.setitem(vit.VARIANTS, "vit_ti", (32, 2, 64, 2))
     overrides = {"model.name": "vit_ti", "model.patch_size": 4, "input.batch_size": 32,
                  "optimizer.weight_decay": 1e-4, "augment.train": "random_crop(1)|flip_lr"}  # fmt: skip
     whole, whole_losses = _steps(Trainer(tiny_config(**overrides), dataset), 3)

@@ -17,6 +17,9 @@ from typing import Any
 import jax
 import numpy as np
 
+from imgcls_jax import registry
+from imgcls_jax.convert import layouts
+
 METADATA_FILE = "metadata.json"
 VARIABLES_DIR = "variables"
 IGNORED_SUFFIXES = ("num_batches_tracked",)  # Torch bookkeeping with no Flax counterpart.
@@ -153,13 +156,14 @@ def load_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return jax.tree.map(np.asarray, variables), metadata
 
 
+def _layout(arch: str) -> layouts.TorchLayout:
+    registry.check_choice("--arch", arch, layouts.TORCH_LAYOUTS)
+    return layouts.TORCH_LAYOUTS[arch]
+
+
 def default_preprocessing(arch: str) -> tuple[int, np.ndarray, np.ndarray]:
     """(input size, mean, std in [0, 1] units) that `arch`'s published weights expect."""
-    from imgcls_jax import models
-    from imgcls_jax.config import check_choice
-
-    check_choice("--arch", arch, models.TORCH_LAYOUTS)
-    layout = models.TORCH_LAYOUTS[arch]
+    layout = _layout(arch)
     return layout.input_size, np.array(layout.mean), np.array(layout.std)
 
 
@@ -168,18 +172,14 @@ def convert_model(
 ) -> tuple[dict[str, Any], int]:
     """Converts `tensors` (a state dict in `arch`'s torch layout) into our variables; returns
     them and the number of classes read off the classifier."""
-    from imgcls_jax import models
-    from imgcls_jax.config import check_choice, model_config
-
-    check_choice("--arch", arch, models.TORCH_LAYOUTS)
-    layout = models.TORCH_LAYOUTS[arch]
+    layout = _layout(arch)
     if layout.head_weight not in tensors:
         raise ConversionError(
             f"No classifier {layout.head_weight!r} in the weights: is {arch!r} right?"
         )
     num_classes = int(tensors[layout.head_weight].shape[0])
-    config = model_config(name=arch, width=width, stem=stem, dtype="float32", kernels="xla")
-    model = models.build_model(config, num_classes)
+    fields = {"width": width, "stem": stem}  # For the families that take them.
+    model = registry.build_from("model", arch, fields, num_classes=num_classes, key="--arch")
     channels = int(tensors[layout.stem_weight].shape[1]) if layout.stem_weight in tensors else 3
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, image_size, image_size, channels)))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
+from imgcls_jax import registry
 from imgcls_jax.data import fashion_mnist_files
-
-SOURCES = ("auto", "tfds", "debian", "image_folder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +41,9 @@ class Dataset:
 
 
 def check_dataset_name(dataset_config: ml_collections.ConfigDict) -> None:
-    """Raises before any work when the dataset name cannot be resolved."""
+    """Raises before any work when the source or dataset name cannot be resolved."""
+    sources = ("auto", *registry.names("source"))
+    registry.check_choice("dataset.source", dataset_config.source, sources)
     source = resolve_source(dataset_config)
     if source == "tfds":
         from imgcls_jax.data import tfds_source
@@ -114,6 +116,33 @@ def subset(split: Split, size: int, seed: int) -> Split:
     return Split(split.images[keep], split.labels[keep])
 
 
+def reduce_classes(split: Split, fractions: Sequence[float], seed: int) -> Split:
+    """Keeps a random `fractions[c]` of each class c (at least one example of a kept class)."""
+    num_classes = int(split.labels.max()) + 1 if len(split) else 0
+    if len(fractions) < num_classes:
+        raise ValueError(
+            f"config.dataset.class_fractions has {len(fractions)} entries but the data has "
+            f"{num_classes} classes; give one fraction per class."
+        )
+    rng = np.random.default_rng([seed, 2])
+    keep = []
+    for label, fraction in enumerate(fractions):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(
+                f"config.dataset.class_fractions[{label}]={fraction} is not in [0, 1]."
+            )
+        members = np.flatnonzero(split.labels == label)
+        count = max(1, round(fraction * len(members))) if fraction > 0 and len(members) else 0
+        keep.append(rng.permutation(members)[:count])
+    keep = np.sort(np.concatenate(keep))
+    return Split(split.images[keep], split.labels[keep])
+
+
+# Sources (registry kind "source"): dataset config -> ({"train"|"validation"|"test": (images,
+# labels)}, class names). dataset.source="auto" picks one (resolve_source).
+
+
+@registry.register("source", "debian")
 def _load_debian(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
     if c.validation_split:
         raise ValueError("Fashion-MNIST's files have only 'train' and 'test' splits: set "
@@ -124,6 +153,7 @@ def _load_debian(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
     return splits, fashion_mnist_files.CLASS_NAMES
 
 
+@registry.register("source", "image_folder")
 def _load_image_folder(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
     from imgcls_jax.data import image_folder
 
@@ -146,6 +176,7 @@ def _load_image_folder(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, .
     return splits, class_names
 
 
+@registry.register("source", "tfds")
 def _load_tfds(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
     from imgcls_jax.data import tfds_source
 
@@ -163,9 +194,6 @@ def _load_tfds(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
         splits[key], channels = (images, labels), images.shape[-1]
         class_names = class_names or names_found
     return splits, class_names
-
-
-LOADERS = {"debian": _load_debian, "image_folder": _load_image_folder, "tfds": _load_tfds}
 
 
 def class_counts(split: Split, num_classes: int) -> list[int]:
@@ -189,7 +217,7 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
     source = resolve_source(c)
     if source == "debian" and c.image_size not in (0, 28):
         raise ValueError("Fashion-MNIST from Debian's files is 28 px: set dataset.image_size=0.")
-    splits, class_names = LOADERS[source](c)
+    splits, class_names = registry.get("source", source, key="dataset.source")(c)
     validation_size = 0 if c.validation_split else c.validation_size
     train, validation, test = hold_out(*splits["train"], validation_size, c.test_size,
                                        c.split_seed)  # fmt: skip
@@ -200,8 +228,6 @@ def load_dataset(dataset_config: ml_collections.ConfigDict) -> Dataset:
     if c.train_size:
         train = subset(train, c.train_size, c.split_seed)
     if c.class_fractions:
-        from imgcls_jax.imbalance import reduce_classes
-
         train = reduce_classes(train, c.class_fractions, c.split_seed)
     dataset = Dataset(train, validation, test, tuple(class_names))
     counts = {

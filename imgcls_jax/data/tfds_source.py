@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from imgcls_jax.data.encoded import EncodedImages
+from imgcls_jax.registry import closest
 
 
 def check_fits_in_memory(name: str, split: str, num_examples: int, image_shape: tuple) -> None:
@@ -27,8 +28,6 @@ def check_name(name: str, data_dir: str) -> None:
     """Raises naming the closest registered name unless `name` is a TFDS dataset, registered
     or prepared without its code under `data_dir` (DIR/NAME/VERSION, as `tfds.builder` reads)."""
     import tensorflow_datasets as tfds
-
-    from imgcls_jax.config import closest
 
     base_name = name.split(":")[0].split("/")[0]
     try:

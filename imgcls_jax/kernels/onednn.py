@@ -11,6 +11,7 @@ beside this file is compiled on first use with the system compiler against the s
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import functools
 import hashlib
 import os
@@ -50,10 +51,34 @@ def _cache_dir() -> pathlib.Path:
     return pathlib.Path(root) / "imgcls_jax"
 
 
+class _Version(ctypes.Structure):
+    _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int), ("patch", ctypes.c_int),
+                ("hash", ctypes.c_char_p)]  # fmt: skip
+
+
+def onednn_version() -> str:
+    """The system oneDNN's version and commit (its `dnnl_version()`); "" where none is found."""
+    name = ctypes.util.find_library("dnnl")
+    try:
+        library = ctypes.CDLL(name) if name else None
+    except OSError:
+        library = None
+    if library is None:
+        return ""
+    library.dnnl_version.restype = ctypes.POINTER(_Version)
+    version = library.dnnl_version().contents
+    return f"{version.major}.{version.minor}.{version.patch}+{(version.hash or b'').decode()}"
+
+
+def library_path() -> pathlib.Path:
+    """Where the kernels built from this source, for this JAX and this oneDNN, are cached."""
+    key = SOURCE.read_bytes() + jax.__version__.encode() + onednn_version().encode()
+    return _cache_dir() / f"onednn_kernels_{hashlib.sha256(key).hexdigest()[:16]}.so"
+
+
 def _build() -> pathlib.Path:
-    """Compiles the kernels once per source and JAX version; returns the shared library."""
-    digest = hashlib.sha256(SOURCE.read_bytes() + jax.__version__.encode()).hexdigest()[:16]
-    library = _cache_dir() / f"onednn_kernels_{digest}.so"
+    """Compiles the kernels once per `library_path()`; returns the shared library."""
+    library = library_path()
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,9 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from imgcls_jax.models.layers import conv_and_norm, max_pool
+from imgcls_jax import registry
+from imgcls_jax.kernels import XLA, Kernels
+from imgcls_jax.models.layers import compute_dtype, conv_and_norm, max_pool
 
 
 class ConvGroup(nn.Module):
@@ -38,16 +40,27 @@ class AirbenchNet(nn.Module):
     width: int = 32
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
-    conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
-    norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
+    kernels: Kernels = XLA  # How convolutions and batch norms compute (imgcls_jax.kernels).
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv, norm = conv_and_norm(self.dtype, self.bn_momentum, train, self.conv_fn,
-                                   self.norm_train_fn)  # fmt: skip
+        conv, norm = conv_and_norm(self.dtype, self.bn_momentum, train, self.kernels)
         x = x.astype(self.dtype)
         for i in range(3):
             x = ConvGroup(self.width * 2**i, conv=conv, norm=norm)(x)
         x = max_pool(x, x.shape[1:3])[:, 0, 0, :]
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)
         return x.astype(jnp.float32)
+
+
+@registry.register("model", "airbench")
+def build(
+    *,
+    num_classes: int,
+    width: int = 32,
+    dtype: str = "float32",
+    bn_momentum: float = 0.9,
+    kernels: Kernels = XLA,
+) -> AirbenchNet:
+    return AirbenchNet(num_classes=num_classes, width=width, dtype=compute_dtype(dtype),
+                       bn_momentum=bn_momentum, kernels=kernels)  # fmt: skip

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from imgcls_jax.models.layers import BatchNorm
+from imgcls_jax import registry
+from imgcls_jax.kernels import XLA, Kernels
+from imgcls_jax.models.layers import BatchNorm, compute_dtype
 
 # repeats, kernel, stride, expansion, input filters, output filters (efficientnet_lite_builder).
 BLOCKS = (
@@ -109,17 +110,16 @@ class EfficientNetLite(nn.Module):
     drop_connect_rate: float = 0.2
     dtype: Any = jnp.float32
     bn_momentum: float = 0.99
-    conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
-    norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
+    kernels: Kernels = XLA  # How convolutions and batch norms compute (imgcls_jax.kernels).
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
         conv = functools.partial(
             nn.Conv, use_bias=False, padding="SAME", dtype=self.dtype,
-            conv_general_dilated=self.conv_fn,
+            conv_general_dilated=self.kernels.conv_general_dilated,
         )  # fmt: skip
         norm = functools.partial(
-            BatchNorm, train_fn=self.norm_train_fn, use_running_average=not train,
+            BatchNorm, train_fn=self.kernels.batch_norm_train, use_running_average=not train,
             momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
         )  # fmt: skip
         x = x.astype(self.dtype)
@@ -137,21 +137,21 @@ class EfficientNetLite(nn.Module):
         return x.astype(jnp.float32)
 
 
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-               "var": "running_var"}  # fmt: skip
-_TORCH_MODULE = {
-    "stem_conv": "_conv_stem", "stem_norm": "_bn0", "head_conv": "_conv_head",
-    "head_norm": "_bn1", "head": "_fc", "expand_conv": "_expand_conv", "expand_norm": "_bn0",
-    "depthwise_conv": "_depthwise_conv", "depthwise_norm": "_bn1",
-    "project_conv": "_project_conv", "project_norm": "_bn2",
-}  # fmt: skip
+def build(
+    variant: str,
+    *,
+    num_classes: int,
+    dtype: str = "float32",
+    bn_momentum: float = 0.99,
+    kernels: Kernels = XLA,
+) -> EfficientNetLite:
+    """The EfficientNet-Lite `variant` (a key of VARIANTS)."""
+    width, depth, _, dropout = VARIANTS[variant]
+    return EfficientNetLite(num_classes=num_classes, width_coefficient=width,
+                            depth_coefficient=depth, dropout_rate=dropout,
+                            dtype=compute_dtype(dtype), bn_momentum=bn_momentum,
+                            kernels=kernels)  # fmt: skip
 
 
-def torch_key(collection: str, names: tuple[str, ...]) -> str:
-    """The `efficientnet-lite-pytorch` state-dict key of one of our variables, e.g.
-    ("blocks_3", "depthwise_conv", "kernel") -> "_blocks.3._depthwise_conv.weight"."""
-    del collection
-    leaf = _TORCH_LEAF[names[-1]]
-    if names[0].startswith("blocks_"):
-        return f"_blocks.{names[0].split('_')[1]}.{_TORCH_MODULE[names[1]]}.{leaf}"
-    return f"{_TORCH_MODULE[names[0]]}.{leaf}"
+for _name in VARIANTS:
+    registry.register("model", _name, functools.partial(build, _name))

@@ -12,6 +12,17 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from imgcls_jax import registry
+from imgcls_jax.kernels import XLA, Kernels
+
+DTYPES = ("float32", "bfloat16", "float16")  # What models compute in (model.dtype).
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The dtype named by `model.dtype`; raises naming the closest valid one."""
+    registry.check_choice("model.dtype", name, DTYPES)
+    return jnp.dtype(name)
+
 
 class Conv(nn.Conv):
     """A convolution padded by (k - 1) // 2 on every side, as in PyTorch/torchvision (unlike
@@ -67,14 +78,15 @@ class BatchNorm(nn.BatchNorm):
 
 
 def conv_and_norm(
-    dtype: Any, bn_momentum: float, train: bool, conv_fn: Callable | None = None,
-    norm_train_fn: Callable | None = None,
-) -> tuple[Callable, Callable]:  # fmt: skip
+    dtype: Any, bn_momentum: float, train: bool, kernels: Kernels = XLA
+) -> tuple[Callable, Callable]:
     """The unbiased convolution and the batch norm (epsilon 1e-5, as in PyTorch) that ResNet and
-    airbench build on, computing in `dtype`, with native kernels where given."""
-    conv = functools.partial(Conv, use_bias=False, dtype=dtype, conv_general_dilated=conv_fn)
-    norm = functools.partial(BatchNorm, train_fn=norm_train_fn, use_running_average=not train,
-                             momentum=bn_momentum, epsilon=1e-5, dtype=dtype)  # fmt: skip
+    airbench build on, computing in `dtype` on the given kernels."""
+    conv = functools.partial(Conv, use_bias=False, dtype=dtype,
+                             conv_general_dilated=kernels.conv_general_dilated)  # fmt: skip
+    norm = functools.partial(BatchNorm, train_fn=kernels.batch_norm_train,
+                             use_running_average=not train, momentum=bn_momentum, epsilon=1e-5,
+                             dtype=dtype)  # fmt: skip
     return conv, norm
 
 

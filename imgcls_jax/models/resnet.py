@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from imgcls_jax.models.layers import DropPath, conv_and_norm, max_pool
+from imgcls_jax import registry
+from imgcls_jax.kernels import XLA, Kernels
+from imgcls_jax.models.layers import DropPath, compute_dtype, conv_and_norm, max_pool
 
 ModuleDef = Any
 
@@ -80,13 +83,11 @@ class ResNet(nn.Module):
     dtype: Any = jnp.float32
     bn_momentum: float = 0.9
     drop_path_rate: float = 0.0  # Stochastic depth, rising linearly over the blocks to this.
-    conv_fn: Callable | None = None  # Replaces lax.conv_general_dilated, e.g. oneDNN's.
-    norm_train_fn: Callable | None = None  # Training-mode batch norm kernel, e.g. oneDNN's.
+    kernels: Kernels = XLA  # How convolutions and batch norms compute (imgcls_jax.kernels).
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-        conv, norm = conv_and_norm(self.dtype, self.bn_momentum, train, self.conv_fn,
-                                   self.norm_train_fn)  # fmt: skip
+        conv, norm = conv_and_norm(self.dtype, self.bn_momentum, train, self.kernels)
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
@@ -123,26 +124,26 @@ RESNET_ARCHS = {
 }
 
 
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-               "var": "running_var"}  # fmt: skip
-_TORCH_STEM_AND_HEAD = {"stem_conv": "conv1", "stem_norm": "bn1", "head": "fc"}
+STEMS = ("small", "imagenet")
 
 
-def torch_key(collection: str, names: tuple[str, ...], stage_sizes: Sequence[int]) -> str:
-    """The torchvision/timm state-dict key of one of our variables, e.g. ("BasicBlock_2",
-    "Conv_1", "kernel") -> "layer2.0.conv2.weight" for ResNet-18."""
-    del collection  # Params and batch stats share torch's module names.
-    module, leaf = names[0], _TORCH_LEAF[names[-1]]
-    if module in _TORCH_STEM_AND_HEAD:
-        return f"{_TORCH_STEM_AND_HEAD[module]}.{leaf}"
-    index = int(module.rsplit("_", 1)[1])
-    starts = np.cumsum([0, *stage_sizes])
-    stage = int(np.searchsorted(starts, index, side="right")) - 1
-    layer, number = names[1].rsplit("_", 1) if names[1][-1].isdigit() else (names[1], "")
-    torch_layer = {
-        "Conv": f"conv{int(number or 0) + 1}",
-        "BatchNorm": f"bn{int(number or 0) + 1}",
-        "proj_conv": "downsample.0",
-        "proj_norm": "downsample.1",
-    }[layer]
-    return f"layer{stage + 1}.{index - starts[stage]}.{torch_layer}.{leaf}"
+def build(
+    arch: str,
+    *,
+    num_classes: int,
+    width: int = 64,
+    stem: str = "imagenet",
+    dtype: str = "float32",
+    bn_momentum: float = 0.9,
+    drop_path_rate: float = 0.0,
+    kernels: Kernels = XLA,
+) -> ResNet:
+    """The ResNet `arch` (a key of RESNET_ARCHS)."""
+    registry.check_choice("model.stem", stem, STEMS)
+    return ResNet(**RESNET_ARCHS[arch], num_classes=num_classes, width=width, stem=stem,
+                  dtype=compute_dtype(dtype), bn_momentum=bn_momentum,
+                  drop_path_rate=drop_path_rate, kernels=kernels)  # fmt: skip
+
+
+for _name in RESNET_ARCHS:
+    registry.register("model", _name, functools.partial(build, _name))

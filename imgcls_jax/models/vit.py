@@ -3,13 +3,15 @@ patch embedding, pre-norm encoder blocks, a class token or global average poolin
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from imgcls_jax.models.layers import DropPath
+from imgcls_jax import registry
+from imgcls_jax.models.layers import DropPath, compute_dtype
 
 # name -> (width, depth, MLP width, heads), as in the ViT and DeiT papers.
 VARIANTS = {
@@ -108,3 +110,27 @@ class ViT(nn.Module):
         x = nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                      name="head")(x)  # fmt: skip
         return x.astype(jnp.float32)
+
+
+def build(
+    variant: str,
+    *,
+    num_classes: int,
+    patch_size: int = 16,
+    pool: str = "cls",
+    posemb: str = "learn",
+    dropout: float = 0.0,
+    drop_path_rate: float = 0.0,
+    dtype: str = "float32",
+) -> ViT:
+    """The ViT `variant` (a key of VARIANTS)."""
+    registry.check_choice("model.pool", pool, POOLS)
+    registry.check_choice("model.posemb", posemb, POSEMBS)
+    width, depth, mlp_dim, heads = VARIANTS[variant]
+    return ViT(num_classes=num_classes, width=width, depth=depth, mlp_dim=mlp_dim,
+               num_heads=heads, patch_size=patch_size, pool=pool, posemb=posemb,
+               dropout=dropout, drop_path_rate=drop_path_rate, dtype=compute_dtype(dtype))  # fmt: skip
+
+
+for _name in VARIANTS:
+    registry.register("model", _name, functools.partial(build, _name))

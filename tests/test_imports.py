@@ -1,0 +1,94 @@
+"""The package's import graph: no circles (outside data/, whose streaming internals are still
+entangled), every module importable alone, and the registry at the bottom."""
+
+import ast
+import importlib
+import pathlib
+import sys
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "imgcls_jax"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = sorted(_module_name(p) for p in PACKAGE.rglob("*.py"))
+
+
+def _imports(module: str) -> set[str]:
+    """The package's modules that `module` imports anywhere (also inside functions)."""
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    if not path.exists():
+        path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return {name for name in found if name in MODULES and name != module}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for successor in graph[node]:
+            if successor not in index:
+                visit(successor)
+                low[node] = min(low[node], low[successor])
+            elif successor in on_stack:
+                low[node] = min(low[node], index[successor])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                components.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return components
+
+
+def test_the_import_graph_has_no_circles_outside_data():
+    graph = {module: _imports(module) for module in MODULES}
+    # A package importing its own submodules (to register them) is not a circle.
+    for module, imported in graph.items():
+        graph[module] = {m for m in imported if not module.startswith(m + ".")}
+    cycles = [c for c in _cycles(graph) if not all(m.startswith("imgcls_jax.data") for m in c)]
+    assert not cycles, f"Import circles: {cycles}"
+    assert _imports("imgcls_jax.registry") == set()  # The bottom of the graph.
+    assert _imports("imgcls_jax.config") == {"imgcls_jax.registry"}
+
+
+def test_the_graph_check_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if m != "imgcls_jax.convert.__main__"])
+def test_every_module_imports_alone(module):
+    """Each module imported first, in a process where no other module of the package is."""
+    saved = {name: sys.modules.pop(name) for name in list(sys.modules)
+             if name == "imgcls_jax" or name.startswith("imgcls_jax.")}  # fmt: skip
+    try:
+        importlib.import_module(module)
+    finally:
+        for name in [n for n in sys.modules if n == "imgcls_jax" or n.startswith("imgcls_jax.")]:
+            del sys.modules[name]
+        sys.modules.update(saved)
