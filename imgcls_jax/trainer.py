@@ -50,6 +50,13 @@ class Trainer:
         sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size",
                                   config.training.grad_accum_steps)  # fmt: skip
         sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
+        self._build_data(dataset)
+        self._build_task()
+
+    def _build_data(self, dataset: data.Dataset | None) -> None:
+        """The dataset and its normalisation (a pretrained checkpoint's, when asked), the train
+        order (and the train split on device), class weights and the run's step counts."""
+        config = self.config
         self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
         if self.dataset.validation is None and self.dataset.test is None:
             raise ValueError("The dataset has neither a validation nor a test split: nothing to "
@@ -64,8 +71,6 @@ class Trainer:
         if config.transfer.checkpoint:
             self._load_pretrained(config.transfer)
         self._check_channels()
-        self.kernels = backend(config.model.kernels, self.mesh.devices.flat, config.model.dtype)
-        self.model = build_model(config.model, self.dataset.num_classes, self.kernels)
         train_labels = self.dataset.train.labels
         self.order = (
             imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
@@ -94,6 +99,13 @@ class Trainer:
         self.steps_per_dispatch = (
             config.training.steps_per_dispatch or self._auto_steps_per_dispatch()
         )
+
+    def _build_task(self) -> None:
+        """What a train step needs: kernels, model, schedule, optimizer, frozen parameters,
+        metrics, and the jitted steps."""
+        config = self.config
+        self.kernels = backend(config.model.kernels, self.mesh.devices.flat, config.model.dtype)
+        self.model = build_model(config.model, self.dataset.num_classes, self.kernels)
         peak_lr = optim.peak_learning_rate(config.optimizer, config.input.batch_size)
         self.learning_rate_fn = optim.build_schedule(
             config.schedule, peak_lr, self.steps_per_epoch, self.total_steps
@@ -122,7 +134,7 @@ class Trainer:
         """1 on CPUs; elsewhere the largest divisor of AUTO_STEPS_PER_DISPATCH that also
         divides the log, evaluation and checkpoint periods and the run's length, so that
         every call runs the same number of steps (one compiled program)."""
-        if jax.default_backend() == "cpu":
+        if self.mesh.devices.flat[0].platform == "cpu":
             return 1
         cfg = self.config.training
         periods = [cfg.log_every_steps, self.eval_every_steps, cfg.checkpoint_every_steps,
