@@ -35,6 +35,20 @@ PRESET = "configs/resnet.py:fashion_mnist_speed"
 GOAL_ACCURACY, GOAL_SECONDS = 0.94, 300.0
 
 
+def cpu_kind() -> str:
+    """The CPU features that decide the speed here: AMX, AVX-512 (with BF16) or AVX2, as this
+    process may use them (an ISA cap in XLA_FLAGS or ONEDNN_MAX_CPU_ISA counts)."""
+    from imgcls_jax import precision
+
+    flags = precision.cpu_flags()
+    amx = precision.AMX_FLAGS <= flags and not precision.amx_capped(os.environ)
+    kinds = [("AMX", amx), ("AVX-512-BF16", "avx512_bf16" in flags),
+             ("AVX-512", "avx512f" in flags), ("AVX2", "avx2" in flags)]  # fmt: skip
+    best = next((name for name, present in kinds if present), "other")
+    capped = precision.amx_capped(os.environ)
+    return f"{best}{f' ({capped})' if capped and precision.AMX_FLAGS <= flags else ''}"
+
+
 def run_seed(seed: int) -> dict:
     from imgcls_jax import reporting
 
@@ -54,11 +68,14 @@ def run_seed(seed: int) -> dict:
         results = json.load(f)
     with open(os.path.join(workdir, "timing.json"), encoding="utf-8") as f:
         timing = json.load(f)
+    with open(os.path.join(workdir, "report.json"), encoding="utf-8") as f:
+        compute = json.load(f)["compute"]
     rates = [r["steps_per_sec"] for r in reporting.read_metrics(
         os.path.join(workdir, "metrics.jsonl")) if "steps_per_sec" in r]  # fmt: skip
     summary = {"seed": seed, "test_accuracy": results["test/accuracy"],
                "wall_s": round(wall_s, 1), "compile_s": timing["compile_s"],
-               "steps": results["step"],
+               "steps": results["step"], "dtype": compute["dtype"],
+               "kernels": compute["kernels"], "cpu": cpu_kind(),
                "median_steps_per_s": round(statistics.median(rates), 2)}  # fmt: skip
     with open(summary_file, "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
@@ -77,13 +94,13 @@ def main(argv):
         spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
         return f"{statistics.mean(values):.{digits}f}{spread}"
 
-    rows = [[r["seed"], f"{100 * r['test_accuracy']:.2f}%", r["wall_s"], r["compile_s"],
-             r["steps"], r["median_steps_per_s"]] for r in runs]  # fmt: skip
-    rows.append(["mean", f"{mean_std(accuracy, 2)}%", mean_std(wall, 1),
+    rows = [[r["seed"], r.get("cpu", ""), r.get("dtype", ""), f"{100 * r['test_accuracy']:.2f}%",
+             r["wall_s"], r["compile_s"], r["steps"], r["median_steps_per_s"]] for r in runs]  # fmt: skip
+    rows.append(["mean", "", "", f"{mean_std(accuracy, 2)}%", mean_std(wall, 1),
                  mean_std([r["compile_s"] for r in runs], 1), "",
                  mean_std([r["median_steps_per_s"] for r in runs], 1)])  # fmt: skip
-    print(markdown.table(["seed", "test accuracy", "wall s", "of which compiling s", "steps",
-                          "train steps/s (median)"], rows))  # fmt: skip
+    print(markdown.table(["seed", "CPU", "dtype", "test accuracy", "wall s",
+                          "of which compiling s", "steps", "train steps/s (median)"], rows))  # fmt: skip
     met_accuracy = min(accuracy) >= 100 * GOAL_ACCURACY
     met_time = max(wall) <= GOAL_SECONDS
     print(f"\nGoal >= {100 * GOAL_ACCURACY:.1f}% test: {'met' if met_accuracy else 'not met'}; "

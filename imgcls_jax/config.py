@@ -59,7 +59,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.name = "resnet18"
     c.model.stem = "small"  # small (3x3 conv, 28-32 px) | imagenet (7x7/2 conv + max-pool)
     c.model.width = 64  # Channels of the first stage.
-    c.model.dtype = "float32"  # Compute dtype; parameters stay float32.
+    # Compute dtype (parameters stay float32): float32, bfloat16, float16, or auto: bfloat16 on
+    # GPUs, TPUs and CPUs with AMX, float32 on other CPUs (imgcls_jax/precision.py).
+    c.model.dtype = "float32"
     c.model.bn_momentum = 0.9
     # Stochastic depth (ResNets, ViT): the residual-branch drop rate rises linearly over the
     # blocks from 0 to this.

@@ -30,7 +30,7 @@ def write_run_report(
     """Writes the report files; `matrix` holds [true, predicted] counts on `split`.
 
     `details` (optional) adds what the run was: "config" (a dict), "parameters", "devices",
-    "image_shape", "class_counts" ({split: [count per class]}), "run_s" and "compile_s".
+    "compute" (the dtype and kernels used), "image_shape", "class_counts" ({split: [count per class]}), "run_s" and "compile_s".
     """
     per_class = confusion.per_class_accuracy(matrix)
     report = {
@@ -101,6 +101,9 @@ def _run_section(report: Mapping[str, Any]) -> str:
         rows.append(["best step (validation)", str(results["best_step"])])
     if "devices" in report:
         rows.append(["devices", str(report["devices"])])
+    if "compute" in report:
+        rows.append(["compute", f"{report['compute']['dtype']} on {report['compute']['kernels']} "
+                                "kernels"])  # fmt: skip
     if "run_s" in report:
         rows.append(["wall time", f"{report['run_s']:.1f} s, of which compiling "
                                   f"{report['compile_s']:.1f} s"])  # fmt: skip

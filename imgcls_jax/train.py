@@ -136,6 +136,7 @@ def _run_details(trainer: Trainer, state: steps.TrainState, timer: timing.RunTim
         "config": trainer.config.to_dict(),
         "parameters": int(parameter_overview.count_parameters(state.params)),
         "devices": trainer.mesh.size,
+        "compute": {"dtype": trainer.dtype, "kernels": trainer.kernels.name},
         "image_shape": list(trainer.image_shape),
         "class_counts": {
             name: data.class_counts(split, trainer.dataset.num_classes)

@@ -21,6 +21,7 @@ from imgcls_jax import (
     imbalance,
     input_pipeline,
     optim,
+    precision,
     sharding,
     steps,
     transfer,
@@ -104,8 +105,11 @@ class Trainer:
         """What a train step needs: kernels, model, schedule, optimizer, frozen parameters,
         metrics, and the jitted steps."""
         config = self.config
-        self.kernels = backend(config.model.kernels, self.mesh.devices.flat, config.model.dtype)
-        self.model = build_model(config.model, self.dataset.num_classes, self.kernels)
+        devices = list(self.mesh.devices.flat)
+        self.dtype = precision.resolve(config.model.dtype, devices)
+        self.kernels = backend(config.model.kernels, devices, self.dtype)
+        self.model = build_model(config.model, self.dataset.num_classes, self.kernels,
+                                 dtype=self.dtype)  # fmt: skip
         peak_lr = optim.peak_learning_rate(config.optimizer, config.input.batch_size)
         self.learning_rate_fn = optim.build_schedule(
             config.schedule, peak_lr, self.steps_per_epoch, self.total_steps

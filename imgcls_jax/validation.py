@@ -8,13 +8,16 @@ import ml_collections
 
 from imgcls_jax import augment, data, device_data, kernels, models, optim, profiling, registry
 from imgcls_jax import config as config_lib
+from imgcls_jax.models import layers
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Raises a ValueError saying what to fix."""
     config_lib.check_rules(config)
     kernels.check_name(config.model.kernels)
-    models.build_model(config.model, num_classes=2)
+    dtype = config.model.dtype
+    registry.check_choice("model.dtype", dtype, ("auto", *layers.DTYPES))
+    models.build_model(config.model, num_classes=2, dtype="float32" if dtype == "auto" else dtype)
     schedule = optim.build_schedule(config.schedule, config.optimizer.learning_rate, 1, 1)
     optim.build_optimizer(config.optimizer, schedule)
     data.check_dataset_name(config.dataset)

@@ -25,10 +25,11 @@ def build(name: str, **kwargs) -> nn.Module:
 
 
 def build_model(
-    model_config: Mapping[str, Any], num_classes: int, kernels: Kernels = XLA
+    model_config: Mapping[str, Any], num_classes: int, kernels: Kernels = XLA, **overrides
 ) -> nn.Module:
     """The model named by `model_config["name"]` (a config's model section), with the fields
-    it takes, computing on `kernels` (see `imgcls_jax.kernels.backend`)."""
-    fields = {**model_config, "kernels": kernels}
+    it takes (`overrides` win, e.g. a resolved dtype), computing on `kernels` (see
+    `imgcls_jax.kernels.backend`)."""
+    fields = {**model_config, **overrides, "kernels": kernels}
     return registry.build_from("model", fields["name"], fields, num_classes=num_classes,
                                key="model.name")  # fmt: skip
