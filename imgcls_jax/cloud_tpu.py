@@ -50,8 +50,8 @@ def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
         f"mkdir -p {directory} && tar -xzf imgcls_jax.tar.gz -C {directory} && cd {directory} "
         f"&& (test -x {uv} || curl -LsSf https://astral.sh/uv/install.sh | sh) "
         f"&& {uv} venv --allow-existing --python {PYTHON} ~/{VENV} "
-        f"&& {uv} pip install --python ~/{VENV}/bin/python -c constraints.txt -e . "
-        '"jax[tpu]"'
+        f"&& {uv} pip install --python ~/{VENV}/bin/python -c constraints.txt "
+        '-e ".[tfds]" "jax[tpu]"'
     )
     train_args = [a for a in launch_args if not a.startswith("--distributed")]
     train = (

@@ -1,18 +1,41 @@
 """The workdir and its metric writers: TensorBoard, the log, and a JSON-lines file (process 0
-only)."""
+only), written from a background thread; progress reports. None of it needs TensorFlow (CLU's
+metric writers import it)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-from clu import metric_writers
-from clu.metric_writers import interface
 from etils import epath
+
+from imgcls_jax.tensorboard_writer import TensorBoardWriter
+
+
+class MetricWriter:
+    """Where a run's scalars, images and hyperparameters go; this one drops them."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        pass
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        pass
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def check_workdir(workdir: str) -> None:
@@ -31,7 +54,18 @@ def check_workdir(workdir: str) -> None:
         ) from None
 
 
-class JsonlWriter(interface.MetricWriter):
+class LoggingWriter(MetricWriter):
+    """Scalars to the log, one line per write."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        values = ", ".join(f"{k}={float(np.asarray(v)):.6g}" for k, v in sorted(scalars.items()))
+        logging.info("[%d] %s", step, values)
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        logging.info("Hyperparameters: %s", dict(hparams))
+
+
+class JsonlWriter(MetricWriter):
     """Appends one JSON object per write of scalars: {"step": s, "split/name": value, ...}."""
 
     def __init__(self, path: str):
@@ -44,11 +78,6 @@ class JsonlWriter(interface.MetricWriter):
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         self._file.write(json.dumps({"hparams": {k: str(v) for k, v in hparams.items()}}) + "\n")
-
-    def write_images(self, step, images) -> None:
-        pass  # Images go to TensorBoard only.
-
-    write_videos = write_audios = write_texts = write_histograms = write_summaries = write_images
 
     def flush(self) -> None:
         self._file.flush()
@@ -63,13 +92,77 @@ def read_metrics(path: str) -> list[dict]:
         return [r for r in map(json.loads, f) if "step" in r]
 
 
-def create_writer(workdir: str) -> metric_writers.MetricWriter:
-    """Log + TensorBoard (workdir/tensorboard) + workdir/metrics.jsonl on process 0; logging elsewhere."""
+class AsyncMultiWriter(MetricWriter):
+    """Each write goes to every writer, in order, on one background thread, so that the loop
+    does not wait for files; `flush` and `close` wait for the writes and raise their errors."""
+
+    def __init__(self, writers: Sequence[MetricWriter]):
+        self._writers = list(writers)
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+        self._pending: list[concurrent.futures.Future] = []
+
+    def _submit(self, method: str, *args) -> None:
+        for writer in self._writers:
+            self._pending.append(self._executor.submit(getattr(writer, method), *args))
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        # Device values become host numbers here: the loop may donate their buffers.
+        self._submit("write_scalars", step, {k: np.asarray(v) for k, v in scalars.items()})
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        self._submit("write_images", step, {k: np.asarray(v) for k, v in images.items()})
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self._submit("write_hparams", dict(hparams))
+
+    def flush(self) -> None:
+        self._submit("flush")
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.flush()
+            for writer in self._writers:
+                writer.close()
+        finally:
+            self._executor.shutdown()
+
+
+def create_writer(workdir: str) -> MetricWriter:
+    """Log + TensorBoard (workdir/tensorboard) + workdir/metrics.jsonl on process 0; nothing
+    elsewhere."""
     if jax.process_index() > 0:
-        return metric_writers.MultiWriter([])
+        return MetricWriter()
     writers = [
-        metric_writers.LoggingWriter(),
-        metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
+        LoggingWriter(),
+        TensorBoardWriter(os.path.join(workdir, "tensorboard")),
         JsonlWriter(os.path.join(workdir, "metrics.jsonl")),
     ]
-    return metric_writers.AsyncMultiWriter(writers)
+    return AsyncMultiWriter(writers)
+
+
+class ProgressReporter:
+    """Every `every_steps` steps: the train steps per second since the last report (the first
+    report starts after the first step, so compiling is not counted) to `writer` as
+    "steps_per_sec", and the progress with the time left to the log."""
+
+    def __init__(self, total_steps: int, every_steps: int, writer: MetricWriter):
+        self._total, self._every, self._writer = total_steps, every_steps, writer
+        self._last: tuple[int, float] | None = None  # (step, time) of the last report.
+
+    def __call__(self, step: int) -> None:
+        now = time.monotonic()
+        if self._last is None:
+            self._last = step, now
+            return
+        if step % self._every:
+            return
+        last_step, last_time = self._last
+        rate = (step - last_step) / max(now - last_time, 1e-9)
+        self._last = step, now
+        self._writer.write_scalars(step, {"steps_per_sec": rate})
+        left = (self._total - step) / rate
+        logging.info("Step %d of %d (%.1f%%), %.2f steps/s, %.0f s left.", step, self._total,
+                     100 * step / self._total, rate, left)  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 from etils import epath
 
 from imgcls_jax import (
@@ -148,7 +148,7 @@ def _run_details(trainer: Trainer, state: steps.TrainState, timer: timing.RunTim
 
 
 def _write_augmentation_grid(
-    trainer: Trainer, writer: metric_writers.MetricWriter, workdir: str
+    trainer: Trainer, writer: reporting.MetricWriter, workdir: str
 ) -> None:
     """Shows the first train batch as the model sees it: TensorBoard and a PNG in `workdir`."""
     count = trainer.config.augment.grid_images
@@ -166,7 +166,7 @@ def _train(
     trainer: Trainer,
     state: steps.TrainState,
     progress: dict[str, Any],
-    writer: metric_writers.MetricWriter,
+    writer: reporting.MetricWriter,
     checkpointer: Checkpointer,
 ) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
     """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
@@ -174,9 +174,7 @@ def _train(
     Returns the state, whether a preemption notice stopped it (after saving), and the last
     validation as (step, metrics, confusion matrix), or None."""
     cfg = trainer.config.training
-    report_progress = periodic_actions.ReportProgress(
-        num_train_steps=trainer.total_steps, writer=writer, every_steps=cfg.log_every_steps
-    )
+    report_progress = reporting.ProgressReporter(trainer.total_steps, cfg.log_every_steps, writer)
     start_step = int(state.step)
     if trainer.resident is not None:
         batches = trainer.resident.batches(start_step)
@@ -203,7 +201,7 @@ def _train(
             step += count
             profiler.after(step, state)
             pending_steps += count
-            for reached in range(step - count + 1, step + 1):  # CLU counts every step.
+            for reached in range(step - count + 1, step + 1):
                 report_progress(reached)
             preempted = preemption.reached(step)
             is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps

@@ -145,13 +145,27 @@ def kernel_dtypes() -> tuple:
     return (jnp.float32,)
 
 
-def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geometry: tuple):
+def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geometry: tuple,
+          **attributes):  # fmt: skip
     (stride_h, stride_w), ((top, bottom), (left, right)) = geometry
     out = jax.ShapeDtypeStruct(tuple(out_shape), a.dtype)
     return jax.ffi.ffi_call(f"imgcls_onednn_conv_{name}", out)(
         a, b, stride_h=stride_h, stride_w=stride_w, pad_top=top, pad_bottom=bottom,
-        pad_left=left, pad_right=right,
+        pad_left=left, pad_right=right, **attributes,
     )  # fmt: skip
+
+
+# How a kernel gradient is computed: by the rule in onednn_kernels.cc (MatmulKernelGrad, keyed
+# by the CPU's kind), or one way forced, as experiments/bench_kernel_grad.py does.
+KERNEL_GRAD_PATHS = {"rule": 0, "direct": 1, "matmul": 2}
+
+
+def kernel_grad(x: jax.Array, grad: jax.Array, kernel_shape: Sequence[int], geometry: tuple,
+                path: str = "rule") -> jax.Array:  # fmt: skip
+    """The gradient of `conv2d` with respect to its HWIO kernel: oneDNN's direct convolution
+    or an im2col copy and one matmul (`path`)."""
+    return _call("kernel_grad", kernel_shape, x, grad, geometry,
+                 path=np.int64(KERNEL_GRAD_PATHS[path]))  # fmt: skip
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -173,7 +187,7 @@ def _backward(geometry, residuals, grad):
     x, kernel = residuals
     return (
         _call("input_grad", x.shape, grad, kernel, geometry),
-        _call("kernel_grad", kernel.shape, x, grad, geometry),
+        kernel_grad(x, grad, kernel.shape, geometry),
     )
 
 

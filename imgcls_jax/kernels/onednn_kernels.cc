@@ -7,8 +7,8 @@
 // Primitives are built once per shape and cached; calls are serialised because each one
 // already uses every core through oneDNN's own OpenMP threads.
 // oneDNN's direct kernel-gradient convolution is slow on small outputs (2x2 to 4x4: up to 15x
-// a matmul; in bfloat16 also strided or 1x1 convolutions with outputs up to 8x8); there the
-// kernel gradient is an im2col copy and one matmul instead (MatmulKernelGrad).
+// a matmul; in bfloat16 on AMX also strided or 1x1 convolutions with outputs up to 8x8);
+// there the kernel gradient is an im2col copy and one matmul instead (MatmulKernelGrad).
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -230,21 +230,34 @@ ffi::Error InputGrad(Any dy, Any w, AnyOut dx, int64_t sh, int64_t sw, int64_t p
   return Run(Kind::kInputGrad, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
 }
 
+// Whether oneDNN dispatches to AMX here (the CPU has it and ONEDNN_MAX_CPU_ISA allows it).
+bool Amx() {
+  static const bool amx = (dnnl_get_effective_cpu_isa() & dnnl_cpu_isa_avx512_core_amx) ==
+                          dnnl_cpu_isa_avx512_core_amx;
+  return amx;
+}
+
 // Whether the kernel gradient of `g` is faster as im2col + matmul than as oneDNN's direct
-// convolution: the rule fits per-shape timings of both on this project's CPU (AMX, oneDNN 2.6;
-// experiments/results/cpu_perf_notes.md). At 7x7 and 8x8 the direct one won in float32, and
-// in bfloat16 for unstrided 3x3 kernels.
+// convolution, by CPU kind: the rule fits per-layer timings of both
+// (experiments/bench_kernel_grad.py; the tables are in docs/performance.md). Float32 does not
+// use AMX, so one rule serves every x86 CPU: the matmul wins up to 4x4 outputs. In bfloat16,
+// with AMX the matmul also wins for strided or 1x1 convolutions up to 8x8.
 bool MatmulKernelGrad(const Geometry& g) {
   int64_t pixels = g.oh * g.ow;
   bool strided_or_pointwise = g.sh > 1 || g.sw > 1 || g.kh * g.kw == 1;
-  return pixels <= 16 || (g.type == dt::bf16 && pixels <= 64 && strided_or_pointwise);
+  if (g.type == dt::bf16 && Amx()) return pixels <= 16 || (pixels <= 64 && strided_or_pointwise);
+  return pixels <= 16;
 }
 
+// The `path` attribute of a kernel-gradient call: the rule, or one path forced (benchmarks).
+constexpr int64_t kPathRule = 0, kPathDirect = 1, kPathMatmul = 2;
+
 ffi::Error KernelGrad(Any x, Any dy, AnyOut dw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                      int64_t pl, int64_t pr) {
+                      int64_t pl, int64_t pr, int64_t path) {
   if (auto error = CheckTypes({&x, &dy, &*dw}); error.failure()) return error;
   auto g = MakeGeometry(x, *dw, dy, sh, sw, pt, pb, pl, pr);
-  Kind kind = MatmulKernelGrad(g) ? Kind::kKernelGradMatmul : Kind::kKernelGrad;
+  bool matmul = path == kPathMatmul || (path == kPathRule && MatmulKernelGrad(g));
+  Kind kind = matmul ? Kind::kKernelGradMatmul : Kind::kKernelGrad;
   return Run(kind, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
 
@@ -355,7 +368,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGrad, InputGrad,
                               ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS);
+                              ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS
+                                  .Attr<int64_t>("path"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnNormForward, NormForward,
                               ffi::Ffi::Bind()
                                   .Arg<Any>().Arg<F32>().Arg<F32>()

@@ -1,0 +1,95 @@
+"""Metric writers and progress reports: a run without TensorFlow installed writes its
+TensorBoard events, metrics and report."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+from conftest import REPO_ROOT
+
+from imgcls_jax import reporting
+
+# A short run on synthetic data in a process where TensorFlow and TFDS cannot be imported
+# (as on a GPU machine without them).
+NO_TENSORFLOW_RUN = """
+import sys
+sys.modules["tensorflow"] = None
+sys.modules["tensorflow_datasets"] = None
+sys.path.insert(0, "tests")
+from conftest import synthetic_dataset, tiny_config
+from imgcls_jax.train import train_and_evaluate
+
+config = tiny_config(**{"training.num_train_steps": 6, "training.log_every_steps": 2,
+                        "training.eval_every_epochs": 1.0, "augment.grid_images": 4})
+results = train_and_evaluate(config, sys.argv[1], synthetic_dataset())
+assert "tensorflow" not in [m.split(".")[0] for m in sys.modules if sys.modules[m] is not None]
+print("RESULTS", results["test/accuracy"])
+"""
+
+
+def test_a_run_without_tensorflow_writes_tensorboard_metrics_and_report(tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+
+    run = subprocess.run([sys.executable, "-c", NO_TENSORFLOW_RUN, str(tmp_path)], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "RESULTS" in run.stdout
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), {"tensors": 0})
+    events.Reload()
+    tags = events.Tags()["tensors"]
+    losses = [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("train/loss")]
+    assert [step for step, _ in losses] == [2, 4, 6] and all(np.isfinite(v) for _, v in losses)
+    records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
+    logged = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+    np.testing.assert_allclose([v for _, v in losses], [logged[s] for s, _ in losses], rtol=1e-6)
+    assert "val/accuracy" in tags and "augmented_train_images" in tags
+    assert [r["step"] for r in records if "steps_per_sec" in r] == [2, 4, 6]
+    hparams = [e for e in events.summary_metadata if "hparams" in e or "_hparams_" in e]
+    assert hparams, events.summary_metadata.keys()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["compute"] == {"dtype": "float32", "kernels": "xla"}
+
+
+class _Recorder(reporting.MetricWriter):
+    def __init__(self):
+        self.scalars = []
+
+    def write_scalars(self, step, scalars):
+        self.scalars.append((step, dict(scalars)))
+
+
+def test_progress_is_reported_every_n_steps_from_the_first_step_on(monkeypatch):
+    # The time at each of steps 1-9.
+    clock = iter([100.0, 101.0, 103.0, 107.0, 108.0, 109.0, 110.0, 111.0, 112.0])
+    monkeypatch.setattr(reporting.time, "monotonic", lambda: next(clock))
+    recorder = _Recorder()
+    report = reporting.ProgressReporter(total_steps=9, every_steps=3, writer=recorder)
+    for step in range(1, 10):
+        report(step)
+    # Step 1 at t=100 starts the clock (its time holds the compile): steps 2-3 took 3 s,
+    # steps 4-6 6 s, steps 7-9 3 s.
+    assert recorder.scalars == [(3, {"steps_per_sec": 2 / 3}), (6, {"steps_per_sec": 3 / 6}),
+                                (9, {"steps_per_sec": 3 / 3})]  # fmt: skip
+
+
+def test_writes_reach_every_writer_in_order_and_errors_surface():
+    first, second = _Recorder(), _Recorder()
+    writer = reporting.AsyncMultiWriter([first, second])
+    for step in range(5):
+        writer.write_scalars(step, {"x": np.float32(step)})
+    writer.flush()
+    assert [s for s, _ in first.scalars] == list(range(5)) == [s for s, _ in second.scalars]
+
+    class Broken(reporting.MetricWriter):
+        def write_scalars(self, step, scalars):
+            raise OSError("disk full")
+
+    broken = reporting.AsyncMultiWriter([Broken()])
+    broken.write_scalars(0, {"x": 1.0})
+    try:
+        broken.close()
+    except OSError as e:
+        assert "disk full" in str(e)
+    else:
+        raise AssertionError("the writer's error was lost")
