@@ -65,7 +65,7 @@ def test_tpu_dry_run_prints_the_job_commands():
     assert commands[3][:9] == [*tpu_vm, "ssh", "my-tpu", *where, "--worker=all"]
     install = commands[3][9]
     assert f"uv venv --allow-existing --python {cloud_tpu.PYTHON}" in install  # Python >= 3.11.
-    assert f"--python ~/{cloud_tpu.VENV}/bin/python -c constraints.txt -e ".[tfds]" " in install
+    assert f'--python ~/{cloud_tpu.VENV}/bin/python -c constraints.txt -e ".[tfds]" ' in install
     assert '"jax[tpu]"' in install
     assert commands[4][:9] == [*tpu_vm, "ssh", "my-tpu", *where, "--worker=all"]
     train = commands[4][9].removeprefix("--command=cd imgcls_jax && ")
