@@ -36,8 +36,17 @@ class OurStep:
         jax.block_until_ready(self.state)
         return (time.perf_counter() - start) / steps
 
-    def forward_flops_per_image(self) -> float:
-        """XLA's FLOP count of one inference forward pass, per image."""
+    def train_flops_per_image(self) -> float:
+        """The convolution and matrix-product FLOPs of one whole train step (forward and
+        backward), counted from its program (imgcls_jax.flops), per image."""
+        from imgcls_jax import flops
+
+        count = flops.flops(self.trainer.train_step, self.state, self.batch, self.trainer.train_key)
+        return count / self.batch_size
+
+    def xla_forward_flops_per_image(self) -> float:
+        """XLA's cost analysis of one compiled inference forward pass, per image (on GPUs it
+        leaves out cuDNN's convolutions)."""
         images = jax.numpy.zeros((8, *self.batch["image"].shape[1:]), jax.numpy.float32)
         variables = {"params": self.state.params, "batch_stats": self.state.batch_stats}
         forward = jax.jit(lambda v, x: self.trainer.model.apply(v, x, train=False))
@@ -47,16 +56,19 @@ class OurStep:
 
 
 class TorchStep:
-    """The same step in PyTorch eager mode: uint8 -> normalised float, channels_last, SGD with
-    Nesterov momentum, label smoothing 0.1; with `amp`, bf16 autocast."""
+    """The same step in PyTorch: uint8 -> normalised float, channels_last, SGD with Nesterov
+    momentum, label smoothing 0.1; with `amp`, bf16 autocast; eager, or with `compile` the
+    model under `torch.compile`; cuDNN's autotuner on."""
 
     def __init__(self, model, batch_size: int, image_size: int, channels: int, num_classes: int,
-                 amp: bool):  # fmt: skip
+                 amp: bool, compile: bool = False):  # fmt: skip
         import torch
 
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.backends.cudnn.benchmark = True  # Autotuned convolutions, as a tuned run sets.
         self.model = model.to(self.device, memory_format=torch.channels_last).train()
+        self.forward = torch.compile(self.model) if compile else self.model
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
                                          nesterov=True, weight_decay=1e-4)  # fmt: skip
         shape = (batch_size, channels, image_size, image_size)
@@ -72,7 +84,7 @@ class TorchStep:
         )
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            logits = self.model(images)
+            logits = self.forward(images)
         loss = torch.nn.functional.cross_entropy(logits.float(), self.labels, label_smoothing=0.1)
         loss.backward()
         self.optimizer.step()
