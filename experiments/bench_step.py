@@ -79,8 +79,11 @@ def main(argv):
     bare = bare_step_images_per_sec(config, FLAGS.steps)
     loops = {int(k): loop_images_per_sec(config, dataset, FLAGS.steps, int(k))
              for k in FLAGS.steps_per_dispatch}  # fmt: skip
+    from imgcls_jax import precision
+
+    dtype = precision.resolve(config.model.dtype, jax.devices())
     result = {
-        "model": config.model.name, "width": config.model.width, "dtype": config.model.dtype,
+        "model": config.model.name, "width": config.model.width, "dtype": dtype,
         "batch_size": config.input.batch_size, "image_size": FLAGS.image_size,
         "channels": FLAGS.channels, "augment": config.augment.train,
         "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
@@ -91,7 +94,7 @@ def main(argv):
     print(markdown.table(
         ["model", "batch", "image", "augment", "bare step img/s", "steps per call",
          "full loop img/s", "loop/bare"],
-        [[f"{config.model.name} (w{config.model.width}, {config.model.dtype})",
+        [[f"{config.model.name} (w{config.model.width}, {dtype})",
           config.input.batch_size, f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
           config.augment.train or "none", f"{bare:.0f}", k, f"{loop:.0f}", f"{loop / bare:.1%}"]
          for k, loop in loops.items()],

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The prepared check for a GPU machine (one H200: JAX with CUDA, PyTorch, torchvision,
+# TensorBoard; no TensorFlow, TFDS, ml_collections or CLU): one command of about 8 minutes.
+#
+# 1. experiments/bench_gpu.py: ResNet-50 bf16 at 224 px, batch 256, our step against
+#    torchvision (eager AMP, cuDNN autotuner on; and torch.compile), MFU from the counted FLOPs;
+# 2. experiments/bench_step.py: the airbench net of the speed preset, full loop against the
+#    bare step at 1 and 8 steps per dispatch;
+# 3. launch.py with configs/resnet.py:fashion_mnist_speed end to end, twice: the second run
+#    reads the compiled programs from the persistent cache (timing.json, run twice).
+# Every step runs without TensorFlow. Results land in $OUT (the device tool brings them back).
+#
+# Prepare here, once per session (ignored folders, carried to the machine):
+#   experiments/gpu_check.sh --prepare
+# Run there (the device tool):
+#   command: bash experiments/gpu_check.sh   carry: [".whl", ".data"]   timeout_s: 580
+# Smoke test on a CPU (tiny sizes, same plumbing): GPU_CHECK_SMOKE=1 bash experiments/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--prepare" ]]; then
+  grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
+  grep -qx '/.data/' .git/info/exclude || echo '/.data/' >>.git/info/exclude
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
+    ml_collections==1.1.0 clu==0.0.12
+  mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
+  du -sh .whl .data
+  exit 0
+fi
+
+export PYTHONUNBUFFERED=1
+OUT="${OUT:-/tmp/gpu_check}"
+mkdir -p "$OUT"
+if [[ -d .whl ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH="/tmp/site:$PWD"
+fi
+if [[ -d .data/fashion-mnist && ! -d /usr/share/datasets/fashion-mnist ]]; then
+  mkdir -p /usr/share/datasets && cp -r .data/fashion-mnist /usr/share/datasets/
+fi
+nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
+python3 -c "import jax; print(jax.__version__, jax.devices())"
+
+if [[ -n "${GPU_CHECK_SMOKE:-}" ]]; then  # Tiny sizes: checks the plumbing on a CPU.
+  GPU_ARGS=(--model=resnet8 --image_size=32 --batch_size=8 --steps=2 --warmup=1
+            --num_classes=10 --notorch_compile)
+  STEP_ARGS=(--steps=4 --steps_per_dispatch=1,2)
+  SPEED_ARGS=(--config.training.num_train_steps=8 --config.dataset.train_size=2048)
+else
+  GPU_ARGS=(--steps=30 --warmup=5)
+  STEP_ARGS=(--steps=200 --steps_per_dispatch=1,8)
+  SPEED_ARGS=()
+fi
+
+status=0
+python3 experiments/bench_gpu.py "${GPU_ARGS[@]}" --out="$OUT/bench_gpu.json" \
+  2>&1 | tee "$OUT/bench_gpu.log" || status=1
+python3 experiments/bench_step.py --config=configs/resnet.py:fashion_mnist_speed \
+  "${STEP_ARGS[@]}" --out="$OUT/bench_step_airbench.json" \
+  2>&1 | tee "$OUT/bench_step.log" || status=1
+export JAX_COMPILATION_CACHE_DIR=/tmp/gpu_check_cache
+for run in 1 2; do
+  start=$(date +%s.%N)
+  python3 launch.py --config=configs/resnet.py:fashion_mnist_speed \
+    --workdir="/tmp/gpu_check_speed_$run" "${SPEED_ARGS[@]}" >"$OUT/speed_$run.log" 2>&1 \
+    || { status=1; tail -20 "$OUT/speed_$run.log"; }
+  end=$(date +%s.%N)
+  python3 - "$run" "$start" "$end" <<'PY' | tee -a "$OUT/speed.txt"
+import json, sys
+run, start, end = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+workdir = f"/tmp/gpu_check_speed_{run}"
+timing = json.load(open(f"{workdir}/timing.json"))
+results = json.load(open(f"{workdir}/results.json"))
+print(f"speed preset run {run}: wall {end - start:.1f} s, compile {timing['compile_s']:.1f} s, "
+      f"test accuracy {100 * results['test/accuracy']:.2f}%")
+PY
+  cp "/tmp/gpu_check_speed_$run/timing.json" "$OUT/speed_timing_$run.json" 2>/dev/null
+done
+exit $status
