@@ -94,6 +94,8 @@ def train_and_evaluate(
         )  # fmt: skip
         last_validation = None
         if not progress["stopped_early"] and int(state.step) < trainer.total_steps:
+            if trainer.mesh.devices.flat[0].platform != "cpu":
+                trainer.compile_eval_step_in_background()
             state, preempted, last_validation = _train(trainer, state, progress, writer,
                                                        checkpointer)  # fmt: skip
             if preempted:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import threading
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -53,6 +55,7 @@ class Trainer:
         sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
         self._build_data(dataset)
         self._build_task()
+        self._eval_compile: threading.Thread | None = None  # See compile_eval_step_in_background.
 
     def _build_data(self, dataset: data.Dataset | None) -> None:
         """The dataset and its normalisation (a pretrained checkpoint's, when asked), the train
@@ -252,6 +255,32 @@ class Trainer:
             out_shardings=replicated,
         )
 
+    def compile_eval_step_in_background(self) -> None:
+        """Compiles the evaluation step ahead of time on a daemon thread, while training runs;
+        its first call reuses the program (the first evaluation waits for the thread rather
+        than compiling again). Done by the loop where the devices are not CPUs, whose cores
+        the training steps already use."""
+        rows, rows_sharding = self.config.input.eval_batch_size, sharding.batch_sharding(self.mesh)
+        batch = {
+            "image": jax.ShapeDtypeStruct((rows, *self.image_shape), jnp.uint8,
+                                          sharding=rows_sharding),
+            "label": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=rows_sharding),
+            "mask": jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=rows_sharding),
+        }  # fmt: skip
+        replicated = sharding.replicated(self.mesh)
+        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                             self.abstract_state())  # fmt: skip
+
+        def compile_eval_step() -> None:
+            try:
+                self.eval_step.lower(state, batch).compile()
+            except Exception as error:  # The first evaluation compiles it then.
+                logging.warning("Compiling the evaluation step ahead failed: %s", error)
+
+        self._eval_compile = threading.Thread(target=compile_eval_step, daemon=True,
+                                              name="compile_eval_step")  # fmt: skip
+        self._eval_compile.start()
+
     def empty_train_metrics(self) -> Any:
         """Merged train metrics of no step yet (fresh arrays: `train_steps` consumes them). CLU's
         and our empty metrics have the dtypes a step's metrics have, as a scan's carry needs."""
@@ -297,6 +326,9 @@ class Trainer:
     def _evaluate_weights(
         self, state: steps.TrainState, split: data.Split, prefix: str
     ) -> tuple[dict[str, float], np.ndarray]:
+        if self._eval_compile is not None:
+            self._eval_compile.join()  # Not compiling the same program twice at once.
+            self._eval_compile = None
         total = None
         for batch in input_pipeline.eval_batches(
             split, self.config.input.eval_batch_size, self.mesh

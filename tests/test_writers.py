@@ -93,3 +93,50 @@ def test_writes_reach_every_writer_in_order_and_errors_surface():
         assert "disk full" in str(e)
     else:
         raise AssertionError("the writer's error was lost")
+
+
+def test_timing_lists_compiles_per_function_with_the_cache_outcome(tmp_path):
+    """A function compiled twice in fresh processes: a miss, then a hit."""
+    script = """
+import sys, json, jax, jax.numpy as jnp
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+from imgcls_jax import timing
+timing.MIN_LISTED_S = 0
+timer = timing.RunTimer()
+def costly_function(x):
+    for i in range(30):
+        x = jnp.sin(x) @ x + i
+    return x
+jax.jit(costly_function)(jnp.ones((8, 8))).block_until_ready()
+timer.stop()
+print(json.dumps(timer.summary()["compiled"]["costly_function"]))
+"""
+    outcomes = []
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO_ROOT,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr[-2000:]
+        outcomes.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert [o["cache"] for o in outcomes] == ["miss", "hit"]
+    assert all(o["compiles"] == 1 and o["compile_s"] > 0 for o in outcomes)
+
+
+def test_the_evaluation_step_compiled_ahead_is_not_compiled_again():
+    from conftest import synthetic_dataset, tiny_config
+
+    from imgcls_jax import timing
+    from imgcls_jax.trainer import Trainer
+
+    dataset = synthetic_dataset()
+    trainer = Trainer(tiny_config(**{"input.eval_batch_size": 24}), dataset)
+    state = trainer.create_state()
+    timer = timing.RunTimer()
+    trainer.compile_eval_step_in_background()
+    ahead = trainer.evaluate(state, dataset.test, "test")
+    timer.stop()
+    compiles = {name: e["compiles"] for name, e in timer.functions.items() if "eval_step" in name}
+    assert compiles == {"eval_step": 1}, timer.functions.keys()
+    # The same numbers as an evaluation without it.
+    plain = Trainer(tiny_config(**{"input.eval_batch_size": 24}), dataset)
+    assert plain.evaluate(state, dataset.test, "test") == ahead
