@@ -73,6 +73,27 @@ def test_convolution_matches_xla_in_value_and_gradients(
     )
 
 
+@pytest.mark.parametrize("path", ["direct", "matmul", "rule"])
+@pytest.mark.parametrize(("side", "strides", "kernel_size"), [(3, 1, 3), (8, 2, 3), (4, 1, 1)])
+def test_both_kernel_gradient_paths_match_xla(path, side, strides, kernel_size):
+    """Each way the kernel gradient can be computed, forced (as the benchmark forces it) or
+    chosen by the CPU kind's rule, gives XLA's gradient."""
+    x = _normal(0, (4, side, side, 5))
+    pad = (kernel_size - 1) // 2
+    geometry = ((strides, strides), ((pad, pad), (pad, pad)))
+    kernel_shape = (kernel_size, kernel_size, 5, 6)
+
+    def xla(k):
+        return lax.conv_general_dilated(x, k, (strides, strides), geometry[1],
+                                        dimension_numbers=NHWC)  # fmt: skip
+
+    kernel = _normal(1, kernel_shape)
+    out, vjp = jax.vjp(xla, kernel)
+    cotangent = _normal(2, out.shape)
+    got = jax.jit(lambda x, g: onednn.kernel_grad(x, g, kernel_shape, geometry, path))(x, cotangent)
+    np.testing.assert_allclose(got, vjp(cotangent)[0], rtol=1e-4, atol=1e-4)
+
+
 def _assert_close_to_bfloat16(got, want):
     """`got`, computed in bfloat16, is `want` (float32) up to a few bfloat16 roundings."""
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
