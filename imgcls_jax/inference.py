@@ -155,7 +155,8 @@ class Classifier:
             "std": metadata["std"],
         }
         fields = {"name": metadata["architecture"], "width": metadata["width"],
-                  "stem": metadata["stem"], "dtype": "float32"}  # fmt: skip
+                  "stem": metadata["stem"], "dtype": "float32",
+                  **{k: metadata[k] for k in ("patch_size", "pool", "posemb") if k in metadata}}  # fmt: skip
         model = _build_model(fields, len(description["class_names"]))
         return cls(model, variables, description, directory)
 

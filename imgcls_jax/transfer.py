@@ -36,15 +36,19 @@ def adapt_input_channels(kernel: np.ndarray, channels: int) -> np.ndarray:
 
 
 def check_architecture(metadata: Mapping[str, Any], model_config, checkpoint: str) -> None:
-    """Raises unless the checkpoint holds config.model's architecture (and ResNet width/stem)."""
+    """Raises unless the checkpoint holds config.model's architecture (and ResNet width/stem,
+    ViT patch size/pooling)."""
     expected = {"architecture": model_config.name}
     if model_config.name.startswith("resnet"):
         expected.update(width=model_config.width, stem=model_config.stem)
+    if model_config.name.startswith("vit"):
+        expected.update(patch_size=model_config.patch_size, pool=model_config.pool)
     wrong = {k: v for k, v in expected.items() if metadata.get(k) != v}
     if wrong:
+        held = ", ".join(f"{k} {metadata.get(k)}" for k in expected if k != "architecture")
         raise ValueError(
-            f"{checkpoint} holds {metadata.get('architecture')} (width {metadata.get('width')}, "
-            f"stem {metadata.get('stem')}), which does not match config.model "
+            f"{checkpoint} holds {metadata.get('architecture')}{f' ({held})' if held else ''}, "
+            f"which does not match config.model "
             f"({', '.join(f'{k}: {v}' for k, v in wrong.items())})."
         )
 

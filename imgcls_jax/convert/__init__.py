@@ -167,6 +167,14 @@ def default_preprocessing(arch: str) -> tuple[int, np.ndarray, np.ndarray]:
     return layout.input_size, np.array(layout.mean), np.array(layout.std)
 
 
+def vit_fields(tensors: Mapping[str, np.ndarray], layout: layouts.TorchLayout) -> dict:
+    """A ViT's patch size and pooling as the weights have them (the families without these
+    fields ignore them)."""
+    stem_weight = tensors.get(layout.stem_weight)
+    return {"patch_size": int(stem_weight.shape[-1]) if stem_weight is not None else 16,
+            "pool": "cls" if "cls_token" in tensors else "gap", "posemb": "learn"}  # fmt: skip
+
+
 def convert_model(
     arch: str, tensors: Mapping[str, np.ndarray], width: int, stem: str, image_size: int
 ) -> tuple[dict[str, Any], int]:
@@ -178,9 +186,11 @@ def convert_model(
             f"No classifier {layout.head_weight!r} in the weights: is {arch!r} right?"
         )
     num_classes = int(tensors[layout.head_weight].shape[0])
-    fields = {"width": width, "stem": stem}  # For the families that take them.
+    fields = {"width": width, "stem": stem, **vit_fields(tensors, layout)}
     model = registry.build_from("model", arch, fields, num_classes=num_classes, key="--arch")
-    channels = int(tensors[layout.stem_weight].shape[1]) if layout.stem_weight in tensors else 3
+    stem_weight = tensors.get(layout.stem_weight)
+    channels = int(stem_weight.shape[1]) if stem_weight is not None else 3
+    tensors = layout.prepare(dict(tensors), image_size)
     abstract = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, image_size, image_size, channels)))
     )

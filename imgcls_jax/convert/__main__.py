@@ -59,6 +59,8 @@ def main(argv):
         "source": FLAGS.source,
         "source_sha256": convert.file_sha256(FLAGS.source),
     }
+    if FLAGS.arch.startswith("vit"):
+        metadata.update(convert.vit_fields(tensors, convert.layouts.TORCH_LAYOUTS[FLAGS.arch]))
     convert.save_pretrained(FLAGS.out, variables, metadata)
     print(f"Converted {len(tensors)} tensors of {FLAGS.source} ({FLAGS.arch}, {num_classes} "
           f"classes) to {FLAGS.out}.")  # fmt: skip

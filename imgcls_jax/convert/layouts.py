@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from imgcls_jax.models import efficientnet_lite, resnet
+from imgcls_jax.models import efficientnet_lite, resnet, vit
 
 _TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
                "var": "running_var"}  # fmt: skip
@@ -52,10 +52,78 @@ def efficientnet_key(collection: str, names: tuple[str, ...]) -> str:
     return f"{_EFFICIENTNET_MODULE[names[0]]}.{leaf}"
 
 
+_VIT_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+_VIT_TOP = {"stem_conv": "patch_embed.proj", "encoder_norm": "norm", "head": "head"}
+_VIT_BLOCK = {"norm1": "norm1", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+
+
+def vit_key(collection: str, names: tuple[str, ...]) -> str:
+    """The timm ViT state-dict key of one of our variables (after `split_timm_attention`),
+    e.g. ("block_3", "attention", "query", "kernel") -> "blocks.3.attn.query.weight"."""
+    del collection
+    if names[0] in ("cls_token", "pos_embedding"):
+        return {"cls_token": "cls_token", "pos_embedding": "pos_embed"}[names[0]]
+    leaf = _VIT_LEAF[names[-1]]
+    if names[0] in _VIT_TOP:
+        return f"{_VIT_TOP[names[0]]}.{leaf}"
+    block = names[0].split("_")[1]
+    if names[1] == "attention":
+        return f"blocks.{block}.attn.{names[2]}.{leaf}"
+    return f"blocks.{block}.{_VIT_BLOCK[names[1]]}.{leaf}"
+
+
+def resample_position_embedding(posemb: np.ndarray, grid: int, prefix_tokens: int) -> np.ndarray:
+    """A (1, prefix + g * g, width) position embedding for a grid x grid patch grid, resized
+    as timm does it (`resample_abs_pos_embed`: bicubic, antialiased, with PyTorch)."""
+    old = int(round((posemb.shape[1] - prefix_tokens) ** 0.5))
+    if old == grid:
+        return posemb
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError(f"Resizing the position embeddings from a {old}x{old} to a {grid}x"
+                          f"{grid} patch grid needs PyTorch: pip install torch==2.13.0 (CPU), "
+                          "or convert at the weights' own input size.") from e  # fmt: skip
+    prefix, patches = posemb[:, :prefix_tokens], posemb[:, prefix_tokens:]
+    patches = torch.from_numpy(np.ascontiguousarray(patches, np.float32))
+    patches = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = torch.nn.functional.interpolate(patches, size=(grid, grid), mode="bicubic",
+                                              antialias=True)  # fmt: skip
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, -1).numpy()
+    return np.concatenate([prefix, patches], axis=1)
+
+
+def prepare_timm_vit(tensors: dict[str, np.ndarray], image_size: int, num_heads: int) -> dict:
+    """timm's ViT tensors in our model's terms: the fused `attn.qkv` and `attn.proj` as
+    Flax's per-head query, key, value and out projections, already in our layout (kernels
+    (width, heads, head width) and (heads, head width, width), biases (heads, head width));
+    the position embedding resized to `image_size`'s patch grid."""
+    tensors = dict(tensors)
+    if "pos_embed" in tensors and "patch_embed.proj.weight" in tensors:
+        patch = tensors["patch_embed.proj.weight"].shape[-1]
+        prefix = 1 if "cls_token" in tensors else 0
+        tensors["pos_embed"] = resample_position_embedding(tensors["pos_embed"],
+                                                           image_size // patch, prefix)  # fmt: skip
+    for key in [k for k in tensors if k.endswith(".attn.qkv.weight")]:
+        prefix = key[: -len("qkv.weight")]
+        weight, bias = tensors.pop(key), tensors.pop(f"{prefix}qkv.bias")
+        width = weight.shape[1]
+        head = width // num_heads
+        for name, w, b in zip(("query", "key", "value"), np.split(weight, 3), np.split(bias, 3)):
+            tensors[f"{prefix}{name}.weight"] = w.T.reshape(width, num_heads, head)
+            tensors[f"{prefix}{name}.bias"] = b.reshape(num_heads, head)
+        projection = tensors.pop(f"{prefix}proj.weight")
+        tensors[f"{prefix}out.weight"] = projection.T.reshape(num_heads, head, width)
+        tensors[f"{prefix}out.bias"] = tensors.pop(f"{prefix}proj.bias")
+    return tensors
+
+
 @dataclasses.dataclass(frozen=True)
 class TorchLayout:
-    """How a model's PyTorch state dict is laid out: our variable -> torch key; the classifier
-    weight (dim 0: classes) and the first convolution (dim 1: input channels)."""
+    """How a model's PyTorch state dict is laid out: our variable -> torch key (after
+    `prepare(tensors, image_size)`, which rewrites fused tensors and resizes position
+    embeddings); the classifier weight (dim 0: classes) and the first convolution (dim 1:
+    input channels)."""
 
     torch_key: Callable[[str, tuple[str, ...]], str]
     head_weight: str
@@ -63,6 +131,7 @@ class TorchLayout:
     input_size: int = 224  # The preprocessing the published weights expect.
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    prepare: Callable[[dict, int], dict] = lambda tensors, image_size: tensors
 
 
 TORCH_LAYOUTS: dict[str, TorchLayout] = {
@@ -77,4 +146,11 @@ TORCH_LAYOUTS: dict[str, TorchLayout] = {
                       stem_weight="_conv_stem.weight", input_size=variant[2],
                       mean=(127 / 255,) * 3, std=(128 / 255,) * 3)  # TF-Lite's (x - 127) / 128.
     for name, variant in efficientnet_lite.VARIANTS.items()
+} | {
+    # timm's vit_*_patch16_224 (augreg) and DeiT normalise with mean = std = 0.5 (DeiT: the
+    # ImageNet defaults; pass --mean/--std to the converter).
+    name: TorchLayout(vit_key, head_weight="head.weight", stem_weight="patch_embed.proj.weight",
+                      mean=(0.5,) * 3, std=(0.5,) * 3,
+                      prepare=functools.partial(prepare_timm_vit, num_heads=variant[3]))
+    for name, variant in vit.VARIANTS.items()
 }  # fmt: skip

@@ -86,8 +86,10 @@ class ViT(nn.Module):
         if x.shape[1] % p or x.shape[2] % p:
             raise ValueError(f"ViT with patch size {p} needs an image side that is a multiple of "
                              f"{p}, got {x.shape[1]}x{x.shape[2]}: set model.patch_size or crop.")  # fmt: skip
+        # The patch embedding, named like every model's first convolution: transfer learning
+        # adapts its input channels.
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    name="patch_embedding")(x.astype(self.dtype))  # fmt: skip
+                    name="stem_conv")(x.astype(self.dtype))  # fmt: skip
         n, h, w, c = x.shape
         x = x.reshape(n, h * w, c)
         if self.posemb == "learn":
