@@ -463,12 +463,13 @@ def test_a_preempted_run_with_several_steps_per_dispatch_resumes_exactly(
      ("gpu", 7, 21, 0, 70, 1), ("cpu", 100, 400, 0, 4000, 1)],
 )  # fmt: skip
 def test_automatic_steps_per_dispatch_keep_every_call_the_same_length(
-    monkeypatch, backend, log, eval_every, checkpoint, total, expected
+    backend, log, eval_every, checkpoint, total, expected
 ):
     import types
 
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
     config = tiny_config(**{"training.log_every_steps": log,
                             "training.checkpoint_every_steps": checkpoint})  # fmt: skip
-    trainer = types.SimpleNamespace(config=config, eval_every_steps=eval_every, total_steps=total)
+    devices = np.array([types.SimpleNamespace(platform=backend)])  # The run's mesh's devices.
+    trainer = types.SimpleNamespace(config=config, eval_every_steps=eval_every, total_steps=total,
+                                    mesh=types.SimpleNamespace(devices=devices))  # fmt: skip
     assert Trainer._auto_steps_per_dispatch(trainer) == expected
