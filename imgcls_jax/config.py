@@ -12,8 +12,8 @@ from imgcls_jax.registry import check_choice, closest
 
 
 def model_config(**fields) -> ml_collections.ConfigDict:
-    """The base config's `model` section with `fields` set (an unknown field raises): for
-    building a model outside a training run, e.g. to convert weights or to predict."""
+    """The base config's `model` section with `fields` set (an unknown field raises), as a
+    run's config would hold it; `models.build(name, **kwargs)` builds a model without one."""
     config = base_config().model
     config.lock()
     config.update(fields)
