@@ -15,6 +15,7 @@ import optax
 from clu import metrics
 
 from imgcls_jax.confusion import ConfusionMatrix
+from imgcls_jax.models import layers
 
 
 @flax.struct.dataclass
@@ -167,23 +168,18 @@ def augment_batch(
 
 def frozen_norm_interceptor(frozen_norms: frozenset[str]) -> Callable:
     """A Flax method interceptor that runs the BatchNorm layers at the given module paths
-    (e.g. "blocks_3/depthwise_norm") in inference mode: normalised with their running
-    statistics, as in timm's FrozenBatchNorm2d, so that a frozen layer computes the same
-    function in training and evaluation."""
+    (e.g. "blocks_3/depthwise_norm") in inference mode (`layers.BatchNorm.frozen`), so that a
+    frozen layer computes the same function in training and evaluation."""
 
     def intercept(next_fun, args, kwargs, context):
         module = context.module
-        if not (
-            isinstance(module, nn.BatchNorm)
+        if (
+            isinstance(module, layers.BatchNorm)
             and context.method_name == "__call__"
             and "/".join(module.path) in frozen_norms
         ):
-            return next_fun(*args, **kwargs)
-        x = args[0]
-        stats, params = module.variables["batch_stats"], module.variables["params"]
-        y = (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + module.epsilon)
-        y = (y * params["scale"] + params["bias"]).astype(module.dtype or x.dtype)
-        return nn.relu(y) if getattr(module, "relu", False) else y  # layers.BatchNorm's own.
+            return module.frozen(args[0])
+        return next_fun(*args, **kwargs)
 
     return intercept
 

@@ -76,6 +76,15 @@ class BatchNorm(nn.BatchNorm):
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return y
 
+    def frozen(self, x):
+        """This layer in inference mode whatever the mode it was built for: normalised with
+        its running statistics (then its ReLU), as timm's FrozenBatchNorm2d, for a frozen
+        layer that must compute the same function in training and evaluation."""
+        stats, params = self.variables["batch_stats"], self.variables["params"]
+        y = (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + self.epsilon)
+        y = (y * params["scale"] + params["bias"]).astype(self.dtype or x.dtype)
+        return nn.relu(y) if self.relu else y
+
 
 def conv_and_norm(
     dtype: Any, bn_momentum: float, train: bool, kernels: Kernels = XLA
