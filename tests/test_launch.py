@@ -26,9 +26,16 @@ def _launch(workdir, *overrides, devices=2):
     )  # fmt: skip
 
 
+def _failure(run) -> str:
+    """A failed launch's stderr: the lines saying why it aborted, if any, and its end."""
+    why = ("Fatal Python error", "terminate called", "Check failed", "double free", "corrupted")
+    fatal = [line for line in run.stderr.splitlines() if any(w in line for w in why)]
+    return "\n".join(fatal[:5] + [run.stderr[-3000:]])
+
+
 def test_launch_trains_checkpoints_and_resumes(tmp_path):
     run = _launch(tmp_path)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, _failure(run)
     results = json.load(open(tmp_path / "results.json"))
     assert os.path.isdir(tmp_path / "checkpoints" / "6")
     assert os.path.isdir(tmp_path / "checkpoints" / str(results["best_step"]))
@@ -43,7 +50,7 @@ def test_launch_trains_checkpoints_and_resumes(tmp_path):
     assert "freed memory is kept for reuse" in run.stderr
 
     resumed = _launch(tmp_path, "--config.training.num_train_steps=8")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, _failure(resumed)
     assert "Resumed from step 6" in resumed.stderr
     assert json.load(open(tmp_path / "results.json"))["step"] == 8
 
