@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from imgcls_jax import augment, checkpoint, kernels, models, precision, steps
+from imgcls_jax import augment, checkpoint, models, steps
 from imgcls_jax.data import image_folder
 
 MODEL_FILE = "model.json"  # In a training workdir: what `Classifier.from_workdir` needs.
@@ -67,12 +67,8 @@ class Prediction:
 
 
 def _build_model(fields: dict[str, Any], num_classes: int) -> nn.Module:
-    """The model `fields` (a run's model config) describe, on the kernels that suit this
-    process's first device."""
-    devices = jax.local_devices()[:1]
-    dtype = precision.resolve(fields["dtype"], devices)
-    chosen = kernels.backend(fields.get("kernels", "auto"), devices, dtype)
-    return models.build_model(fields, num_classes, chosen, dtype=dtype)
+    """The model `fields` (a run's model config) describe, for this process's first device."""
+    return models.build_for_devices(fields, num_classes, jax.local_devices()[:1])[0]
 
 
 class Classifier:

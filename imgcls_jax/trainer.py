@@ -23,14 +23,12 @@ from imgcls_jax import (
     imbalance,
     input_pipeline,
     optim,
-    precision,
     sharding,
     steps,
     transfer,
     validation,
 )
-from imgcls_jax.kernels import backend
-from imgcls_jax.models import build_model
+from imgcls_jax.models import build_for_devices
 
 # training.steps_per_dispatch=0 on GPUs and TPUs (at most; see _auto_steps_per_dispatch):
 # small steps stop waiting on the host. CPUs keep 1: measured side by side, 4 steps per call
@@ -108,11 +106,9 @@ class Trainer:
         """What a train step needs: kernels, model, schedule, optimizer, frozen parameters,
         metrics, and the jitted steps."""
         config = self.config
-        devices = list(self.mesh.devices.flat)
-        self.dtype = precision.resolve(config.model.dtype, devices)
-        self.kernels = backend(config.model.kernels, devices, self.dtype)
-        self.model = build_model(config.model, self.dataset.num_classes, self.kernels,
-                                 dtype=self.dtype)  # fmt: skip
+        self.model, self.dtype, self.kernels = build_for_devices(
+            config.model, self.dataset.num_classes, list(self.mesh.devices.flat)
+        )
         peak_lr = optim.peak_learning_rate(config.optimizer, config.input.batch_size)
         self.learning_rate_fn = optim.build_schedule(
             config.schedule, peak_lr, self.steps_per_epoch, self.total_steps

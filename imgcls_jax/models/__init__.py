@@ -3,13 +3,14 @@ taking plain keyword arguments."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+import jax
 
-from imgcls_jax import registry
-from imgcls_jax.kernels import XLA, Kernels
+from imgcls_jax import precision, registry
+from imgcls_jax.kernels import XLA, Kernels, backend
 
 # Imported for their registrations.
 from imgcls_jax.models import airbench, efficientnet_lite, resnet, vit  # noqa: F401
@@ -33,3 +34,13 @@ def build_model(
     fields = {**model_config, **overrides, "kernels": kernels}
     return registry.build_from("model", fields["name"], fields, num_classes=num_classes,
                                key="model.name")  # fmt: skip
+
+
+def build_for_devices(
+    model_config: Mapping[str, Any], num_classes: int, devices: Sequence[jax.Device]
+) -> tuple[nn.Module, str, Kernels]:
+    """`build_model` for a run on `devices`: (model, its dtype, its kernels), with
+    `dtype="auto"` and `kernels="auto"` resolved for those devices."""
+    dtype = precision.resolve(model_config["dtype"], devices)
+    kernels = backend(model_config.get("kernels", "auto"), devices, dtype)
+    return build_model(model_config, num_classes, kernels, dtype=dtype), dtype, kernels
