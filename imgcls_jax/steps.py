@@ -376,14 +376,38 @@ def eval_logits(
 def eval_step(
     state: TrainState,
     batch: dict[str, jnp.ndarray],
+    total: metrics.Collection,
     *,
     logits_fn: Callable[[dict[str, Any], jnp.ndarray], jnp.ndarray],
     metrics_cls: type[metrics.Collection],
 ) -> metrics.Collection:
-    """Metrics of one (possibly padded) batch; `batch["mask"]` marks the real examples.
-    `logits_fn` is `eval_logits` bound to the model and preprocessing."""
+    """`total` merged with the metrics of one (possibly padded) batch, whose `batch["mask"]`
+    marks the real examples; start from `empty_eval_metrics`. `logits_fn` is `eval_logits`
+    bound to the model and preprocessing.
+
+    Merging inside the step makes an evaluation one program per batch, each waiting for the
+    last, and callers read merged metrics with `jax.device_get` before computing on them
+    (so do the train loop's): with several CPU devices, XLA:CPU runs small programs inline
+    on its few launch threads, and those queued right behind a program with collectives
+    can hold every launch thread while that program still waits to start on another
+    device; its collective then times out and XLA aborts the process."""
     logits = logits_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"])
     loss = cross_entropy(logits, batch["label"], 0.0)
-    return metrics_cls.single_from_model_output(
-        loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]
+    return total.merge(
+        metrics_cls.single_from_model_output(
+            loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]
+        )
     )
+
+
+def empty_eval_metrics(metrics_cls: type[metrics.Collection], num_classes: int) -> Any:
+    """`metrics_cls` (from `metrics_collection(..., train=False)`) over no example: zeros in
+    the structure of one batch's metrics, which merging leaves unchanged (its metrics are
+    sums of totals, counts and confusion counts)."""
+    shapes = jax.eval_shape(
+        lambda: metrics_cls.single_from_model_output(
+            loss=jnp.zeros(1), logits=jnp.zeros((1, num_classes)),
+            labels=jnp.zeros(1, jnp.int32), mask=jnp.ones(1, bool),
+        )
+    )  # fmt: skip
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -212,7 +212,7 @@ def _train(
             )
             if step % cfg.log_every_steps == 0 or is_eval or is_save:
                 # Also before every save, so that a non-finite loss never reaches a checkpoint.
-                summary = pending.compute()
+                summary = jax.device_get(pending).compute()  # On the host: see steps.eval_step.
                 skipped = _check_finite(summary.pop("nonfinite"), step, pending_steps, cfg)
                 summary["skipped_updates"] = skipped
                 pending, pending_steps = trainer.empty_train_metrics(), 0

@@ -237,7 +237,16 @@ class Trainer:
             functools.partial(
                 steps.eval_step, logits_fn=logits_fn, metrics_cls=self.eval_metrics_cls
             ),
-            in_shardings=(replicated, batch),
+            in_shardings=(replicated, batch, replicated),
+            out_shardings=replicated,
+            donate_argnums=2,
+        )
+        self._empty_train_metrics = jax.jit(self.train_metrics_cls.empty,
+                                            out_shardings=replicated)  # fmt: skip
+        self._empty_eval_metrics = jax.jit(
+            functools.partial(
+                steps.empty_eval_metrics, self.eval_metrics_cls, self.dataset.num_classes
+            ),
             out_shardings=replicated,
         )
 
@@ -269,7 +278,7 @@ class Trainer:
 
         def compile_eval_step() -> None:
             try:
-                self.eval_step.lower(state, batch).compile()
+                self.eval_step.lower(state, batch, self.empty_eval_metrics()).compile()
             except Exception as error:  # The first evaluation compiles it then.
                 logging.warning("Compiling the evaluation step ahead failed: %s", error)
 
@@ -278,9 +287,15 @@ class Trainer:
         self._eval_compile.start()
 
     def empty_train_metrics(self) -> Any:
-        """Merged train metrics of no step yet (fresh arrays: `train_steps` consumes them). CLU's
-        and our empty metrics have the dtypes a step's metrics have, as a scan's carry needs."""
-        return self.train_metrics_cls.empty()
+        """Merged train metrics of no step yet (fresh arrays: `train_steps` consumes them),
+        placed as its results are, so that every call runs one program. CLU's and our empty
+        metrics have the dtypes a step's metrics have, as a scan's carry needs."""
+        return self._empty_train_metrics()
+
+    def empty_eval_metrics(self) -> Any:
+        """Evaluation metrics of no example, to merge batches into (fresh arrays: `eval_step`
+        consumes them), placed as its results are, so that every call runs one program."""
+        return self._empty_eval_metrics()
 
     def augmented_images(self, step: int, count: int) -> np.ndarray:
         """The first `count` images of train step `step` exactly as the model sees them
@@ -325,12 +340,12 @@ class Trainer:
         if self._eval_compile is not None:
             self._eval_compile.join()  # Not compiling the same program twice at once.
             self._eval_compile = None
-        total = None
+        total = self.empty_eval_metrics()
         for batch in input_pipeline.eval_batches(
             split, self.config.input.eval_batch_size, self.mesh
         ):
-            batch_metrics = self.eval_step(state, batch)
-            total = batch_metrics if total is None else total.merge(batch_metrics)
+            total = self.eval_step(state, batch, total)
+        total = jax.device_get(total)  # Computed on the host: see steps.eval_step.
         computed = total.compute()
         matrix = np.asarray(computed.pop("confusion_matrix"))
         results = {f"{prefix}/{k}": float(v) for k, v in computed.items()}

@@ -1,6 +1,7 @@
 """Test set-up: 8 fake CPU devices (before JAX is imported), tiny configs and datasets."""
 
 import os
+import re
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -23,6 +24,18 @@ from imgcls_jax import data  # noqa: E402
 from imgcls_jax.config import apply_overrides  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def why_failed(run) -> str:
+    """A failed subprocess's stderr for an assertion message: the lines that say why it
+    aborted (Python's fatal errors, C++ and XLA fatal logs), then its end."""
+    why = ("Fatal Python error", "terminate called", "Check failed", "Termination timeout",
+           "double free", "corrupted")  # fmt: skip
+    lines = run.stderr.splitlines()
+    fatal = [
+        line[:500] for line in lines if any(w in line for w in why) or re.match(r"F\d{4} ", line)
+    ]
+    return "\n".join(fatal[:5] + [run.stderr[-3000:]])
 
 
 def synthetic_split(num: int, num_classes: int, seed: int, size: int = 8, channels: int = 1):

@@ -10,7 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, why_failed
 
 from imgcls_jax.models import build_model
 
@@ -23,7 +23,7 @@ import torch_resnet  # noqa: E402
 def _run(script: str, *flags: str) -> subprocess.CompletedProcess:
     run = subprocess.run([sys.executable, f"experiments/{script}", *flags], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, why_failed(run)
     return run
 
 

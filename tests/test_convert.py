@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import REPO_ROOT  # noqa: E402
+from conftest import REPO_ROOT, why_failed  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
 import torch_resnet  # noqa: E402
@@ -169,7 +169,7 @@ def test_convert_command_writes_a_checkpoint_with_metadata(tmp_path, lite0):
          f"--source={path}", f"--out={out}", "--class_names=imagenet"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, why_failed(run)
     restored, metadata = convert.load_pretrained(str(out))
     assert metadata["architecture"] == "efficientnet_lite0" and metadata["num_classes"] == 1000
     assert metadata["input_size"] == 224 and metadata["mean"] == pytest.approx([127 / 255] * 3)

@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import REPO_ROOT, synthetic_dataset, tiny_config  # noqa: E402
+from conftest import REPO_ROOT, synthetic_dataset, tiny_config, why_failed  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
 import torch_vit  # noqa: E402
@@ -169,7 +169,7 @@ def test_the_reference_is_timms_vision_transformer_and_resize():
         pytest.skip("timm is not installed (the test extra installs it)")
     run = subprocess.run([sys.executable, "-c", TIMM_CHECK], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, why_failed(run)
     result = json.loads(run.stdout.strip().splitlines()[-1])
     errors = result["errors"]
     assert set(errors) == {*TIMM_NAMES, "resized"}

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, why_failed
 
 from imgcls_jax import host_memory
 
@@ -29,7 +29,7 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 def _faults_per_call(mode: str) -> float:
     run = subprocess.run([sys.executable, "-c", SCRIPT, mode], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, why_failed(run)
     return float(run.stdout.split()[-1])
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, why_failed
 from jax import lax
 
 from imgcls_jax import kernels, models
@@ -318,7 +318,7 @@ def test_one_cpu_device_launch_trains_on_onednn_and_resumes_exactly(tmp_path):
              f"--workdir={workdir}"],
             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600,
         )  # fmt: skip
-        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.returncode == 0, why_failed(run)
         return run.stderr, json.loads((workdir / "results.json").read_text())
 
     log, straight = launch(tmp_path / "run")

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, why_failed
 
 from imgcls_jax import reporting
 from imgcls_jax.data import fashion_mnist_files
@@ -26,16 +26,9 @@ def _launch(workdir, *overrides, devices=2):
     )  # fmt: skip
 
 
-def _failure(run) -> str:
-    """A failed launch's stderr: the lines saying why it aborted, if any, and its end."""
-    why = ("Fatal Python error", "terminate called", "Check failed", "double free", "corrupted")
-    fatal = [line for line in run.stderr.splitlines() if any(w in line for w in why)]
-    return "\n".join(fatal[:5] + [run.stderr[-3000:]])
-
-
 def test_launch_trains_checkpoints_and_resumes(tmp_path):
     run = _launch(tmp_path)
-    assert run.returncode == 0, _failure(run)
+    assert run.returncode == 0, why_failed(run)
     results = json.load(open(tmp_path / "results.json"))
     assert os.path.isdir(tmp_path / "checkpoints" / "6")
     assert os.path.isdir(tmp_path / "checkpoints" / str(results["best_step"]))
@@ -50,7 +43,7 @@ def test_launch_trains_checkpoints_and_resumes(tmp_path):
     assert "freed memory is kept for reuse" in run.stderr
 
     resumed = _launch(tmp_path, "--config.training.num_train_steps=8")
-    assert resumed.returncode == 0, _failure(resumed)
+    assert resumed.returncode == 0, why_failed(resumed)
     assert "Resumed from step 6" in resumed.stderr
     assert json.load(open(tmp_path / "results.json"))["step"] == 8
 
@@ -97,7 +90,7 @@ def test_render_augmentations_script_writes_the_grid(tmp_path):
          "--config.augment.train=randaugment(2,9)", f"--out={out}", "--count=9"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, why_failed(run)
     grid = np.asarray(Image.open(out))
     assert grid.shape == (3 * 29 + 1, 3 * 29 + 1)  # 9 Fashion-MNIST images, 28 px + borders.
     assert grid[1:29, 1:29].std() > 0  # A real image, not blank.
@@ -152,7 +145,7 @@ def test_a_relaunch_loads_its_programs_from_the_compilation_cache(tmp_path, monk
     cache = tmp_path / "cache"
     overrides = (f"--compilation_cache={cache}", "--config.training.num_train_steps=2")
     first = _launch(tmp_path / "first", *overrides)
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, why_failed(first)
 
     def entries():  # Compiled programs (not JAX's access-time files) and when written.
         return {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if "atime" not in p.name}
@@ -160,5 +153,5 @@ def test_a_relaunch_loads_its_programs_from_the_compilation_cache(tmp_path, monk
     written = entries()
     assert len(written) >= 3, written  # At least the init, train and eval programs.
     second = _launch(tmp_path / "second", *overrides)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, why_failed(second)
     assert entries() == written  # Every program found; none compiled and written again.

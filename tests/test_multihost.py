@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, why_failed
 
 from imgcls_jax import cloud_tpu, multihost
 
@@ -52,7 +52,7 @@ def test_tpu_dry_run_prints_the_job_commands():
     run = _dry_run("--workdir=gs://bucket/r50", "--tpu", "my-tpu", "--config.model.name=resnet50",
                    "--tpu_zone=us-central2-b", "--tpu_type", "v4-32", "--tpu_project=lab",
                    "--tpu_spot")  # fmt: skip
-    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.returncode == 0, why_failed(run)
     commands = [shlex.split(line) for line in run.stdout.splitlines() if not line.startswith("#")]
     where = ["--zone=us-central2-b", "--project=lab"]
     tpu_vm = ["gcloud", "compute", "tpus", "tpu-vm"]

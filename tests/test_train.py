@@ -2,6 +2,7 @@
 
 import dataclasses
 import io
+import json
 import os
 import shutil
 
@@ -118,16 +119,30 @@ def test_eval_counts_every_example_once(dataset):
         {"params": state.params, "batch_stats": state.batch_stats},
         (dataset.test.images.astype(np.float32) / 255 - 0.2860) / 0.3530,
     )
-    expected = np.mean(np.argmax(logits, -1) == dataset.test.labels)
-    assert metrics["test/accuracy"] == pytest.approx(expected, abs=1e-6)
+    predicted, labels = np.argmax(logits, -1), dataset.test.labels
+    assert metrics["test/accuracy"] == pytest.approx(np.mean(predicted == labels), abs=1e-6)
+    log_probs = jax.nn.log_softmax(np.asarray(logits, np.float64))
+    loss = -np.mean(np.take_along_axis(np.asarray(log_probs), labels[:, None], axis=1))
+    assert metrics["test/loss"] == pytest.approx(loss, rel=1e-5)
+    # The batches' metrics are merged into the empty ones in the step: the same counts.
+    _, matrix = trainer.evaluate_with_confusion(state, dataset.test, "test")
+    expected = np.zeros((4, 4), np.int64)
+    np.add.at(expected, (labels, predicted), 1)
+    np.testing.assert_array_equal(matrix, expected)
+    assert trainer.eval_step._cache_size() == 1  # The empty metrics are placed as results.
 
 
 def test_end_to_end_learns_synthetic_task(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 40, "input.batch_size": 32,
-                            "optimizer.learning_rate": 0.05, "model.width": 8})  # fmt: skip
+                            "optimizer.learning_rate": 0.05, "model.width": 8,
+                            "training.log_every_steps": 4})  # fmt: skip
     results = train_and_evaluate(config, str(tmp_path), dataset)
     assert results["val/accuracy"] > 0.9 and results["test/accuracy"] > 0.9
     assert results["test/num_examples"] == 70
+    # The train and evaluation steps compile once each, for the first step after a log (fresh
+    # metrics) as for the others, and for each evaluation's first batch as for the others.
+    compiled = json.load(open(tmp_path / "timing.json"))["compiled"]
+    assert compiled["train_steps"]["compiles"] == compiled["eval_step"]["compiles"] == 1
 
 
 def test_without_validation_training_is_the_same_and_only_test_is_evaluated(tmp_path, dataset):
@@ -277,7 +292,7 @@ def test_eval_preprocessing_runs_on_device_and_validates(dataset):
     batch = {"image": jnp.asarray(dataset.test.images[:8])}
     assert trainer.eval_step.lower(
         trainer.create_state(), {**batch, "label": jnp.zeros(8, jnp.int32),
-                                 "mask": jnp.ones(8, bool)}
+                                 "mask": jnp.ones(8, bool)}, trainer.empty_eval_metrics(),
     ).compile() is not None  # fmt: skip
     assert trainer.evaluate(trainer.create_state(), dataset.test, "test")["test/num_examples"] == 70
     with pytest.raises(ValueError, match="Did you mean 'center_crop'"):

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, why_failed
 
 from imgcls_jax import reporting
 
@@ -33,7 +33,7 @@ def test_a_run_without_tensorflow_writes_tensorboard_metrics_and_report(tmp_path
 
     run = subprocess.run([sys.executable, "-c", NO_TENSORFLOW_RUN, str(tmp_path)], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.returncode == 0, why_failed(run)
     assert "RESULTS" in run.stdout
     events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), {"tensors": 0})
     events.Reload()
@@ -116,7 +116,7 @@ print(json.dumps(timer.summary()["compiled"]["costly_function"]))
     for _ in range(2):
         run = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO_ROOT,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert run.returncode == 0, run.stderr[-2000:]
+        assert run.returncode == 0, why_failed(run)
         outcomes.append(json.loads(run.stdout.strip().splitlines()[-1]))
     assert [o["cache"] for o in outcomes] == ["miss", "hit"]
     assert all(o["compiles"] == 1 and o["compile_s"] > 0 for o in outcomes)
