@@ -250,6 +250,14 @@ bool MatmulKernelGrad(const Geometry& g) {
   return pixels <= 16;
 }
 
+// Whether oneDNN's direct kernel gradient is unsafe for `g`: oneDNN 2.6's, for a strided 1x1
+// convolution over a number of input channels that is not a multiple of 16, reads out of
+// bounds (it crashed 1x1/2 convolutions of 4, 8 and 12 channels at 56 px, not 16 or 64; float32,
+// AVX-512). The rule sends those to the matmul, which computes the same gradient.
+bool DirectKernelGradUnsafe(const Geometry& g) {
+  return g.kh * g.kw == 1 && (g.sh > 1 || g.sw > 1) && g.c % 16 != 0;
+}
+
 // The `path` attribute of a kernel-gradient call: the rule, or one path forced (benchmarks).
 constexpr int64_t kPathRule = 0, kPathDirect = 1, kPathMatmul = 2;
 
@@ -257,7 +265,8 @@ ffi::Error KernelGrad(Any x, Any dy, AnyOut dw, int64_t sh, int64_t sw, int64_t 
                       int64_t pl, int64_t pr, int64_t path) {
   if (auto error = CheckTypes({&x, &dy, &*dw}); error.failure()) return error;
   auto g = MakeGeometry(x, *dw, dy, sh, sw, pt, pb, pl, pr);
-  bool matmul = path == kPathMatmul || (path == kPathRule && MatmulKernelGrad(g));
+  bool matmul = path == kPathMatmul ||
+                (path == kPathRule && (MatmulKernelGrad(g) || DirectKernelGradUnsafe(g)));
   Kind kind = matmul ? Kind::kKernelGradMatmul : Kind::kKernelGrad;
   return Run(kind, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
 }
