@@ -124,6 +124,27 @@ def decode_rate(source: str, roots: dict, threads: int) -> float:
     return len(images) / (time.perf_counter() - start)
 
 
+def worker_rate(roots: dict, workers: int, batches: int = 16) -> float:
+    """Images/s of train batches read from the image folder by Grain in `workers` processes
+    (one decode thread each), after the first batch (the workers' start)."""
+    import numpy as np
+
+    from imgcls_jax import input_pipeline
+    from imgcls_jax.data import Split
+
+    images = stream("folder", roots, 1)
+    split = Split(images, np.zeros(len(images), np.int32))
+    order = input_pipeline.TrainOrder(len(images), FLAGS.batch_size, seed=0)
+    host = input_pipeline.host_train_batches(split, order, 0, prefetch=2, workers=workers)
+    next(host)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(host)
+    rate = batches * FLAGS.batch_size / (time.perf_counter() - start)
+    host.close()
+    return rate
+
+
 def training_loop(source: str | None, roots: dict) -> dict:
     """Seconds per step and per step waiting for input, through the Trainer's own step."""
     import jax
@@ -181,6 +202,7 @@ def main(argv):
                         for d, _, fs in os.walk(roots["folder"]) for f in fs) / 2**20  # fmt: skip
         rates = {(source, n): decode_rate(source, roots, n)
                  for source in SOURCE_NAMES for n in sorted({1, threads})}  # fmt: skip
+        worker_rates = {n: worker_rate(roots, n) for n in sorted({1, 2, cores})}
         indexed, cached = index_rates(roots, threads)
         loops = [training_loop(source, roots) for source in (None, *SOURCE_NAMES)]
     print(f"{FLAGS.images} JPEGs, {megabytes / FLAGS.images * 1024:.0f} KiB each on average, "
@@ -189,6 +211,12 @@ def main(argv):
         ["source", "decode threads", "images/s", "images/s per core"],
         [[SOURCE_NAMES[s], n, f"{r:.0f}", f"{r / min(n, cores):.0f}"]
          for (s, n), r in rates.items()],
+    ))  # fmt: skip
+    print("\nTrain batches read by Grain worker processes (one decode thread each):\n")
+    print(markdown.table(
+        ["worker processes", "images/s", "images/s per worker", "vs 1 worker"],
+        [[n, f"{r:.0f}", f"{r / n:.0f}", f"{r / worker_rates[1]:.2f}x"]
+         for n, r in worker_rates.items()],
     ))  # fmt: skip
     print(f"\nTFRecord index ({threads} threads): built at {indexed:.0f} records/s, read back "
           f"from the saved index at {cached:.0f} records/s.\n")  # fmt: skip
@@ -208,6 +236,7 @@ def main(argv):
         json.dump({"images": FLAGS.images, "image_size": FLAGS.image_size, "cores": cores,
                    "model": FLAGS.model, "batch_size": FLAGS.batch_size,
                    "decode_img_per_s": {f"{s}/{n}": round(r, 1) for (s, n), r in rates.items()},
+                   "grain_workers_img_per_s": {n: round(r, 1) for n, r in worker_rates.items()},
                    "tfrecord_index_records_per_s": round(indexed, 1),
                    "tfrecord_index_cached_records_per_s": round(cached, 1),
                    "loops": loops}, f, indent=2)  # fmt: skip

@@ -22,8 +22,9 @@ if [[ "${1:-}" == "--prepare" ]]; then
   grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
   grep -qx '/.data/' .git/info/exclude || echo '/.data/' >>.git/info/exclude
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_17_x86_64 -d .whl \
-    ml_collections==1.1.0 clu==0.0.12
+    --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+    -d .whl ml_collections==1.1.0 clu==0.0.12 grain==0.2.18 portpicker==1.6.0 \
+    array-record==0.8.6 cloudpickle==2.1.0
   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
   du -sh .whl .data
   exit 0

@@ -91,7 +91,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.sampling = "uniform"  # uniform (shuffled epochs) | class_balanced (with replacement)
     # Keep the train split on the devices and gather batches there: auto (if it fits) | on | off
     c.input.device_resident = "auto"
-    c.input.prefetch = 2  # Host-fed train batches prepared ahead, in a thread.
+    c.input.prefetch = 2  # Host-fed batches prepared ahead (per worker process, if any).
+    # Processes reading host-fed batches (Grain workers, each a whole batch); -1: one per host
+    # core for streamed splits (decoding), none for splits in memory; 0: a thread of the run.
+    c.input.workers = -1
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion (registered in optim.py)
@@ -233,6 +236,7 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "input.batch_size": (1, None),
     "input.eval_batch_size": (1, None),
     "input.prefetch": (1, None),
+    "input.workers": (-1, None),
     "optimizer.learning_rate": (0, None),
     "optimizer.lr_base_batch_size": (0, None),
     "optimizer.momentum": (0, 1),

@@ -1,14 +1,17 @@
-"""Host-side batching: a deterministic order per (seed, step), eval padding, prefetch to device."""
+"""Host-side batching: a deterministic order per (seed, step), eval padding, reading with
+Grain (worker processes for streamed images) and prefetch to device."""
 
 from __future__ import annotations
 
-import itertools
+import os
 import queue
 import threading
 from collections.abc import Iterator
 
+import grain
 import jax
 import numpy as np
+from absl import flags
 from jax.sharding import Mesh
 
 from imgcls_jax import sharding
@@ -43,40 +46,104 @@ class TrainOrder:
 
 def train_batch(split: Split, order: TrainOrder, step: int, mesh: Mesh) -> dict[str, jax.Array]:
     """The global batch of train step `step`, assembled from this process's rows."""
-    # In the order's random order, not sorted: a batch of class-ordered data (image folders)
-    # is not ordered by class. Sliced from the global batch, so each row (and its
-    # augmentation key) is the same for every number of processes.
-    local = order.indices(step)[sharding.process_slice(order.batch_size)]
-    images = np.asarray(split.images[local])  # Decodes here when the split is streamed.
-    return sharding.to_global({"image": images, "label": split.labels[local]}, mesh)
+    return sharding.to_global(LocalTrainRows(split, order)(step), mesh)
+
+
+class LocalTrainRows:
+    """Train step -> this process's rows of its global batch as host arrays (a streamed split
+    decodes them here), for Grain to map over steps, in worker processes or not.
+
+    In the order's random order, not sorted: a batch of class-ordered data (image folders)
+    is not ordered by class. Sliced from the global batch, so each row (and its augmentation
+    key) is the same for every number of processes."""
+
+    def __init__(self, split: Split, order: TrainOrder):
+        self.split, self.order = split, order
+        self.rows = sharding.process_slice(order.batch_size)  # Here: workers run no JAX.
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        local = self.order.indices(step)[self.rows]
+        return {"image": np.asarray(self.split.images[local]), "label": self.split.labels[local]}
+
+
+class LocalEvalRows:
+    """Start of an evaluation batch -> this process's rows of it, padded past the split's end
+    with example 0 and `mask` marking the real rows."""
+
+    def __init__(self, split: Split, batch_size: int):
+        self.split, self.batch_size = split, batch_size
+        self.rows = sharding.process_slice(batch_size)
+
+    def __call__(self, start: int) -> dict[str, np.ndarray]:
+        index = np.arange(start, start + self.batch_size)[self.rows]
+        mask = index < len(self.split)
+        index = np.where(mask, index, 0)
+        images = np.asarray(self.split.images[index])
+        return {"image": images, "label": self.split.labels[index], "mask": mask}
 
 
 def train_batches(
-    split: Split, order: TrainOrder, start_step: int, mesh: Mesh, prefetch: int = 2
-) -> Iterator[dict[str, jax.Array]]:
-    """Global train batches from `start_step` on, gathered and put on device in a thread."""
-    steps = itertools.count(start_step)
-    return _prefetch((train_batch(split, order, step, mesh) for step in steps), prefetch)
+    split: Split, order: TrainOrder, start_step: int, mesh: Mesh, prefetch: int = 2,
+    workers: int = 0,
+) -> Iterator[dict[str, jax.Array]]:  # fmt: skip
+    """Global train batches from `start_step` on (`host_train_batches` put on the devices in
+    a thread)."""
+    host = host_train_batches(split, order, start_step, prefetch, workers)
+    return _on_devices(host, mesh, prefetch)
+
+
+def host_train_batches(
+    split: Split, order: TrainOrder, start_step: int, prefetch: int = 2, workers: int = 0
+) -> grain.DatasetIterator:
+    """This process's rows of each train batch from `start_step` on, as host arrays, read by
+    Grain `prefetch` ahead in `workers` processes (0: a thread of this one)."""
+    steps = grain.MapDataset.range(start_step, _NO_END)
+    return _read(steps.map(LocalTrainRows(split, order)), prefetch, workers)
 
 
 def eval_batches(
-    split: Split, batch_size: int, mesh: Mesh, prefetch: int = 2
+    split: Split, batch_size: int, mesh: Mesh, prefetch: int = 2, workers: int = 0
 ) -> Iterator[dict[str, jax.Array]]:
-    """Every example exactly once, prepared in a thread; the last batch is padded and `mask`
-    marks real rows."""
-    return _prefetch(_eval_batches(split, batch_size, mesh), prefetch)
+    """Every example exactly once, read as `train_batches` reads; the last batch is padded and
+    `mask` marks real rows."""
+    starts = grain.MapDataset.range(0, len(split), batch_size)
+    return _on_devices(_read(starts.map(LocalEvalRows(split, batch_size)), prefetch, workers),
+                       mesh, prefetch)  # fmt: skip
 
 
-def _eval_batches(split: Split, batch_size: int, mesh: Mesh) -> Iterator[dict[str, jax.Array]]:
-    rows = sharding.process_slice(batch_size)
-    for start in range(0, len(split), batch_size):
-        index = np.arange(start, start + batch_size)[rows]
-        mask = index < len(split)
-        index = np.where(mask, index, 0)
-        images = np.asarray(split.images[index])  # Decodes here when the split is streamed.
-        yield sharding.to_global(
-            {"image": images, "label": split.labels[index], "mask": mask}, mesh
-        )
+def worker_count(setting: int, split: Split) -> int:
+    """`input.workers`: itself, or for -1 one per host core where the split is streamed
+    (decoded batch by batch) and none where it is in memory."""
+    if setting >= 0:
+        return setting
+    return 0 if isinstance(split.images, np.ndarray) else os.cpu_count() or 1
+
+
+_NO_END = 2**62  # Train batches go on until the consumer stops.
+
+
+def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.DatasetIterator:
+    """An iterator over `batches` read `prefetch` ahead by a thread, or with `workers` > 0 by
+    that many processes (each batch by one; Grain keeps their order)."""
+    read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
+    dataset = batches.to_iter_dataset(read)
+    if workers:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (their defaults here).
+            flags.FLAGS.mark_as_parsed()
+        options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
+        dataset = dataset.mp_prefetch(options)
+    return iter(dataset)
+
+
+def _on_devices(host: grain.DatasetIterator, mesh: Mesh, prefetch: int) -> Iterator[dict]:
+    def placed() -> Iterator[dict]:
+        try:
+            for batch in host:
+                yield sharding.to_global(batch, mesh)
+        finally:
+            host.close()  # Stops Grain's threads and worker processes.
+
+    return _prefetch(placed(), prefetch)
 
 
 _END = object()  # Marks the end of a finite iterator in the prefetch queue.
@@ -106,6 +173,8 @@ def _prefetch(items: Iterator[dict], depth: int) -> Iterator[dict]:
         except BaseException as e:  # Re-raised in the consumer, with its traceback.
             put(e)
             return
+        finally:
+            items.close()
         put(_END)
 
     thread = threading.Thread(target=worker, name="prefetch", daemon=True)

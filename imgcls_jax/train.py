@@ -181,9 +181,10 @@ def _train(
     if trainer.resident is not None:
         batches = trainer.resident.batches(start_step)
     else:
+        split = trainer.dataset.train
         batches = input_pipeline.train_batches(
-            trainer.dataset.train, trainer.order, start_step, trainer.mesh,
-            trainer.config.input.prefetch,
+            split, trainer.order, start_step, trainer.mesh, trainer.config.input.prefetch,
+            input_pipeline.worker_count(trainer.config.input.workers, split),
         )  # fmt: skip
     # Train metrics of the steps since the last log, merged on device, and how many steps.
     pending, pending_steps = trainer.empty_train_metrics(), 0

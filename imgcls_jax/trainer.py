@@ -341,8 +341,9 @@ class Trainer:
             self._eval_compile.join()  # Not compiling the same program twice at once.
             self._eval_compile = None
         total = self.empty_eval_metrics()
+        workers = input_pipeline.worker_count(self.config.input.workers, split)
         for batch in input_pipeline.eval_batches(
-            split, self.config.input.eval_batch_size, self.mesh
+            split, self.config.input.eval_batch_size, self.mesh, workers=workers
         ):
             total = self.eval_step(state, batch, total)
         total = jax.device_get(total)  # Computed on the host: see steps.eval_step.

@@ -67,6 +67,22 @@ def test_streamed_splits_and_batches_equal_the_in_memory_ones(folder):
     for a, b in pairs:
         for key in ("image", "label", "mask"):
             np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    # Read by 2 Grain worker processes from a step mid-run (a resume): the same batches.
+    assert input_pipeline.worker_count(-1, streamed.train) == os.cpu_count()
+    assert input_pipeline.worker_count(-1, memory.train) == 0
+    batches = input_pipeline.train_batches(streamed.train, order, 12, mesh, workers=2)
+    for step in (12, 13, 14):
+        a = input_pipeline.train_batch(memory.train, order, step, mesh)
+        b = next(batches)
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
+    batches.close()
+    pairs = zip(input_pipeline.eval_batches(memory.validation, 16, mesh),
+                input_pipeline.eval_batches(streamed.validation, 16, mesh, workers=2),
+                strict=True)  # fmt: skip
+    for a, b in pairs:
+        for key in ("image", "label", "mask"):
+            np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
     # "auto" keeps a streamed split off the devices, as the point is not to hold it all.
     assert device_data.use_device_resident("auto", memory.train, mesh)
     assert not device_data.use_device_resident("auto", streamed.train, mesh)

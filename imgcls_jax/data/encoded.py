@@ -49,6 +49,10 @@ class EncodedImages:
         return EncodedImages(self.items[index], self.image_size, self.channels, self.threads,
                              self._executor(), self.reader)  # fmt: skip
 
+    def __getstate__(self) -> dict:
+        """For input worker processes, which decode in parallel themselves: one thread each."""
+        return {**self.__dict__, "_pool": None, "threads": 1}
+
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, "decode")

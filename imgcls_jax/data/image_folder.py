@@ -61,12 +61,25 @@ def to_8_bit(img: PIL.Image.Image, mode: str) -> PIL.Image.Image:
     return img.convert(mode)
 
 
+def _draft(img: PIL.Image.Image, image_size: int) -> None:
+    """Lets a JPEG decode at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: less work than
+    decoding every pixel and resizing) while its shorter side stays >= 2 * `image_size`, so
+    the resize that follows still averages over at least 2x2 decoded pixels."""
+    if img.format != "JPEG":
+        return
+    w, h = img.size
+    scale = 2 * image_size / min(w, h)
+    if scale < 1:
+        img.draft(None, (max(1, int(w * scale + 1)), max(1, int(h * scale + 1))))
+
+
 def decode_image(source, image_size: int, mode: str) -> np.ndarray | None:
     """Returns the image in `source` (a path or a binary file object) as uint8 [S, S, C]
     (shorter side resized, centre crop); None if unreadable. Raises UnsupportedImageError for
     a pixel format with no 8-bit meaning."""
     try:
         with PIL.Image.open(source) as img:
+            _draft(img, image_size)
             img.load()  # Reads every pixel, so truncation surfaces inside the try.
             img = to_8_bit(img, mode)
     except UnsupportedImageError:
