@@ -305,6 +305,12 @@ def check_rules(config: ml_collections.ConfigDict) -> None:
             f"train, but config.dataset.test_split={config.dataset.test_split!r} names one: "
             "set one of them ('' or 0)."
         )
+    if config.dataset.streaming and config.input.device_resident == "on":
+        raise ValueError(
+            "config.input.device_resident='on' loads the whole train split onto the devices, "
+            "which config.dataset.streaming=True leaves on disk: set one of them ('auto' or "
+            "False)."
+        )
     metric = config.training.early_stopping_metric
     prefixes = ("val/", "val_ema/") if config.training.ema_decay else ("val/",)
     if not metric.startswith(prefixes):

@@ -105,6 +105,8 @@ def test_no_validation_split_refuses_what_needs_one(overrides, message):
         ({"augment.train": "random_crop(-3)"}, r"padding=-3 must be an integer in \[0, inf\]"),
         ({"augment.train": "random_crop(2, 'refelct')"}, r"mode='refelct' is not known. Did you mean 'reflect'"),
         ({"augment.eval": "center_crop(2.5)"}, r"size=2.5 must be an integer"),
+        ({"dataset.streaming": True, "input.device_resident": "on"}, r"device_resident='on' loads the whole train split"),
+        ({"input.workers": -2}, r"input.workers=-2 is out of range"),
     ],
 )  # fmt: skip
 def test_values_out_of_range_fail_validation_naming_the_key(overrides, message):
