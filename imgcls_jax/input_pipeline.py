@@ -59,7 +59,7 @@ class LocalTrainRows:
 
     def __init__(self, split: Split, order: TrainOrder):
         self.split, self.order = split, order
-        self.rows = sharding.process_slice(order.batch_size)  # Here: workers run no JAX.
+        self.rows = sharding.process_slice(order.batch_size)  # Here, not in the workers.
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         local = self.order.indices(step)[self.rows]
@@ -136,6 +136,9 @@ def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.Datas
 
 
 def _on_devices(host: grain.DatasetIterator, mesh: Mesh, prefetch: int) -> Iterator[dict]:
+    """`host`'s batches as global arrays, put on the devices `prefetch` ahead in a thread;
+    closing the result also closes `host`."""
+
     def placed() -> Iterator[dict]:
         try:
             for batch in host:
