@@ -219,15 +219,15 @@ def test_nonfinite_update_is_skipped_and_recorded(dataset):
 def test_skip_mode_trains_through_a_poisoned_batch(tmp_path, dataset, monkeypatch):
     from imgcls_jax import input_pipeline
 
-    clean = input_pipeline.train_batch
+    clean = input_pipeline.LocalTrainRows.__call__
 
-    def poison_step_3(split, order, step, mesh):
-        batch = clean(split, order, step, mesh)
+    def poison_step_3(self, step):
+        batch = clean(self, step)
         if step == 2:  # The batch of step 3 (steps count from 1).
-            batch["image"] = batch["image"].astype(jnp.float32) * jnp.nan
+            batch["image"] = batch["image"].astype(np.float32) * np.nan
         return batch
 
-    monkeypatch.setattr(input_pipeline, "train_batch", poison_step_3)
+    monkeypatch.setattr(input_pipeline.LocalTrainRows, "__call__", poison_step_3)
     config = tiny_config(**{"training.num_train_steps": 6, "input.batch_size": 32,
                             "training.log_every_steps": 2, "training.on_nonfinite": "skip",
                             "input.device_resident": "off"})  # The host pipeline is patched.  # fmt: skip
