@@ -42,5 +42,5 @@ def build_for_devices(
     """`build_model` for a run on `devices`: (model, its dtype, its kernels), with
     `dtype="auto"` and `kernels="auto"` resolved for those devices."""
     dtype = precision.resolve(model_config["dtype"], devices)
-    kernels = backend(model_config.get("kernels", "auto"), devices, dtype)
+    kernels = backend(model_config["kernels"], devices, dtype)
     return build_model(model_config, num_classes, kernels, dtype=dtype), dtype, kernels
