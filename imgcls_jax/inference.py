@@ -151,7 +151,7 @@ class Classifier:
             "std": metadata["std"],
         }
         fields = {"name": metadata["architecture"], "width": metadata["width"],
-                  "stem": metadata["stem"], "dtype": "float32",
+                  "stem": metadata["stem"], "dtype": "float32", "kernels": "auto",
                   **{k: metadata[k] for k in ("patch_size", "pool", "posemb") if k in metadata}}  # fmt: skip
         model = _build_model(fields, len(description["class_names"]))
         return cls(model, variables, description, directory)
