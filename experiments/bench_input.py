@@ -130,11 +130,11 @@ def worker_rate(roots: dict, workers: int, batches: int = 16) -> float:
     import numpy as np
 
     from imgcls_jax import input_pipeline
-    from imgcls_jax.data import Split
+    from imgcls_jax.data import Split, batch_rows
 
     images = stream("folder", roots, 1)
     split = Split(images, np.zeros(len(images), np.int32))
-    order = input_pipeline.TrainOrder(len(images), FLAGS.batch_size, seed=0)
+    order = batch_rows.TrainOrder(len(images), FLAGS.batch_size, seed=0)
     host = input_pipeline.host_train_batches(split, order, 0, prefetch=2, workers=workers)
     next(host)
     start = time.perf_counter()

@@ -20,7 +20,7 @@ import numpy as np
 from etils import epath
 
 from imgcls_jax import augment, checkpoint, models, steps
-from imgcls_jax.data import image_folder
+from imgcls_jax.data import decode
 
 MODEL_FILE = "model.json"  # In a training workdir: what `Classifier.from_workdir` needs.
 CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).
@@ -163,7 +163,7 @@ class Classifier:
     def decode(self, path: str) -> np.ndarray:
         """`path` decoded as in training; raises ValueError naming the file if unreadable."""
         mode = "RGB" if self.description["channels"] == 3 else "L"
-        image = image_folder.decode_named(path, path, self.description["image_size"], mode)
+        image = decode.decode_named(path, path, self.description["image_size"], mode)
         if image is None:
             raise ValueError(f"Cannot read image {path}")
         return image

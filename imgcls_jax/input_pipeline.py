@@ -1,5 +1,5 @@
-"""Host-side batching: a deterministic order per (seed, step), eval padding, reading with
-Grain (worker processes for streamed images) and prefetch to device."""
+"""Host-fed batches: this process's rows of each batch (`data.batch_rows`) read by Grain (in
+worker processes for streamed images), placed on the devices ahead of the step."""
 
 from __future__ import annotations
 
@@ -16,70 +16,13 @@ from jax.sharding import Mesh
 
 from imgcls_jax import sharding
 from imgcls_jax.data import Split
-
-
-class TrainOrder:
-    """Global batch indices as a pure function of (seed, step): epoch-wise reshuffles.
-
-    Each epoch draws a fresh permutation from (seed, epoch) and drops the remainder, so a
-    run resumed at any step sees exactly the batches the uninterrupted run would.
-    """
-
-    def __init__(self, num_examples: int, batch_size: int, seed: int):
-        if batch_size > num_examples:
-            raise ValueError(f"Batch size {batch_size} exceeds the {num_examples} train examples.")
-        self.num_examples = num_examples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.steps_per_epoch = num_examples // batch_size
-        self._cached_epoch = -1
-        self._permutation = np.empty(0, np.int64)
-
-    def indices(self, step: int) -> np.ndarray:
-        epoch, index = divmod(step, self.steps_per_epoch)
-        if epoch != self._cached_epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._permutation = rng.permutation(self.num_examples)
-            self._cached_epoch = epoch
-        return self._permutation[index * self.batch_size : (index + 1) * self.batch_size]
+from imgcls_jax.data.batch_rows import LocalEvalRows, LocalTrainRows, TrainOrder
 
 
 def train_batch(split: Split, order: TrainOrder, step: int, mesh: Mesh) -> dict[str, jax.Array]:
     """The global batch of train step `step`, assembled from this process's rows."""
-    return sharding.to_global(LocalTrainRows(split, order)(step), mesh)
-
-
-class LocalTrainRows:
-    """Train step -> this process's rows of its global batch as host arrays (a streamed split
-    decodes them here), for Grain to map over steps, in worker processes or not.
-
-    In the order's random order, not sorted: a batch of class-ordered data (image folders)
-    is not ordered by class. Sliced from the global batch, so each row (and its augmentation
-    key) is the same for every number of processes."""
-
-    def __init__(self, split: Split, order: TrainOrder):
-        self.split, self.order = split, order
-        self.rows = sharding.process_slice(order.batch_size)  # Here, not in the workers.
-
-    def __call__(self, step: int) -> dict[str, np.ndarray]:
-        local = self.order.indices(step)[self.rows]
-        return {"image": np.asarray(self.split.images[local]), "label": self.split.labels[local]}
-
-
-class LocalEvalRows:
-    """Start of an evaluation batch -> this process's rows of it, padded past the split's end
-    with example 0 and `mask` marking the real rows."""
-
-    def __init__(self, split: Split, batch_size: int):
-        self.split, self.batch_size = split, batch_size
-        self.rows = sharding.process_slice(batch_size)
-
-    def __call__(self, start: int) -> dict[str, np.ndarray]:
-        index = np.arange(start, start + self.batch_size)[self.rows]
-        mask = index < len(self.split)
-        index = np.where(mask, index, 0)
-        images = np.asarray(self.split.images[index])
-        return {"image": images, "label": self.split.labels[index], "mask": mask}
+    rows = LocalTrainRows(split, order, sharding.process_slice(order.batch_size))
+    return sharding.to_global(rows(step), mesh)
 
 
 def train_batches(
@@ -98,7 +41,8 @@ def host_train_batches(
     """This process's rows of each train batch from `start_step` on, as host arrays, read by
     Grain `prefetch` ahead in `workers` processes (0: a thread of this one)."""
     steps = grain.MapDataset.range(start_step, _NO_END)
-    return _read(steps.map(LocalTrainRows(split, order)), prefetch, workers)
+    rows = LocalTrainRows(split, order, sharding.process_slice(order.batch_size))
+    return _read(steps.map(rows), prefetch, workers)
 
 
 def eval_batches(
@@ -107,8 +51,8 @@ def eval_batches(
     """Every example exactly once, read as `train_batches` reads; the last batch is padded and
     `mask` marks real rows."""
     starts = grain.MapDataset.range(0, len(split), batch_size)
-    return _on_devices(_read(starts.map(LocalEvalRows(split, batch_size)), prefetch, workers),
-                       mesh, prefetch)  # fmt: skip
+    rows = LocalEvalRows(split, batch_size, sharding.process_slice(batch_size))
+    return _on_devices(_read(starts.map(rows), prefetch, workers), mesh, prefetch)
 
 
 def worker_count(setting: int, split: Split) -> int:

@@ -28,6 +28,7 @@ from imgcls_jax import (
     transfer,
     validation,
 )
+from imgcls_jax.data import batch_rows
 from imgcls_jax.models import build_for_devices
 
 # training.steps_per_dispatch=0 on GPUs and TPUs (at most; see _auto_steps_per_dispatch):
@@ -77,7 +78,7 @@ class Trainer:
         self.order = (
             imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
             if config.input.sampling == "class_balanced"
-            else input_pipeline.TrainOrder(len(train_labels), config.input.batch_size, config.seed)
+            else batch_rows.TrainOrder(len(train_labels), config.input.batch_size, config.seed)
         )
         self.resident = None  # The train split on device, when it is placed there.
         if device_data.use_device_resident(

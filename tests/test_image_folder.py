@@ -188,7 +188,7 @@ def test_every_pixel_format_is_converted_not_clipped(tmp_path: pathlib.Path, str
 
 
 def test_float_and_32_bit_pixels_are_refused_by_name() -> None:
-    from imgcls_jax.data.image_folder import UnsupportedImageError, decode_named, to_8_bit
+    from imgcls_jax.data.decode import UnsupportedImageError, decode_named, to_8_bit
 
     floats = PIL.Image.fromarray(np.ones((4, 4), np.float32))
     with pytest.raises(UnsupportedImageError, match="float pixels"):

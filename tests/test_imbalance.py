@@ -7,7 +7,7 @@ import pytest
 from conftest import synthetic_dataset, tiny_config
 
 from imgcls_jax import data, imbalance, steps
-from imgcls_jax.input_pipeline import TrainOrder
+from imgcls_jax.data.batch_rows import TrainOrder
 from imgcls_jax.trainer import Trainer
 from imgcls_jax.validation import validate
 

@@ -4,17 +4,18 @@ import jax
 import numpy as np
 
 from imgcls_jax import data, input_pipeline, sharding
+from imgcls_jax.data import batch_rows
 
 
 def test_train_order_is_a_function_of_seed_and_step():
-    order = input_pipeline.TrainOrder(100, 32, seed=3)
+    order = batch_rows.TrainOrder(100, 32, seed=3)
     assert order.steps_per_epoch == 3
     epoch0 = np.concatenate([order.indices(s) for s in range(3)])
     assert len(set(epoch0.tolist())) == 96  # No repeats within an epoch.
-    again = input_pipeline.TrainOrder(100, 32, seed=3)
+    again = batch_rows.TrainOrder(100, 32, seed=3)
     np.testing.assert_array_equal(again.indices(4), order.indices(4))  # Jumping in mid-run.
     assert not np.array_equal(order.indices(3), order.indices(0))  # Epochs reshuffle.
-    other = input_pipeline.TrainOrder(100, 32, seed=4)
+    other = batch_rows.TrainOrder(100, 32, seed=4)
     assert not np.array_equal(other.indices(0), order.indices(0))
 
 
@@ -23,7 +24,7 @@ def test_train_batches_are_sharded_global_arrays():
     split = data.Split(
         np.arange(64, dtype=np.uint8).reshape(64, 1, 1, 1), np.arange(64, dtype=np.int32)
     )
-    order = input_pipeline.TrainOrder(64, 16, seed=0)
+    order = batch_rows.TrainOrder(64, 16, seed=0)
     batches = input_pipeline.train_batches(split, order, start_step=5, mesh=mesh)
     batch = next(batches)
     batches.close()
@@ -38,7 +39,7 @@ def test_batches_of_class_ordered_data_are_not_ordered_by_class():
     mesh = sharding.make_mesh()
     labels = np.repeat(np.arange(10, dtype=np.int32), 100)  # Class-ordered, as on disk.
     split = data.Split(labels.astype(np.uint8).reshape(-1, 1, 1, 1), labels)
-    order = input_pipeline.TrainOrder(len(labels), 64, seed=0)
+    order = batch_rows.TrainOrder(len(labels), 64, seed=0)
     for step in range(5):
         batch = np.asarray(input_pipeline.train_batch(split, order, step, mesh)["label"])
         assert len(set(batch[:16].tolist())) >= 6, batch[:16]  # The preview's first 16.
@@ -75,7 +76,7 @@ def test_device_resident_batches_equal_host_fed_ones():
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (100, 3, 3, 1), dtype=np.uint8),
                        rng.integers(0, 4, 100).astype(np.int32))  # fmt: skip
-    for order in (input_pipeline.TrainOrder(100, 16, seed=2),
+    for order in (batch_rows.TrainOrder(100, 16, seed=2),
                   imbalance.BalancedOrder(split.labels, 16, seed=2)):  # fmt: skip
         resident = device_data.DeviceResidentTrain(split, order, mesh)
         batches = resident.batches(start_step=4)  # 6 steps per epoch: crosses an epoch.

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 
 import numpy as np
 import PIL.Image
@@ -14,8 +15,10 @@ import pytest
 from conftest import tiny_config
 
 from imgcls_jax import data, device_data, input_pipeline, sharding
+from imgcls_jax.data import batch_rows
 from imgcls_jax.data.encoded import EncodedImages
 from imgcls_jax.data.image_folder import list_image_folder
+from imgcls_jax.data.tfds_array_record import add_array_record
 from imgcls_jax.data.tfds_source import write_dataset
 from imgcls_jax.train import TIMING_FILE, train_and_evaluate
 
@@ -56,7 +59,7 @@ def test_streamed_splits_and_batches_equal_the_in_memory_ones(folder):
     assert streamed.train.images.shape == memory.train.images.shape
     np.testing.assert_array_equal(streamed.train.labels, memory.train.labels)
     mesh = sharding.make_mesh()
-    order = input_pipeline.TrainOrder(len(memory.train), 16, seed=3)
+    order = batch_rows.TrainOrder(len(memory.train), 16, seed=3)
     for step in (0, 1, 5, 13):  # 13: past the first epoch's reshuffle.
         a = input_pipeline.train_batch(memory.train, order, step, mesh)
         b = input_pipeline.train_batch(streamed.train, order, step, mesh)
@@ -118,7 +121,7 @@ def test_streaming_needs_an_image_folder_or_tfds():
 
 
 @pytest.fixture(scope="module")
-def tfds_jpegs(folder, tmp_path_factory) -> pathlib.Path:
+def tfds_tfrecords(folder, tmp_path_factory) -> pathlib.Path:
     """The folder's JPEG files, byte for byte, as a TFDS dataset of 3 TFRecord shards."""
     images, labels, class_names = list_image_folder(str(folder), 12)
     assert class_names == CLASSES
@@ -128,6 +131,24 @@ def tfds_jpegs(folder, tmp_path_factory) -> pathlib.Path:
                   "jpeg", shards=3)  # fmt: skip
     assert len(list(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))) == 3
     return data_dir
+
+
+@pytest.fixture(scope="module")
+def tfds_jpegs(tfds_tfrecords, tmp_path_factory) -> pathlib.Path:
+    """The same dataset with array_record shards added beside the TFRecord ones."""
+    data_dir = _copy_tfds(tfds_tfrecords, tmp_path_factory.mktemp("copy") / "tfds")
+    written = add_array_record("stream_jpegs", str(data_dir))
+    shards = sorted(data_dir.glob("stream_jpegs/1.0.0/*.array_record-?????-of-?????"))
+    assert sorted(map(pathlib.Path, written)) == shards and len(shards) == 3
+    assert add_array_record("stream_jpegs", str(data_dir)) == []  # Once is enough.
+    return data_dir
+
+
+def _copy_tfds(data_dir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
+    import shutil
+
+    shutil.copytree(data_dir, to)
+    return to
 
 
 def _tfds_config(data_dir, name, streaming, **overrides):
@@ -147,6 +168,13 @@ def test_images_of_several_sizes_need_an_image_size(tfds_jpegs, streaming):
         data.load_dataset(config.dataset)
 
 
+def test_streaming_tfrecords_names_the_command_that_adds_array_record(tfds_tfrecords):
+    config = _tfds_config(tfds_tfrecords, "stream_jpegs", True)
+    command = f"python -m imgcls_jax.data.tfds_array_record --name=stream_jpegs --data_dir={tfds_tfrecords}"
+    with pytest.raises(ValueError, match=re.escape(command)):
+        data.load_dataset(config.dataset)
+
+
 def test_tfds_records_stream_as_the_same_files_do(folder, tfds_jpegs):
     split = "train[5:110]"  # Starts inside the first shard and ends inside the last.
     config = _tfds_config(tfds_jpegs, "stream_jpegs", True, **{"dataset.train_split": split})
@@ -163,25 +191,31 @@ def test_tfds_records_stream_as_the_same_files_do(folder, tfds_jpegs):
         np.testing.assert_array_equal(np.asarray(streamed.images), np.asarray(reference.images))
 
 
-def test_tfds_in_memory_resizes_as_streaming_does(tfds_jpegs):
-    """Shorter side to image_size, centre square; TF's and PIL's resizers round differently."""
-    memory = data.load_dataset(_tfds_config(tfds_jpegs, "stream_jpegs", False).dataset)
+def test_tfds_in_memory_decodes_as_streaming_and_image_folders_do(folder, tfds_tfrecords,
+                                                                  tfds_jpegs):  # fmt: skip
+    """One decoder and resize for every source: the same pixels from the TFRecords in memory,
+    the array_records streamed and the image files."""
+    memory = data.load_dataset(_tfds_config(tfds_tfrecords, "stream_jpegs", False).dataset)
     streamed = data.load_dataset(_tfds_config(tfds_jpegs, "stream_jpegs", True).dataset)
-    np.testing.assert_array_equal(memory.train.labels, streamed.train.labels)
-    difference = np.abs(memory.train.images - np.asarray(streamed.train.images).astype(int))
-    assert difference.max() <= 8 and difference.mean() < 1.5, (difference.max(), difference.mean())
+    files = data.load_dataset(_config(folder, False).dataset)
+    for other in (streamed, files):
+        for a, b in ((memory.train, other.train), (memory.validation, other.validation)):
+            np.testing.assert_array_equal(a.labels, b.labels)
+            np.testing.assert_array_equal(a.images, np.asarray(b.images))
 
 
 @pytest.fixture(scope="module")
 def tfds_pngs(folder, tmp_path_factory) -> pathlib.Path:
-    """The folder's images decoded to 12x12, stored as PNGs in a TFDS dataset of 2 shards."""
+    """The folder's images decoded to 12x12, stored as PNGs in a TFDS dataset prepared as 2
+    array_record shards (as `tfds build --file_format=array_record` prepares one)."""
     images, labels, _ = list_image_folder(str(folder), 12)
     data_dir = tmp_path_factory.mktemp("tfds")
     examples = [
         {"image": image, "label": label} for image, label in zip(np.asarray(images), labels)
     ]
     write_dataset("stream_pngs", str(data_dir), {"train": examples}, CLASSES, (12, 12, 3),
-                  "png", shards=2)  # fmt: skip
+                  "png", shards=2, file_format="array_record")  # fmt: skip
+    assert len(list(data_dir.glob("stream_pngs/1.0.0/*.array_record-?????-of-?????"))) == 2
     return data_dir
 
 
@@ -199,54 +233,16 @@ def test_tfds_streamed_training_equals_in_memory_training(tfds_pngs, tmp_path):
         memory_config, str(tmp_path / "memory"))  # fmt: skip
 
 
-def _copy_tfds(data_dir: pathlib.Path, to: pathlib.Path) -> pathlib.Path:
-    import shutil
-
-    shutil.copytree(data_dir, to)
-    return to
-
-
-def test_a_corrupt_tfds_image_stops_the_run_naming_its_record(tfds_jpegs, tmp_path):
+def test_a_damaged_tfds_file_stops_the_run_naming_the_record(tfds_jpegs, tmp_path):
     data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
-    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))[1]
-    contents = shard.read_bytes()
-    start = contents.index(b"\xff\xd8\xff", 100)  # A JPEG's first bytes, inside a record.
-    shard.write_bytes(contents[:start] + b"XXX" + contents[start + 3 :])
-    config = _tfds_config(data_dir, "stream_jpegs", True)
-    streamed = data.load_dataset(config.dataset)  # Indexing reads labels, not pixels.
-    with pytest.raises(ValueError, match=r"image in .*tfrecord-00001-of-00003 at byte \d+ is unre"):
-        np.asarray(streamed.train.images)
-
-
-def test_a_truncated_tfrecord_file_is_named(tfds_jpegs, tmp_path):
-    data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
-    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))[2]
-    shard.write_bytes(shard.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"tfrecord-00002-of-00003', record \d+ is truncated"):
-        data.load_dataset(_tfds_config(data_dir, "stream_jpegs", True).dataset)
-
-
-def test_the_tfrecord_index_is_saved_beside_each_file_until_it_changes(tfds_jpegs, tmp_path,
-                                                                       monkeypatch):  # fmt: skip
-    from imgcls_jax.data import tfrecord_index
-
-    data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
-    for saved in data_dir.rglob("*" + tfrecord_index.INDEX_SUFFIX):
-        saved.unlink()  # Left by the fixture's other users.
-    config = _tfds_config(data_dir, "stream_jpegs", True, **{"dataset.train_split": "train[3:]"})
-    first = data.load_dataset(config.dataset)
-    shards = sorted(data_dir.glob("stream_jpegs/1.0.0/*.tfrecord-?????-of-?????"))
-    assert all(pathlib.Path(f"{shard}{tfrecord_index.INDEX_SUFFIX}").exists() for shard in shards)
-    scanned = []
-    scan_file = tfrecord_index.scan_file
-    monkeypatch.setattr(tfrecord_index, "scan_file",
-                        lambda path, key: scanned.append(path) or scan_file(path, key))  # fmt: skip
-    again = data.load_dataset(config.dataset)
-    assert scanned == []
-    np.testing.assert_array_equal(again.train.labels, first.train.labels)
-    np.testing.assert_array_equal(np.asarray(again.train.images), np.asarray(first.train.images))
-    os.utime(shards[1], ns=(shards[1].stat().st_atime_ns, shards[1].stat().st_mtime_ns + 10**9))
-    pathlib.Path(f"{shards[2]}{tfrecord_index.INDEX_SUFFIX}").write_bytes(b"garbage")
-    again = data.load_dataset(config.dataset)  # Touched or unreadable: scanned again.
-    assert sorted(scanned) == [str(shards[1]), str(shards[2])]  # Scanned in threads: any order.
-    np.testing.assert_array_equal(again.train.labels, first.train.labels)
+    config = _tfds_config(data_dir, "stream_jpegs", True, **{"dataset.validation_size": 0})
+    streamed = data.load_dataset(config.dataset)  # Reads every record's label.
+    shard = sorted(data_dir.glob("stream_jpegs/1.0.0/*.array_record-?????-of-?????"))[1]
+    contents = bytearray(shard.read_bytes())
+    contents[200:240] = bytes(b ^ 0xFF for b in contents[200:240])  # Inside its first record.
+    shard.write_bytes(bytes(contents))
+    first = len(streamed.train) // 3  # 3 shards of equal size.
+    with pytest.raises(ValueError, match=rf"record {first} of TFDS stream_jpegs\[train\] .* is un"):
+        np.asarray(streamed.train.images)  # Decoded batch by batch, after the listing.
+    with pytest.raises(ValueError, match=r"stream_jpegs\[train\] .* has a damaged file .*rebuild"):
+        data.load_dataset(config.dataset)

@@ -217,9 +217,9 @@ def test_nonfinite_update_is_skipped_and_recorded(dataset):
 
 
 def test_skip_mode_trains_through_a_poisoned_batch(tmp_path, dataset, monkeypatch):
-    from imgcls_jax import input_pipeline
+    from imgcls_jax.data import batch_rows
 
-    clean = input_pipeline.LocalTrainRows.__call__
+    clean = batch_rows.LocalTrainRows.__call__
 
     def poison_step_3(self, step):
         batch = clean(self, step)
@@ -227,7 +227,7 @@ def test_skip_mode_trains_through_a_poisoned_batch(tmp_path, dataset, monkeypatc
             batch["image"] = batch["image"].astype(np.float32) * np.nan
         return batch
 
-    monkeypatch.setattr(input_pipeline.LocalTrainRows, "__call__", poison_step_3)
+    monkeypatch.setattr(batch_rows.LocalTrainRows, "__call__", poison_step_3)
     config = tiny_config(**{"training.num_train_steps": 6, "input.batch_size": 32,
                             "training.log_every_steps": 2, "training.on_nonfinite": "skip",
                             "input.device_resident": "off"})  # The host pipeline is patched.  # fmt: skip

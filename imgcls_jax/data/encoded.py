@@ -1,5 +1,5 @@
-"""Images left encoded on disk (files or TFRecord entries), decoded batch by batch, for
-datasets too big for memory."""
+"""Images left encoded on disk (files or TFDS records), decoded batch by batch, for datasets
+too big for memory."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ import os
 
 import numpy as np
 
+from imgcls_jax.data.decode import decode_named
+
 
 class EncodedImages:
     """A lazy uint8 [N, S, S, C] array over encoded images.
 
-    `items` are file paths, or, with a `reader` (such as `tfrecord_index.RecordImages`), what
-    `reader.open(item)` turns into a file object and `reader.name(item)` names in errors.
+    `items` are file paths, or, with a `reader` (such as `tfds_source.RecordImages`), what
+    `reader.open(item)` turns into a file object, `reader.name(item)` names in errors and
+    `reader.identity` with the items identifies (the dataset fingerprint).
     Indexing selects items without reading them (so splits and subsets stay lazy);
     `np.asarray` decodes the selection in parallel threads (PIL releases the GIL), each image
     resized on its shorter side and centre-cropped exactly as the in-memory image folder does.
@@ -59,8 +62,6 @@ class EncodedImages:
         return self._pool
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        from imgcls_jax.data.image_folder import decode_named
-
         mode = "RGB" if self.channels == 3 else "L"
         reader = self.reader
 

@@ -19,7 +19,7 @@ class DatasetChangedError(ValueError):
 
 def _update_with_images(digest, images) -> None:
     """Hashes what identifies the images: pixels in memory; for images left encoded, the file
-    names (relative to their common folder) or the TFRecord files, offsets and lengths."""
+    names (relative to their common folder) or the records' dataset, split and numbers."""
     if not isinstance(images, EncodedImages):
         digest.update(np.ascontiguousarray(images).data)
         return
@@ -28,10 +28,8 @@ def _update_with_images(digest, images) -> None:
         root = os.path.dirname(os.path.commonpath(paths)) if paths else ""
         digest.update("\n".join(os.path.relpath(p, root) for p in paths).encode())
         return
-    reader, items = images.reader, images.items.astype(np.int64)
-    digest.update("\n".join(os.path.basename(p) for p in reader.paths).encode())
-    for column in (reader.file_ids, reader.offsets, reader.lengths):
-        digest.update(np.ascontiguousarray(np.asarray(column)[items], np.int64).data)
+    digest.update(images.reader.identity.encode())
+    digest.update(np.ascontiguousarray(images.items, np.int64).data)
 
 
 def _split_fingerprint(split: Split | None) -> dict | None:

@@ -1,12 +1,16 @@
 """TFDS image-classification splits: loaded into host memory as uint8 arrays, or listed for
-streaming (encoded images read from the TFRecord files batch by batch)."""
+streaming (encoded images read from array_record files through `tfds.data_source`, batch by
+batch). Images are decoded on the host as image folders are."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import io
 import os
 
 import numpy as np
 
+from imgcls_jax.data.decode import decode_named
 from imgcls_jax.data.encoded import EncodedImages
 from imgcls_jax.registry import closest
 
@@ -91,43 +95,67 @@ def _stored_shape(builder, name: str, image_key: str, image_size: int) -> tuple:
 def load_split(
     name: str, split: str, data_dir: str, download: bool, image_size: int
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Returns (images uint8 NHWC, labels int32, class names) of one TFDS split; with
-    `image_size`, each image's shorter side is resized to it and the centre square kept."""
-    import tensorflow as tf
+    """Returns (images uint8 NHWC, labels int32, class names) of one TFDS split, decoded on the
+    host as image folders are (`decode.decode_image`); with `image_size`, each image's shorter
+    side is resized to it and the centre square kept."""
     import tensorflow_datasets as tfds
 
     builder = _prepared_builder(name, data_dir, download)
     image_key, label_key = image_and_label_keys(builder)
+    stored = builder.info.features[image_key].shape
     if builder.info.splits:  # Unknown for mock data.
         stored = _stored_shape(builder, name, image_key, image_size)
         shape = (image_size, image_size, stored[-1]) if image_size else stored
         if None not in shape:
             check_fits_in_memory(name, split, builder.info.splits[split].num_examples, shape)
-    ds = builder.as_dataset(split=split).map(lambda ex: (ex[image_key], ex[label_key]))
-    if image_size:
-        ds = ds.map(
-            lambda image, label: (resize_and_centre_crop(image, image_size), label),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+    if _has_array_record(builder):  # Read as streaming reads it (TFDS reads no other way).
+        images, labels, class_names = list_split(name, split, data_dir, False, image_size, 0, 0)
+        return np.asarray(images), labels, class_names
+    mode = "L" if stored[-1] == 1 else "RGB"
+    where = f"TFDS {name}[{split}]"
+    size = image_size or stored[0]
+
+    def decode_one(index_and_encoded: tuple[int, bytes]) -> np.ndarray:
+        index, encoded = index_and_encoded
+        image = decode_named(io.BytesIO(encoded), where, size, mode)
+        if image is None:
+            raise ValueError(f"Example {index} of {where} is not a readable image: rebuild the "
+                             "dataset, or restore its files.")  # fmt: skip
+        return image
+
+    ds = builder.as_dataset(split=split, decoders={image_key: tfds.decode.SkipDecoding()})
     images, labels = [], []
-    for image_batch, label_batch in tfds.as_numpy(ds.batch(1024).prefetch(2)):
-        images.append(image_batch)
-        labels.append(label_batch)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count()) as pool:  # PIL frees the GIL.
+        for batch in tfds.as_numpy(ds.batch(1024).prefetch(2)):
+            images.extend(pool.map(decode_one, enumerate(batch[image_key], len(labels))))
+            labels.extend(batch[label_key].tolist())
     class_names = tuple(builder.info.features[label_key].names)
-    return np.concatenate(images), np.concatenate(labels).astype(np.int32), class_names
+    return np.stack(images), np.asarray(labels, np.int32), class_names
 
 
-def resize_and_centre_crop(image, size: int):
-    """TF version of the image folders' resize: shorter side to `size`, centre square, uint8."""
-    import tensorflow as tf
+class RecordImages:
+    """The encoded images of one TFDS split, by record number, through `tfds.data_source`
+    (random access to array_record files): the `reader` of an `EncodedImages`. Picklable,
+    so Grain's worker processes read records themselves. `identity` names the records (for
+    the dataset fingerprint), `where` names them for people."""
 
-    height, width = tf.unstack(tf.cast(tf.shape(image)[:2], tf.float32))
-    scale = size / tf.minimum(height, width)
-    new_size = tf.maximum(size, tf.cast(tf.round(tf.stack([height, width]) * scale), tf.int32))
-    resized = tf.image.resize(image, new_size, antialias=True)
-    top, left = (new_size[0] - size) // 2, (new_size[1] - size) // 2
-    cropped = resized[top : top + size, left : left + size]
-    return tf.cast(tf.clip_by_value(tf.round(cropped), 0, 255), tf.uint8)
+    def __init__(self, source, image_key: str, identity: str, where: str):
+        self.source, self.image_key, self.identity, self.where = source, image_key, identity, where
+
+    def name(self, i: int) -> str:
+        return f"The image in record {i} of {self.where}"
+
+    def open(self, i: int) -> io.BytesIO:
+        """The record's image bytes; none when the record itself cannot be read (a corrupt
+        file), so that decoding reports the image as unreadable."""
+        try:
+            return io.BytesIO(self.source[int(i)][self.image_key])
+        except RuntimeError:  # array_record's error for a damaged chunk.
+            return io.BytesIO(b"")
+
+
+def _has_array_record(builder) -> bool:
+    return "array_record" in {f.value for f in builder.info.available_file_formats()}
 
 
 def list_split(
@@ -139,29 +167,49 @@ def list_split(
     channels: int,
     threads: int,
 ) -> tuple[EncodedImages, np.ndarray, tuple[str, ...]]:
-    """One TFDS split left encoded in its TFRecord files, decoded later batch by batch (as
-    image folders stream): (images, int32 labels, class names). Reads every record once to
-    index it and read its label."""
-    from imgcls_jax.data import tfrecord_index
+    """One TFDS split left encoded in its array_record files, decoded later batch by batch (as
+    image folders stream): (images, int32 labels, class names). Reads every record once for
+    its label."""
+    import tensorflow_datasets as tfds
 
     builder = _prepared_builder(name, data_dir, download)
     image_key, label_key = image_and_label_keys(builder)
-    if builder.info.file_format.value != "tfrecord":
+    if not _has_array_record(builder):
         raise ValueError(
-            f"TFDS {name} is stored as {builder.info.file_format.value}; streaming reads "
-            "TFRecord files. Rebuild it with `tfds build --file_format=tfrecord` or load it into "
-            "memory (dataset.streaming=False)."
+            f"TFDS {name} is stored as {builder.info.file_format.value} files, which have no "
+            "random access; streaming reads array_record. Add array_record files beside them "
+            f"once: python -m imgcls_jax.data.tfds_array_record --name={name} "
+            f"--data_dir={builder.data_dir_root} (or load the split into "
+            "memory: dataset.streaming=False)."
         )
     stored = _stored_shape(builder, name, image_key, image_size)
-    spans = [
-        tfrecord_index.FileSpan(i.filename, i.skip, i.take)
-        for i in builder.info.splits[split].file_instructions
-    ]
+    source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
+                              decoders={image_key: tfds.decode.SkipDecoding()})  # fmt: skip
     threads = threads or os.cpu_count() or 1
-    records, labels = tfrecord_index.index_records(spans, image_key, label_key, threads)
+    where = f"TFDS {name}[{split}] ({builder.data_dir})"
+    identity = f"{builder.info.full_name}[{split}]"
+    try:
+        labels = _read_labels(source, label_key, threads)
+    except RuntimeError as error:  # array_record's error for a damaged file.
+        raise ValueError(f"{where} has a damaged file ({error}): rebuild the dataset or "
+                         "restore its files.") from None  # fmt: skip
     images = EncodedImages(np.arange(len(labels)), image_size or stored[0],
-                           channels or stored[-1] or 3, threads, reader=records)  # fmt: skip
+                           channels or stored[-1] or 3, threads,
+                           reader=RecordImages(source, image_key, identity, where))  # fmt: skip
     return images, labels, tuple(builder.info.features[label_key].names)
+
+
+def _read_labels(source, label_key: str, threads: int, chunk: int = 4096) -> np.ndarray:
+    """Every record's label (each record read once), in `threads` threads."""
+    starts = range(0, len(source), chunk)
+
+    def read(start: int) -> list[int]:
+        records = source.__getitems__(range(start, min(start + chunk, len(source))))
+        return [record[label_key] for record in records]
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        labels = [label for part in pool.map(read, starts) for label in part]
+    return np.asarray(labels, np.int32)
 
 
 def write_dataset(
@@ -172,9 +220,10 @@ def write_dataset(
     image_shape: tuple,
     encoding: str = "jpeg",
     shards: int = 1,
+    file_format: str = "tfrecord",
 ) -> None:
     """Writes labelled images as TFDS dataset `name` (version 1.0.0) prepared in `data_dir`,
-    each split in `shards` TFRecord files, in the given order. An example is {"image": a file
+    each split in `shards` files of `file_format` (as `tfds build` writes), in the given order. An example is {"image": a file
     (stored byte for byte when it is already in `encoding`) or a uint8 array, "label": int}."""
     import tensorflow_datasets as tfds
 
@@ -185,6 +234,6 @@ def write_dataset(
     tfds.dataset_builders.store_as_tfds_dataset(
         name, "1.0.0", features,
         {split: list(enumerate(examples)) for split, examples in splits.items()},
-        data_dir=data_dir, disable_shuffling=True,
+        data_dir=data_dir, disable_shuffling=True, file_format=file_format,
         download_config=tfds.download.DownloadConfig(num_shards=shards),
     )  # fmt: skip
