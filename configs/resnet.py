@@ -58,12 +58,13 @@ def cifar10(c):
 def imagenet(c):
     """ResNet-50, the standard 90-epoch recipe: SGD Nesterov, lr 0.1 x batch/256, 5 warm-up
     epochs then cosine, weight decay 1e-4, label smoothing 0.1, bf16 compute; TFDS
-    `imagenet2012` streamed from its TFRecords."""
+    `imagenet2012` streamed from its array_record files (docs/data.md: adding them beside the
+    TFRecords `tfds build` writes)."""
     c.dataset.name = "imagenet2012"
     c.dataset.test_split = "validation"  # The official validation set serves as test.
     c.dataset.validation_size = 10000  # Held out from train for model selection.
     c.dataset.image_size = 256  # Host resize; train crops 224 at random, eval takes the centre.
-    c.dataset.streaming = True  # JPEGs stay in TFDS's TFRecords, decoded batch by batch.
+    c.dataset.streaming = True  # JPEGs stay in TFDS's array_records, decoded batch by batch.
     c.dataset.mean, c.dataset.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     c.model.name, c.model.width, c.model.stem = "resnet50", 64, "imagenet"
     c.model.dtype = "bfloat16"

@@ -46,16 +46,18 @@ def test_gpu_benchmark_script_times_both_steps_at_tiny_size(tmp_path):
 def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     run = _run("bench_input.py", "--images=60", "--image_size=32", "--model=resnet8",
-               "--width=4", "--batch_size=8", "--steps=2", "--threads=2", f"--out={out}")  # fmt: skip
+               "--width=4", "--batch_size=8", "--steps=2", "--threads=2", "--worker_batches=2",
+               f"--out={out}")  # fmt: skip
     result = json.loads(out.read_text())
     assert set(result["decode_img_per_s"]) == {"folder/1", "folder/2", "tfds/1", "tfds/2"}
-    assert all(rate > 0 for rate in result["decode_img_per_s"].values())
-    assert (
-        result["tfrecord_index_records_per_s"] > 0 < result["tfrecord_index_cached_records_per_s"]
-    )
+    assert set(result["grain_workers_img_per_s"]) == {"folder/1", "folder/2", "tfds/1", "tfds/2"}
+    rates = [*result["decode_img_per_s"].values(), *result["grain_workers_img_per_s"].values()]
+    assert all(rate > 0 for rate in rates) and result["tfds_labels_records_per_s"] > 0
+    assert 300 < result["kib_per_image"] * 1024 < 300_000
     fed = {loop["input"]: loop for loop in result["loops"]}
     assert set(fed) == {"one batch on device", "JPEGs streamed from an image folder",
-                        "JPEGs streamed from TFDS TFRecords"}  # fmt: skip
+                        "JPEGs streamed from TFDS array_record"}  # fmt: skip
+    assert [loop["workers"] for loop in result["loops"]] == [0, 2, 2]
     for loop in fed.values():
         assert 0 <= loop["waited_fraction"] <= 1 and loop["img_per_s"] > 0
     assert "share of step waiting" in run.stdout
