@@ -43,10 +43,16 @@ flags.DEFINE_integer("width", 64, "Its width.")
 flags.DEFINE_string("dtype", "auto", "Its compute dtype (model.dtype).")
 flags.DEFINE_integer("batch_size", 32, "Global batch of the training loop and of Grain's reads.")
 flags.DEFINE_integer("steps", 8, "Timed training steps per loop.")
-flags.DEFINE_integer("worker_batches", 24, "Timed batches per Grain worker count.")
+flags.DEFINE_integer("worker_batches", 64, "Timed batches per Grain worker count.")
 flags.DEFINE_integer("threads", 0, "Decode threads and worker processes; 0: one per CPU core.")
 flags.DEFINE_list("sources", [], "folder and/or tfds; default both where TFDS is installed.")
 flags.DEFINE_string("out", "experiments/results/bench_input.json", "Where to write the JSON.")
+flags.DEFINE_string("photos", "", "An .npz of the photos (from --save_photos); '': scikit-image.")
+flags.DEFINE_string(
+    "save_photos",
+    "",
+    "Only save the photos to this .npz (for a machine without scikit-image) and exit.",
+)
 
 # Photos bundled with scikit-image (no download); camera is grayscale, repeated to RGB.
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
@@ -56,15 +62,26 @@ TFDS_NAME = "bench_jpegs"
 SOURCE_NAMES = {"folder": "an image folder", "tfds": "TFDS array_record"}
 
 
+def load_photos() -> list:
+    """scikit-image's photos as RGB uint8 arrays (from --photos when given)."""
+    import numpy as np
+
+    if FLAGS.photos:
+        with np.load(FLAGS.photos) as saved:
+            return [saved[name] for name in PHOTOS]
+    import skimage.data
+
+    photos = [np.asarray(getattr(skimage.data, name)()) for name in PHOTOS]
+    return [(p if p.ndim == 3 else np.repeat(p[..., None], 3, -1))[..., :3] for p in photos]
+
+
 def write_jpegs(root: str, count: int, seed: int = 0) -> None:
     """`count` JPEGs in CLASSES folders: random crops of real photos, ImageNet-sized."""
     import numpy as np
     import PIL.Image
-    import skimage.data
 
     rng = np.random.default_rng(seed)
-    photos = [np.asarray(getattr(skimage.data, name)()) for name in PHOTOS]
-    photos = [(p if p.ndim == 3 else np.repeat(p[..., None], 3, -1))[..., :3] for p in photos]
+    photos = load_photos()
     for label in range(CLASSES):
         os.makedirs(os.path.join(root, f"class{label}"), exist_ok=True)
     plans = []
@@ -210,6 +227,11 @@ def chosen_sources() -> list[str]:
 
 def main(argv):
     del argv
+    if FLAGS.save_photos:
+        import numpy as np
+
+        np.savez_compressed(FLAGS.save_photos, **dict(zip(PHOTOS, load_photos())))
+        return
     import jax
 
     from imgcls_jax import markdown
@@ -255,7 +277,7 @@ def main(argv):
     ))  # fmt: skip
     per_core = worker_rates[sources[0], 1]
     print(f"\nAt {per_core:.0f} images/s per worker, the step's rate on one batch "
-          f"({loops[0]['img_per_s']:.0f} img/s) needs {loops[0]['img_per_s'] / per_core:.1f} "
+          f"({loops[0]['img_per_s']:.0f} img/s) needs {loops[0]['img_per_s'] / per_core:.2f} "
           "decoding cores.")  # fmt: skip
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf-8") as f:

@@ -7,8 +7,12 @@
 # 2. experiments/bench_step.py: the airbench net of the speed preset, full loop against the
 #    bare step at 1 and 8 steps per dispatch;
 # 3. launch.py with configs/resnet.py:fashion_mnist_speed end to end, twice: the second run
-#    reads the compiled programs from the persistent cache (timing.json, run twice).
-# Every step runs without TensorFlow. Results land in $OUT (the device tool brings them back).
+#    reads the compiled programs from the persistent cache (timing.json, run twice);
+# 4. experiments/bench_input.py: ImageNet-size JPEGs decoded by Grain workers on every host
+#    core; ResNet-50 bf16 at 224 px (batch 256) fed from them vs from one batch on the device.
+# Every step runs without TensorFlow. Results land in $OUT (the device tool brings back 8
+# files: three benchmark JSONs, speed.txt, two timing.json, log.txt and speed_logs.txt).
+# Arguments name the steps to run (gpu step speed input); none: all of them.
 #
 # Prepare here, once per session (ignored folders, carried to the machine):
 #   experiments/gpu_check.sh --prepare
@@ -26,6 +30,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     -d .whl ml_collections==1.1.0 clu==0.0.12 grain==0.2.18 portpicker==1.6.0 \
     array-record==0.8.6 cloudpickle==2.1.0
   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
+  python3 experiments/bench_input.py --save_photos=.data/photos.npz  # No scikit-image there.
   du -sh .whl .data
   exit 0
 fi
@@ -33,7 +38,7 @@ fi
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp/gpu_check}"
 mkdir -p "$OUT"
-if [[ -d .whl ]]; then
+if [[ -d .whl && -z "${GPU_CHECK_SMOKE:-}" ]]; then  # Python 3.12 wheels.
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH="/tmp/site:$PWD"
@@ -49,24 +54,40 @@ if [[ -n "${GPU_CHECK_SMOKE:-}" ]]; then  # Tiny sizes: checks the plumbing on a
             --num_classes=10 --notorch_compile)
   STEP_ARGS=(--steps=4 --steps_per_dispatch=1,2)
   SPEED_ARGS=(--config.training.num_train_steps=8 --config.dataset.train_size=2048)
+  INPUT_ARGS=(--images=48 --image_size=32 --model=resnet8 --width=4 --batch_size=8 --steps=2
+              --worker_batches=2 --threads=2)
 else
   GPU_ARGS=(--steps=30 --warmup=5)
   STEP_ARGS=(--steps=200 --steps_per_dispatch=1,8)
   SPEED_ARGS=()
+  INPUT_ARGS=(--model=resnet50 --dtype=bfloat16 --batch_size=256 --steps=10 --worker_batches=12)
 fi
+PHOTOS_ARGS=()
+[[ -f .data/photos.npz ]] && PHOTOS_ARGS=(--photos=.data/photos.npz)
+STEPS="${*:-gpu step speed input}"
 
 status=0
-python3 experiments/bench_gpu.py "${GPU_ARGS[@]}" --out="$OUT/bench_gpu.json" \
-  2>&1 | tee "$OUT/bench_gpu.log" || status=1
-python3 experiments/bench_step.py --config=configs/resnet.py:fashion_mnist_speed \
-  "${STEP_ARGS[@]}" --out="$OUT/bench_step_airbench.json" \
-  2>&1 | tee "$OUT/bench_step.log" || status=1
+if [[ " $STEPS " == *" gpu "* ]]; then
+  python3 experiments/bench_gpu.py "${GPU_ARGS[@]}" --out="$OUT/bench_gpu.json" \
+    2>&1 | tee -a "$OUT/log.txt" || status=1
+fi
+if [[ " $STEPS " == *" step "* ]]; then
+  python3 experiments/bench_step.py --config=configs/resnet.py:fashion_mnist_speed \
+    "${STEP_ARGS[@]}" --out="$OUT/bench_step_airbench.json" \
+    2>&1 | tee -a "$OUT/log.txt" || status=1
+fi
+if [[ " $STEPS " == *" input "* ]]; then
+  python3 experiments/bench_input.py "${INPUT_ARGS[@]}" "${PHOTOS_ARGS[@]}" --sources=folder \
+    --out="$OUT/bench_input.json" 2>&1 | tee -a "$OUT/log.txt" || status=1
+fi
 export JAX_COMPILATION_CACHE_DIR=/tmp/gpu_check_cache
 for run in 1 2; do
+  [[ " $STEPS " == *" speed "* ]] || break
   start=$(date +%s.%N)
   python3 launch.py --config=configs/resnet.py:fashion_mnist_speed \
-    --workdir="/tmp/gpu_check_speed_$run" "${SPEED_ARGS[@]}" >"$OUT/speed_$run.log" 2>&1 \
-    || { status=1; tail -20 "$OUT/speed_$run.log"; }
+    --workdir="/tmp/gpu_check_speed_$run" "${SPEED_ARGS[@]}" >"/tmp/speed_$run.log" 2>&1 \
+    || { status=1; tail -20 "/tmp/speed_$run.log"; }
+  cat "/tmp/speed_$run.log" >>"$OUT/speed_logs.txt"
   end=$(date +%s.%N)
   python3 - "$run" "$start" "$end" <<'PY' | tee -a "$OUT/speed.txt"
 import json, sys
