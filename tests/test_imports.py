@@ -92,3 +92,32 @@ def test_every_module_imports_alone(module):
         for name in [n for n in sys.modules if n == "imgcls_jax" or n.startswith("imgcls_jax.")]:
             del sys.modules[name]
         sys.modules.update(saved)
+
+
+def test_grain_workers_read_batch_rows_without_importing_jax(tmp_path):
+    """What a Grain worker process unpickles and calls (the rows of a streamed image folder)
+    imports NumPy and PIL, not JAX, and reads the batch the training process would."""
+    import pickle
+    import subprocess
+
+    import numpy as np
+    import PIL.Image
+
+    from imgcls_jax.data import Split, batch_rows
+    from imgcls_jax.data.image_folder import list_image_folder
+
+    for label, name in enumerate(("ant", "bee")):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = np.full((10 + i, 12, 3), 60 * label + 10 * i, np.uint8)
+            PIL.Image.fromarray(pixels).save(tmp_path / "images" / name / f"{i}.png")
+    images, labels, _ = list_image_folder(str(tmp_path / "images"), 8, 3)
+    rows = batch_rows.LocalTrainRows(Split(images, labels), batch_rows.TrainOrder(8, 4, 0),
+                                     slice(1, 3))  # fmt: skip
+    (tmp_path / "rows.pkl").write_bytes(pickle.dumps(rows))
+    code = ("import pickle, sys; rows = pickle.load(open(sys.argv[1], 'rb')); "
+            "batch = rows(1); print(int(batch['image'].sum()), 'jax' in sys.modules)")  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path / "rows.pkl")],
+                         capture_output=True, text=True, cwd=PACKAGE.parent, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(int(rows(1)["image"].sum())), "False"]

@@ -38,7 +38,7 @@ def to_8_bit(img: PIL.Image.Image, mode: str) -> PIL.Image.Image:
     if img.mode in ALPHA_MODES:
         img = img.convert("RGBA")
         img = PIL.Image.alpha_composite(PIL.Image.new("RGBA", img.size, (0, 0, 0, 255)), img)
-    return img.convert(mode)
+    return img if img.mode == mode else img.convert(mode)
 
 
 def _draft(img: PIL.Image.Image, image_size: int) -> None:
