@@ -233,6 +233,29 @@ def test_tfds_streamed_training_equals_in_memory_training(tfds_pngs, tmp_path):
         memory_config, str(tmp_path / "memory"))  # fmt: skip
 
 
+def test_class_fractions_and_balanced_sampling_read_the_same_batches_from_every_source(
+    folder, tfds_tfrecords, tfds_jpegs
+):
+    from imgcls_jax import imbalance
+
+    overrides = {"dataset.class_fractions": (1.0, 0.5, 0.25)}
+    splits = [
+        data.load_dataset(_config(folder, False, **overrides).dataset).train,
+        data.load_dataset(_config(folder, True, **overrides).dataset).train,
+        data.load_dataset(_tfds_config(tfds_tfrecords, "stream_jpegs", False, **overrides).dataset).train,
+        data.load_dataset(_tfds_config(tfds_jpegs, "stream_jpegs", True, **overrides).dataset).train,
+    ]  # fmt: skip
+    counts = np.bincount(splits[0].labels)
+    assert counts[0] > counts[1] > counts[2] > 0
+    mesh = sharding.make_mesh()
+    order = imbalance.BalancedOrder(splits[0].labels, 16, seed=1)
+    for step in (0, 3, 9):
+        batches = [input_pipeline.train_batch(split, order, step, mesh) for split in splits]
+        for batch in batches[1:]:
+            for key in ("image", "label"):
+                np.testing.assert_array_equal(np.asarray(batch[key]), np.asarray(batches[0][key]))
+
+
 def test_a_damaged_tfds_file_stops_the_run_naming_the_record(tfds_jpegs, tmp_path):
     data_dir = _copy_tfds(tfds_jpegs, tmp_path / "tfds")
     config = _tfds_config(data_dir, "stream_jpegs", True, **{"dataset.validation_size": 0})
@@ -246,3 +269,69 @@ def test_a_damaged_tfds_file_stops_the_run_naming_the_record(tfds_jpegs, tmp_pat
         np.asarray(streamed.train.images)  # Decoded batch by batch, after the listing.
     with pytest.raises(ValueError, match=r"stream_jpegs\[train\] .* has a damaged file .*rebuild"):
         data.load_dataset(config.dataset)
+
+
+def _launch_streaming(folder, workdir, devices: int, workers: int, process=0, address=""):
+    """launch.py streaming `folder` with `workers` Grain workers per process, on `devices`
+    CPU devices of this process (process `process` of 2 with a coordinator `address`)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    overrides = {
+        "dataset.name": "image_folder", "dataset.data_dir": folder, "dataset.image_size": 12,
+        "dataset.mean": "(0.5,0.5,0.5)", "dataset.std": "(0.25,0.25,0.25)",
+        "dataset.validation_size": 24, "dataset.train_size": 0, "dataset.test_split": "",
+        "dataset.streaming": True, "input.workers": workers, "input.device_resident": "off",
+        "input.batch_size": 16, "input.eval_batch_size": 16, "augment.train": "flip_lr",
+        "augment.grid_images": 0, "training.num_train_steps": 8,
+        "training.log_every_steps": 1, "training.eval_every_epochs": 1000.0,
+    }  # fmt: skip
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    flags = [f"--coordinator_address={address}", "--num_processes=2",
+             f"--process_id={process}"] if address else []  # fmt: skip
+    log = open(f"{workdir}.{process}.log", "w+")  # Not a pipe, which could fill up.
+    process = subprocess.Popen(
+        [sys.executable, "launch.py", "--config=configs/resnet.py:tiny", f"--workdir={workdir}",
+         *(f"--config.{k}={v}" for k, v in overrides.items()), *flags],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    process.log = log
+    return process
+
+
+def _wait(process) -> str:
+    """Waits for a `_launch_streaming` process; returns its log."""
+    process.wait(timeout=300)
+    process.log.seek(0)
+    return process.log.read()
+
+
+def test_two_processes_with_grain_workers_train_what_one_process_trains(folder, tmp_path):
+    """2 processes x 4 devices, each reading its own rows of every batch in a Grain worker,
+    train what 1 process x 8 devices with 2 workers trains."""
+    import socket
+
+    from imgcls_jax import reporting
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    one = _launch_streaming(folder, tmp_path / "one", 8, 2)
+    one_log = _wait(one)
+    assert one.returncode == 0, one_log[-3000:]
+    two = [_launch_streaming(folder, tmp_path / "two", 4, 1, i, address) for i in range(2)]
+    logs = [_wait(p) for p in two]
+    assert [p.returncode for p in two] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+
+    def losses(workdir):
+        records = reporting.read_metrics(str(workdir / "metrics.jsonl"))
+        return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+    expected, actual = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(actual) == sorted(expected) == list(range(1, 9))
+    # Gradients are summed in another order across processes: equal to float precision.
+    np.testing.assert_allclose([actual[s] for s in expected], list(expected.values()), rtol=1e-4)
+    results = [json.loads((tmp_path / w / "results.json").read_text()) for w in ("one", "two")]
+    assert results[1]["val/loss"] == pytest.approx(results[0]["val/loss"], rel=1e-4)
