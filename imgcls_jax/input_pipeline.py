@@ -4,8 +4,6 @@ worker processes for streamed images), placed on the devices ahead of the step."
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Iterator
 
 import grain
@@ -29,10 +27,9 @@ def train_batches(
     split: Split, order: TrainOrder, start_step: int, mesh: Mesh, prefetch: int = 2,
     workers: int = 0,
 ) -> Iterator[dict[str, jax.Array]]:  # fmt: skip
-    """Global train batches from `start_step` on (`host_train_batches` put on the devices in
-    a thread)."""
-    host = host_train_batches(split, order, start_step, prefetch, workers)
-    return _on_devices(host, mesh, prefetch)
+    """Global train batches from `start_step` on: `host_train_batches`, put on the devices
+    `prefetch` ahead by a thread."""
+    return _on_devices(_train_rows(split, order, start_step, prefetch, workers), mesh, prefetch)
 
 
 def host_train_batches(
@@ -40,6 +37,10 @@ def host_train_batches(
 ) -> grain.DatasetIterator:
     """This process's rows of each train batch from `start_step` on, as host arrays, read by
     Grain `prefetch` ahead in `workers` processes (0: a thread of this one)."""
+    return iter(_train_rows(split, order, start_step, prefetch, workers))
+
+
+def _train_rows(split, order, start_step, prefetch, workers) -> grain.IterDataset:
     steps = grain.MapDataset.range(start_step, _NO_END)
     rows = LocalTrainRows(split, order, sharding.process_slice(order.batch_size))
     return _read(steps.map(rows), prefetch, workers)
@@ -66,9 +67,9 @@ def worker_count(setting: int, split: Split) -> int:
 _NO_END = 2**62  # Train batches go on until the consumer stops.
 
 
-def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.DatasetIterator:
-    """An iterator over `batches` read `prefetch` ahead by a thread, or with `workers` > 0 by
-    that many processes (each batch by one; Grain keeps their order)."""
+def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.IterDataset:
+    """`batches` read `prefetch` ahead by a thread, or with `workers` > 0 by that many
+    processes (each batch by one; Grain keeps their order)."""
     read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=prefetch)
     dataset = batches.to_iter_dataset(read)
     if workers:
@@ -76,61 +77,17 @@ def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.Datas
             flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
         dataset = dataset.mp_prefetch(options)
-    return iter(dataset)
+    return dataset
 
 
-def _on_devices(host: grain.DatasetIterator, mesh: Mesh, prefetch: int) -> Iterator[dict]:
-    """`host`'s batches as global arrays, put on the devices `prefetch` ahead in a thread;
-    closing the result also closes `host`."""
-
-    def placed() -> Iterator[dict]:
-        try:
-            for batch in host:
-                yield sharding.to_global(batch, mesh)
-        finally:
-            host.close()  # Stops Grain's threads and worker processes.
-
-    return _prefetch(placed(), prefetch)
-
-
-_END = object()  # Marks the end of a finite iterator in the prefetch queue.
-
-
-def _prefetch(items: Iterator[dict], depth: int) -> Iterator[dict]:
-    """Runs `items` up to `depth` ahead of the consumer in a daemon thread, which closing the
-    iterator stops and joins (a thread still decoding or copying to the device when the
-    interpreter exits aborts the process)."""
-    results: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item) -> None:
-        while not stop.is_set():
-            try:
-                results.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def worker() -> None:
-        try:
-            for item in items:
-                if stop.is_set():
-                    return
-                put(item)
-        except BaseException as e:  # Re-raised in the consumer, with its traceback.
-            put(e)
-            return
-        finally:
-            items.close()
-        put(_END)
-
-    thread = threading.Thread(target=worker, name="prefetch", daemon=True)
-    thread.start()
+def _on_devices(host: grain.IterDataset, mesh: Mesh, prefetch: int) -> Iterator[dict]:
+    """`host`'s batches as global arrays, put on the devices `prefetch` ahead by a thread.
+    Closing the result stops and joins that thread and closes the readers under it, then
+    lets go of them (Grain's iterators left to the interpreter's exit report errors there)."""
+    placed = host.map(lambda batch: sharding.to_global(batch, mesh))
+    prefetched = grain.experimental.ThreadPrefetchIterDataset(placed, prefetch_buffer_size=prefetch)
+    iterator = iter(prefetched)
     try:
-        while (item := results.get()) is not _END:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        yield from iterator
     finally:
-        stop.set()
-        thread.join()
+        iterator.close()

@@ -103,18 +103,24 @@ def test_auto_places_only_splits_that_fit():
     assert device_data.use_device_resident("on", small, mesh)
 
 
-def test_closing_a_prefetching_iterator_joins_its_thread():
-    """A prefetch thread left decoding when the interpreter exits aborts the process."""
+def test_closing_the_batches_stops_the_device_thread_and_the_worker_processes():
+    """A thread left copying to the devices when the interpreter exits aborts the process:
+    closing the iterator stops and joins it, and ends Grain's worker processes."""
+    import multiprocessing
     import threading
-    import time
 
-    def slow_items():
-        for i in range(100):
-            time.sleep(0.05)  # Still producing when the consumer closes.
-            yield {"i": i}
+    def prefetch_threads() -> list[str]:  # Grain's thread prefetch (one puts on the devices).
+        return [t.name for t in threading.enumerate() if t.name.startswith("grain-thread-")]
 
-    batches = input_pipeline._prefetch(slow_items(), depth=2)
-    assert next(batches) == {"i": 0}
-    assert any(t.name == "prefetch" for t in threading.enumerate())
-    batches.close()
-    assert not any(t.name == "prefetch" for t in threading.enumerate())
+    mesh = sharding.make_mesh()
+    split = data.Split(np.zeros((64, 4, 4, 1), np.uint8), np.arange(64, dtype=np.int32) % 4)
+    order = batch_rows.TrainOrder(64, 16, seed=0)
+    for workers in (0, 2):
+        batches = input_pipeline.train_batches(split, order, 0, mesh, prefetch=2, workers=workers)
+        for step in range(3):  # Grain starts a worker when the first batch is due from it.
+            batch = next(batches)
+            np.testing.assert_array_equal(batch["label"], split.labels[order.indices(step)])
+        assert prefetch_threads()  # Reading ahead.
+        assert len(multiprocessing.active_children()) == workers
+        batches.close()
+        assert prefetch_threads() == [] and multiprocessing.active_children() == []
