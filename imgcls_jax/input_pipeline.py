@@ -40,7 +40,10 @@ def host_train_batches(
     return iter(_train_rows(split, order, start_step, prefetch, workers))
 
 
-def _train_rows(split, order, start_step, prefetch, workers) -> grain.IterDataset:
+def _train_rows(
+    split: Split, order: TrainOrder, start_step: int, prefetch: int, workers: int
+) -> grain.IterDataset:
+    """This process's rows of each train batch from `start_step` on, as Grain reads them."""
     steps = grain.MapDataset.range(start_step, _NO_END)
     rows = LocalTrainRows(split, order, sharding.process_slice(order.batch_size))
     return _read(steps.map(rows), prefetch, workers)
