@@ -41,7 +41,7 @@ def imagenet(c):
     embeddings, no dropout or stochastic depth, batch 1024, AdamW (lr 1e-3, weight decay
     1e-4, b2 0.999), 10,000 warm-up steps (8 epochs) then cosine, gradient clipping at 1,
     inception crop + flip, RandAugment(2, 10), mixup 0.2; bfloat16; TFDS `imagenet2012`
-    streamed from its TFRecords. Not run here."""
+    streamed from its array_record files. Not run here."""
     c.dataset.name = "imagenet2012"
     c.dataset.test_split = "validation"  # The official validation set serves as test.
     c.dataset.validation_size = 10000  # Held out from train ("minival"), as big_vision does.

@@ -45,7 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     # On the host: shorter side resized to this, centre square kept; 0 keeps the stored size.
     c.dataset.image_size = 0
     c.dataset.strict = False  # image_folder: raise on unreadable files instead of skipping them.
-    # image_folder / tfds: leave images encoded on disk (files, TFRecords) and decode each batch
+    # image_folder / tfds: leave images encoded on disk (files, array_records) and decode each batch
     # when needed (parallel, prefetched) instead of all up front; for datasets too big for memory.
     c.dataset.streaming = False
     c.dataset.decode_threads = 0  # Decoding threads when streaming; 0: one per CPU core.
