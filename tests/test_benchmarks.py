@@ -63,6 +63,20 @@ def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     assert "share of step waiting" in run.stdout
 
 
+def test_step_profile_attributes_the_step_to_its_operations(tmp_path):
+    out = tmp_path / "profile.json"
+    run = _run("profile_step.py", "--config=configs/resnet.py:tiny", "--config.input.batch_size=16",
+               "--image_size=16", "--steps=2", f"--out={out}")  # fmt: skip
+    result = json.loads(out.read_text())
+    shares = result["ms_per_step"]
+    assert result["busy_ms_per_step"] == pytest.approx(sum(shares.values()), rel=0.01)
+    assert 0 < result["busy_ms_per_step"]
+    convolutions = [name for name in shares if "conv" in name]  # oneDNN's or XLA's.
+    assert convolutions and sum(shares[name] for name in convolutions) > 0
+    assert {row["operation"] for row in result["largest"]} <= set(shares)
+    assert "ms per step" in run.stdout
+
+
 def test_torch_twin_of_the_airbench_net_computes_our_function():
     """bench_torch.py's PyTorch airbench net, given our weights, gives our logits (evaluation
     mode), so the benchmark compares the same network."""
