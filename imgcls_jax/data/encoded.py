@@ -72,7 +72,10 @@ class EncodedImages:
             source = reader.open(item) if reader else item
             return decode_named(source, what(item), self.image_size, mode)
 
-        decoded = list(self._executor().map(decode, self.items))
+        if self.threads == 1:  # A Grain worker: a pool of one thread only adds handoffs.
+            decoded = [decode(item) for item in self.items]
+        else:
+            decoded = list(self._executor().map(decode, self.items))
         for item, image in zip(self.items, decoded):
             if image is None:
                 raise ValueError(
