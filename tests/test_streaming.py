@@ -179,8 +179,8 @@ def test_images_of_several_sizes_need_an_image_size(tfds_jpegs, streaming):
 
 def test_streaming_tfrecords_names_the_command_that_adds_array_record(tfds_tfrecords):
     config = _tfds_config(tfds_tfrecords, "stream_jpegs", True)
-    command = f"python -m imgcls_jax.data.tfds_array_record --name=stream_jpegs --data_dir={tfds_tfrecords}"
-    with pytest.raises(ValueError, match=re.escape(command)):
+    command = f"python -m imgcls_jax.data.tfds_array_record --name=stream_jpegs --data_dir={tfds_tfrecords} ("
+    with pytest.raises(ValueError, match=re.escape(command)):  # The data_dir as configured.
         data.load_dataset(config.dataset)
 
 

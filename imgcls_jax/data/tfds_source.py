@@ -178,9 +178,9 @@ def list_split(
         raise ValueError(
             f"TFDS {name} is stored as {builder.info.file_format.value} files, which have no "
             "random access; streaming reads array_record. Add array_record files beside them "
-            f"once: python -m imgcls_jax.data.tfds_array_record --name={name} "
-            f"--data_dir={builder.data_dir_root} (or load the split into "
-            "memory: dataset.streaming=False)."
+            f"once: python -m imgcls_jax.data.tfds_array_record --name={name}"
+            f"{f' --data_dir={data_dir}' if data_dir else ''} (or load the split into memory: "
+            "dataset.streaming=False)."
         )
     stored = _stored_shape(builder, name, image_key, image_size)
     source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False,
