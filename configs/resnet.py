@@ -26,9 +26,9 @@ def fashion_mnist(c):
 def fashion_mnist_speed(c):
     """Fashion-MNIST against the clock (goal: >= 94% in 5 minutes on 2 CPU cores): the
     airbench-style net (width 32), 2.6x ResNet-20's images per second here and more accurate
-    per epoch; dtype auto (bfloat16 where the CPU has AMX, else float32), batch 256, 12 epochs of random flips over all 60k
-    train images (no validation split), one evaluation at the end with flip test-time
-    augmentation."""
+    per epoch; dtype auto (bfloat16 on CPUs with AMX and AMD's with AVX-512-BF16, else
+    float32), batch 256, 12 epochs of random flips over all 60k train images (no validation
+    split), one evaluation at the end with flip test-time augmentation."""
     fashion_mnist(c)
     c.dataset.validation_size = 0
     c.model.name, c.model.width = "airbench", 32

@@ -1,12 +1,15 @@
 """Benchmark: which XLA:CPU options, compute dtype and kernels train our step fastest here?
 
 Each variant (XLA flags x model dtype x `model.kernels` x host malloc settings) runs in its
-own process (XLA reads its flags once) and times our jitted ResNet-20 step (Fashion-MNIST
-default, batch 128, no augmentation) on one resident batch. The variants are run in interleaved rounds; the median counts. The first
-step's loss of each variant is printed next to the baseline's, so a fast path that computes
+own process (XLA reads its flags once) and times our jitted step of a configs/resnet.py preset
+(default: ResNet-20 of the Fashion-MNIST preset, batch 128), without augmentation, on one
+resident batch. The variants are run in interleaved rounds; the median counts. The first
+step's loss of each variant is printed next to the first variant's, so a fast path that computes
 something else shows up.
 
     python experiments/bench_cpu_options.py --rounds=3 --steps=10
+    python experiments/bench_cpu_options.py --preset=fashion_mnist_speed \
+        --variants="our oneDNN kernels (f32; the default),our oneDNN kernels (bf16)"
 
 Prints a table and writes JSON to --out.
 """
@@ -28,8 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median is reported.")
 flags.DEFINE_integer("steps", 10, "Timed steps per variant per round.")
-flags.DEFINE_string("model", "resnet20", "Model of the Fashion-MNIST preset to time.")
-flags.DEFINE_integer("batch_size", 128, "Batch size.")
+flags.DEFINE_string("preset", "fashion_mnist", "configs/resnet.py preset whose step is timed.")
+flags.DEFINE_string("model", "", "Another model in the preset (default: the preset's).")
+flags.DEFINE_integer("batch_size", 0, "Batch size (default: the preset's).")
 flags.DEFINE_list("variants", [], "Names of VARIANTS to run, comma-separated (default: all).")
 flags.DEFINE_string("measure", "", "Internal: time one variant in this process.")
 flags.DEFINE_string("out", "experiments/results/bench_cpu_options.json", "Where to write JSON.")
@@ -76,10 +80,9 @@ def measure(dtype: str, kernels: str, reuse_host_memory: bool) -> dict:
             return dataclasses.replace(native, name=kernels, batch_norm_train=None)
 
         registry.register("kernels", kernels, conv_only)
-    config = apply_overrides(get_config(), {
-        "model.name": FLAGS.model, "model.dtype": dtype, "model.kernels": kernels,
-        "input.batch_size": FLAGS.batch_size, "augment.train": "",
-        "input.device_resident": "off",
+    config = apply_overrides(get_config(FLAGS.preset), {
+        "model.dtype": dtype, "model.kernels": kernels, "augment.train": "",
+        "input.device_resident": "off", **preset_changes(),
     })  # fmt: skip
     step = OurStep(config, 28, 1, 10)
     step.state, first = step.trainer.train_step(step.state, step.batch, step.trainer.train_key)
@@ -88,11 +91,18 @@ def measure(dtype: str, kernels: str, reuse_host_memory: bool) -> dict:
     return {"seconds_per_step": step.run(FLAGS.steps), "first_loss": loss}
 
 
+def preset_changes() -> dict:
+    """The model and batch size flags as config overrides (where set)."""
+    changes = {"model.name": FLAGS.model, "input.batch_size": FLAGS.batch_size}
+    return {key: value for key, value in changes.items() if value}
+
+
 def run_variant(name: str) -> dict:
     xla_flags = VARIANTS[name][0]
     env = {**os.environ, "XLA_FLAGS": xla_flags}
     command = [sys.executable, __file__, f"--measure={name}", f"--steps={FLAGS.steps}",
-               f"--model={FLAGS.model}", f"--batch_size={FLAGS.batch_size}"]  # fmt: skip
+               f"--preset={FLAGS.preset}", f"--model={FLAGS.model}",
+               f"--batch_size={FLAGS.batch_size}"]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1][:200]}
@@ -104,9 +114,12 @@ def main(argv):
     if FLAGS.measure:
         print(json.dumps(measure(*VARIANTS[FLAGS.measure][1:])))
         return
+    from configs.resnet import get_config
     from imgcls_jax import markdown
 
     names = FLAGS.variants or list(VARIANTS)
+    preset = get_config(FLAGS.preset)
+    model, images = FLAGS.model or preset.model.name, FLAGS.batch_size or preset.input.batch_size
     rounds = [{name: run_variant(name) for name in names} for _ in range(FLAGS.rounds)]
     rows, results = [], {}
     for name in names:
@@ -117,21 +130,18 @@ def main(argv):
             rows.append([name, VARIANTS[name][0] or "-", "failed: " + errors[0], "", ""])
             continue
         seconds = statistics.median(r["seconds_per_step"] for r in runs)
-        results[name] = {
-            "img_per_s": FLAGS.batch_size / seconds,
-            "first_loss": runs[0]["first_loss"],
-        }
-        rows.append([name, VARIANTS[name][0] or "-", f"{FLAGS.batch_size / seconds:.0f}",
+        results[name] = {"img_per_s": images / seconds, "first_loss": runs[0]["first_loss"]}
+        rows.append([name, VARIANTS[name][0] or "-", f"{images / seconds:.0f}",
                      f"{runs[0]['first_loss']:.5f}", ""])  # fmt: skip
-    base = results.get("baseline f32", {}).get("img_per_s")
+    base = results.get(names[0], {}).get("img_per_s")
     for row, name in zip(rows, names):
         if base and "img_per_s" in results[name]:
             row[4] = f"{results[name]['img_per_s'] / base:.2f}x"
-    print(markdown.table(["variant", "XLA flags", "img/s", "first loss", "vs baseline"], rows))
+    print(markdown.table(["variant", "XLA flags", "img/s", "first loss", f"vs {names[0]}"], rows))
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf-8") as f:
-        json.dump({"model": FLAGS.model, "batch_size": FLAGS.batch_size, "results": results}, f,
-                  indent=2)  # fmt: skip
+        json.dump({"preset": FLAGS.preset, "model": model,
+                   "batch_size": images, "results": results}, f, indent=2)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,6 +36,11 @@ flags.DEFINE_integer("num_classes", 10, "Synthetic classes.")
 flags.DEFINE_integer("steps", 20, "Traced steps (after 10 untraced ones).")
 flags.DEFINE_integer("top", 12, "Largest single operations to list.")
 flags.DEFINE_string("out", "experiments/results/profile_step.json", "Where to write the JSON.")
+flags.DEFINE_bool(
+    "reuse_host_memory",
+    True,
+    "Keep freed host memory for reuse, as launch.py does by default (imgcls_jax/host_memory.py).",
+)
 
 
 def custom_calls(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -78,6 +83,10 @@ def category(name: str, calls: dict) -> str:
 
 def main(argv):
     del argv
+    from imgcls_jax import host_memory
+
+    if FLAGS.reuse_host_memory:
+        host_memory.reuse_freed_memory()  # Before JAX starts its threads, as launch.py does.
     import jax
     from step_timing import OurStep
 
@@ -119,6 +128,7 @@ def main(argv):
     with open(FLAGS.out, "w", encoding="utf-8") as f:
         json.dump({"model": FLAGS.config.model.name, "dtype": str(trainer.dtype),
                    "kernels": trainer.kernels.name, "batch_size": step.batch_size,
+                   "reuse_host_memory": FLAGS.reuse_host_memory,
                    "traced_ms_per_step": round(wall_ms, 2), "busy_ms_per_step": round(busy, 2),
                    "ms_per_step": {k: round(v, 3) for k, v in by_category.most_common()},
                    "largest": [{"instruction": n, "operation": category(n, calls),

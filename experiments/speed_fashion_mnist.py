@@ -37,7 +37,8 @@ GOAL_ACCURACY, GOAL_SECONDS = 0.94, 300.0
 
 def cpu_kind() -> str:
     """The CPU features that decide the speed here: AMX, AVX-512 (with BF16) or AVX2, as this
-    process may use them (an ISA cap in XLA_FLAGS or ONEDNN_MAX_CPU_ISA counts)."""
+    process may use them (an ISA cap in XLA_FLAGS or ONEDNN_MAX_CPU_ISA counts), and the
+    vendor (bfloat16 without AMX is fast on AMD's CPUs only: imgcls_jax/precision.py)."""
     from imgcls_jax import precision
 
     flags = precision.cpu_flags()
@@ -46,7 +47,9 @@ def cpu_kind() -> str:
              ("AVX-512", "avx512f" in flags), ("AVX2", "avx2" in flags)]  # fmt: skip
     best = next((name for name, present in kinds if present), "other")
     capped = precision.amx_capped(os.environ)
-    return f"{best}{f' ({capped})' if capped and precision.AMX_FLAGS <= flags else ''}"
+    vendor = {"GenuineIntel": "Intel", "AuthenticAMD": "AMD"}.get(precision.cpu_vendor())
+    return (f"{best}{f' ({capped})' if capped and precision.AMX_FLAGS <= flags else ''}"
+            f"{f', {vendor}' if vendor else ''}")  # fmt: skip
 
 
 def run_seed(seed: int) -> dict:

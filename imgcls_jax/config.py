@@ -60,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.stem = "small"  # small (3x3 conv, 28-32 px) | imagenet (7x7/2 conv + max-pool)
     c.model.width = 64  # Channels of the first stage.
     # Compute dtype (parameters stay float32): float32, bfloat16, float16, or auto: bfloat16 on
-    # GPUs, TPUs and CPUs with AMX, float32 on other CPUs (imgcls_jax/precision.py).
+    # GPUs, TPUs, CPUs with AMX and AMD CPUs with AVX-512-BF16, float32 on other CPUs
+    # (imgcls_jax/precision.py).
     c.model.dtype = "float32"
     c.model.bn_momentum = 0.9
     # Stochastic depth (ResNets, ViT): the residual-branch drop rate rises linearly over the
