@@ -236,17 +236,15 @@ bool HasIsa(dnnl_cpu_isa_t isa) { return (dnnl_get_effective_cpu_isa() & isa) ==
 
 // Whether the kernel gradient of `g` is faster as im2col + matmul than as oneDNN's direct
 // convolution, by CPU kind: the rule fits per-layer timings of both on AMX, AVX-512-BF16
-// without AMX and AVX2 (experiments/bench_kernel_grad.py; tables in docs/performance.md).
-// With AVX-512 the matmul wins up to 4x4 outputs (float32 does not use AMX; bfloat16 without
-// AMX alike), with AMX in bfloat16 also for strided or 1x1 convolutions up to 8x8; with AVX2
-// only at 2x2.
+// without AMX (Intel capped, AMD) and AVX2 (experiments/bench_kernel_grad.py; tables in
+// docs/performance.md). With AVX-512 the matmul wins up to 4x4 outputs, in bfloat16 (with or
+// without AMX) also for strided or 1x1 convolutions up to 8x8; with AVX2 only at 2x2.
 bool MatmulKernelGrad(const Geometry& g) {
   static const bool avx512 = HasIsa(dnnl_cpu_isa_avx512_core);
-  static const bool amx = HasIsa(dnnl_cpu_isa_avx512_core_amx);
   int64_t pixels = g.oh * g.ow;
   bool strided_or_pointwise = g.sh > 1 || g.sw > 1 || g.kh * g.kw == 1;
   if (!avx512) return pixels <= 4;
-  if (g.type == dt::bf16 && amx) return pixels <= 16 || (pixels <= 64 && strided_or_pointwise);
+  if (g.type == dt::bf16) return pixels <= 16 || (pixels <= 64 && strided_or_pointwise);
   return pixels <= 16;
 }
 
