@@ -4,7 +4,9 @@ TF2's summary ops write them, with the `tensorboard` package's protos and event 
 from __future__ import annotations
 
 import io
+import sys
 import time
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,16 @@ from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 _HPARAM_TYPES = (bool, int, float, str)
+_NO_TENSORFLOW = "tensorboard.compat.notf"  # TensorBoard's switch to its own file API.
+
+
+def _file_api_for(logdir: str) -> None:
+    """TensorBoard's event file writer does its file I/O through TensorFlow's gfile when
+    TensorFlow is installed, importing it (seconds at the start of every run); its stub of that
+    API writes local files alike. Local logdirs take the stub, unless TensorFlow is already
+    loaded; remote ones (gs://) keep TensorFlow's. TensorBoard chooses once per process."""
+    if "://" not in logdir and "tensorflow" not in sys.modules:
+        sys.modules.setdefault(_NO_TENSORFLOW, types.ModuleType(_NO_TENSORFLOW))
 
 
 def _metadata(plugin: str) -> summary_pb2.SummaryMetadata:
@@ -42,6 +54,7 @@ class TensorBoardWriter:
     """Writes one event file under `logdir`."""
 
     def __init__(self, logdir: str):
+        _file_api_for(logdir)
         self._events = EventFileWriter(logdir)
 
     def _add(self, step: int, summary: summary_pb2.Summary) -> None:
