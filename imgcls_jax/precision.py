@@ -3,7 +3,7 @@
 GPUs and TPUs compute bfloat16 natively. On CPUs it depends on the instruction sets and the
 vendor (docs/performance.md): with AMX's tile units (`amx_bf16`, `amx_tile`) bfloat16 is fast;
 with AVX-512-BF16 and no AMX, the bfloat16 airbench step ran 1.4x slower than float32 on an
-Intel CPU but 1.5x faster on an AMD EPYC (Zen 4); AVX2 CPUs and ARM have no fast bfloat16
+Intel CPU but 1.4x faster on an AMD EPYC (Zen 4); AVX2 CPUs and ARM have no fast bfloat16
 convolutions in oneDNN or XLA. So "auto" is bfloat16 on accelerators, on CPUs with AMX and
 on AMD CPUs with AVX-512-BF16, float32 on every other CPU. The choice and its reason are
 logged.
