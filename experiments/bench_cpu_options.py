@@ -115,9 +115,14 @@ def main(argv):
         print(json.dumps(measure(*VARIANTS[FLAGS.measure][1:])))
         return
     from configs.resnet import get_config
-    from imgcls_jax import markdown
+    from imgcls_jax import markdown, registry
 
     names = FLAGS.variants or list(VARIANTS)
+    for name in names:
+        if name not in VARIANTS:
+            raise app.UsageError(
+                f"--variants: {name!r} is not known.{registry.closest(name, VARIANTS)}"
+            )
     preset = get_config(FLAGS.preset)
     model, images = FLAGS.model or preset.model.name, FLAGS.batch_size or preset.input.batch_size
     rounds = [{name: run_variant(name) for name in names} for _ in range(FLAGS.rounds)]

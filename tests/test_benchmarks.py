@@ -77,6 +77,23 @@ def test_step_profile_attributes_the_step_to_its_operations(tmp_path):
     assert "ms per step" in run.stdout
 
 
+def test_cpu_options_benchmark_times_a_preset_and_both_paths_compute_one_loss(tmp_path):
+    out = tmp_path / "options.json"
+    variants = "our oneDNN kernels (f32; the default),baseline f32"
+    run = _run("bench_cpu_options.py", "--preset=tiny", "--rounds=1", "--steps=1",
+               f"--variants={variants}", f"--out={out}")  # fmt: skip
+    result = json.loads(out.read_text())
+    assert (result["preset"], result["model"], result["batch_size"]) == ("tiny", "resnet8", 64)
+    onednn, xla = (result["results"][name] for name in variants.split(","))
+    assert onednn["img_per_s"] > 0 and xla["img_per_s"] > 0
+    assert onednn["first_loss"] == pytest.approx(xla["first_loss"], rel=1e-4)
+    assert "vs our oneDNN kernels" in run.stdout
+    typo = subprocess.run([sys.executable, "experiments/bench_cpu_options.py",
+                           "--variants=baseline f23"], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert typo.returncode != 0 and "Did you mean 'baseline f32'" in typo.stderr
+
+
 def test_torch_twin_of_the_airbench_net_computes_our_function():
     """bench_torch.py's PyTorch airbench net, given our weights, gives our logits (evaluation
     mode), so the benchmark compares the same network."""
