@@ -9,10 +9,12 @@
 # 3. launch.py with configs/resnet.py:fashion_mnist_speed end to end, twice: the second run
 #    reads the compiled programs from the persistent cache (timing.json, run twice);
 # 4. experiments/bench_input.py: ImageNet-size JPEGs decoded by Grain workers on every host
-#    core; ResNet-50 bf16 at 224 px (batch 256) fed from them vs from one batch on the device.
+#    core; ResNet-50 bf16 at 224 px (batch 256) fed from them vs from one batch on the device;
+# 5. (only when named) experiments/bench_compile.py: seconds to compile the train step of the
+#    speed preset, ResNet-50 at 224 px (batch 256) and the ViT-Ti/4 preset (table in log.txt).
 # Every step runs without TensorFlow. Results land in $OUT (the device tool brings back 8
 # files: three benchmark JSONs, speed.txt, two timing.json, log.txt and speed_logs.txt).
-# Arguments name the steps to run (gpu step speed input); none: all of them.
+# Arguments name the steps to run (gpu step speed input compile); none: the first four.
 #
 # Prepare here, once per session (ignored folders, carried to the machine):
 #   experiments/gpu_check.sh --prepare
@@ -56,11 +58,14 @@ if [[ -n "${GPU_CHECK_SMOKE:-}" ]]; then  # Tiny sizes: checks the plumbing on a
   SPEED_ARGS=(--config.training.num_train_steps=8 --config.dataset.train_size=2048)
   INPUT_ARGS=(--images=48 --image_size=32 --model=resnet8 --width=4 --batch_size=8 --steps=2
               --worker_batches=2 --threads=2)
+  COMPILE_ARGS=(--cases=resnet:tiny@28x1 --batch_size=8)
 else
   GPU_ARGS=(--steps=30 --warmup=5)
   STEP_ARGS=(--steps=200 --steps_per_dispatch=1,8)
   SPEED_ARGS=()
   INPUT_ARGS=(--model=resnet50 --dtype=bfloat16 --batch_size=256 --steps=10 --worker_batches=12)
+  COMPILE_ARGS=(--cases=resnet:fashion_mnist_speed@28x1,resnet:imagenet@224x3,vit:fashion_mnist@28x1
+                --batch_size=256)
 fi
 PHOTOS_ARGS=()
 [[ -f .data/photos.npz ]] && PHOTOS_ARGS=(--photos=.data/photos.npz)
@@ -74,6 +79,10 @@ fi
 if [[ " $STEPS " == *" step "* ]]; then
   python3 experiments/bench_step.py --config=configs/resnet.py:fashion_mnist_speed \
     "${STEP_ARGS[@]}" --out="$OUT/bench_step_airbench.json" \
+    2>&1 | tee -a "$OUT/log.txt" || status=1
+fi
+if [[ " $STEPS " == *" compile "* ]]; then
+  python3 experiments/bench_compile.py "${COMPILE_ARGS[@]}" --out=/tmp/bench_compile.json \
     2>&1 | tee -a "$OUT/log.txt" || status=1
 fi
 if [[ " $STEPS " == *" input "* ]]; then

@@ -94,6 +94,25 @@ def test_cpu_options_benchmark_times_a_preset_and_both_paths_compute_one_loss(tm
     assert typo.returncode != 0 and "Did you mean 'baseline f32'" in typo.stderr
 
 
+def test_compile_benchmark_reports_the_presets_step(tmp_path):
+    from conftest import tiny_config
+
+    from imgcls_jax.data.synthetic import random_dataset
+    from imgcls_jax.trainer import Trainer
+
+    out = tmp_path / "compile.json"
+    run = _run("bench_compile.py", "--cases=resnet:tiny@28x1", "--batch_size=8", f"--out={out}")
+    (row,) = json.loads(out.read_text())["rows"]
+    trainer = Trainer(tiny_config(**{"input.batch_size": 8}), random_dataset(8, 28, 1, 10, 8))
+    expected_arrays = len(jax.tree.leaves(trainer.create_state()))
+    assert (row["model"], row["batch_size"], row["image"]) == ("resnet8", 8, "28x28x1")
+    assert row["state_arrays"] == expected_arrays and row["hlo_lines"] > expected_arrays
+    assert row["compile_s"] > 0 and "| resnet:tiny |" in run.stdout
+    typo = subprocess.run([sys.executable, "experiments/bench_compile.py", "--cases=resnet:tiny"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert typo.returncode != 0 and "is not CONFIG:PRESET@SIZExCHANNELS" in typo.stderr
+
+
 def test_torch_twin_of_the_airbench_net_computes_our_function():
     """bench_torch.py's PyTorch airbench net, given our weights, gives our logits (evaluation
     mode), so the benchmark compares the same network."""

@@ -1,0 +1,107 @@
+"""Benchmark: how long the train step of each preset takes to compile, and how large it is.
+
+Question: does compiling stay a small part of a run, and does the compiled step grow in
+proportion to the model (not faster)? For each case, the preset's train step is traced,
+lowered and compiled on a synthetic batch of the preset's batch size; the table gives the
+seconds of each phase, the number of arrays in the train state and the lines of the
+optimised HLO module.
+
+    python experiments/bench_compile.py
+    python experiments/bench_compile.py --cases=resnet:fashion_mnist@28x1,vit:fashion_mnist@28x1
+
+A case is CONFIG:PRESET@SIZExCHANNELS, CONFIG a file in configs/. Prints a table and writes
+JSON to --out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list(
+    "cases",
+    ["resnet:fashion_mnist@28x1", "resnet:fashion_mnist_speed@28x1", "vit:fashion_mnist@28x1",
+     "resnet:imagenet@224x3"],
+    "CONFIG:PRESET@SIZExCHANNELS, e.g. resnet:imagenet@224x3 (configs/resnet.py:imagenet).",
+)  # fmt: skip
+flags.DEFINE_integer("batch_size", 0, "Batch size for every case; 0: each preset's own.")
+flags.DEFINE_string("out", "experiments/results/bench_compile.json", "Where to write the JSON.")
+
+
+def parse_case(case: str) -> tuple[str, str, int, int]:
+    """ "resnet:imagenet@224x3" -> ("resnet", "imagenet", 224, 3); raises a usage error."""
+    try:
+        name, shape = case.split("@")
+        module, preset = name.split(":")
+        size, channels = (int(v) for v in shape.split("x"))
+    except ValueError as error:
+        raise app.UsageError(
+            f"--cases: {case!r} is not CONFIG:PRESET@SIZExCHANNELS (e.g. resnet:imagenet@224x3)."
+        ) from error
+    return module, preset, size, channels
+
+
+def measure(module: str, preset: str, size: int, channels: int) -> dict:
+    """Seconds to trace+lower and to compile the preset's train step, and its size."""
+    import jax
+    from step_timing import OurStep
+
+    from imgcls_jax import precision
+    from imgcls_jax.config import apply_overrides
+
+    config = importlib.import_module(f"configs.{module}").get_config(preset)
+    if FLAGS.batch_size:
+        config = apply_overrides(config, {"input.batch_size": FLAGS.batch_size})
+    step = OurStep(config, size, channels, 10)
+    start = time.perf_counter()
+    lowered = step.trainer.train_step.lower(step.state, step.batch, step.trainer.train_key)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    compiled_at = time.perf_counter()
+    return {
+        "case": f"{module}:{preset}", "model": config.model.name,
+        "dtype": precision.resolve(config.model.dtype, jax.devices()),
+        "batch_size": config.input.batch_size, "image": f"{size}x{size}x{channels}",
+        "state_arrays": len(jax.tree.leaves(step.state)),
+        "hlo_lines": len(compiled.as_text().splitlines()),
+        "lower_s": round(lowered_at - start, 2), "compile_s": round(compiled_at - lowered_at, 2),
+    }  # fmt: skip
+
+
+def main(argv):
+    del argv
+    import jax
+
+    from imgcls_jax import markdown
+
+    cases = [parse_case(case) for case in FLAGS.cases]  # Every case checked before compiling.
+    rows = []
+    for case in cases:
+        rows.append(measure(*case))
+        print(json.dumps(rows[-1]), flush=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=False).stdout.strip()  # fmt: skip
+    print(markdown.table(
+        ["preset", "model", "dtype", "batch", "image", "state arrays", "HLO lines",
+         "trace + lower s", "compile s"],
+        [[r["case"], r["model"], r["dtype"], r["batch_size"], r["image"], r["state_arrays"],
+          f"{r['hlo_lines']:,}", r["lower_s"], r["compile_s"]] for r in rows],
+    ))  # fmt: skip
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(FLAGS.out, "w", encoding="utf-8") as f:
+        json.dump({"commit": commit, "devices": f"{jax.device_count()} x "
+                   f"{jax.devices()[0].platform}", "rows": rows}, f, indent=2)  # fmt: skip
+
+
+if __name__ == "__main__":
+    app.run(main)
