@@ -34,7 +34,8 @@ flags.DEFINE_list("metrics", "test/accuracy,val/accuracy", "Metrics to aggregate
 
 
 def main_for(grid, fixed: Mapping[str, Any] = {}, metrics: Sequence[str] | None = None):  # noqa: B006
-    """An absl main that sweeps `grid` over the base config plus `fixed` (then --set)."""
+    """An absl main that sweeps `grid` over the base config plus `fixed` (then --set); `grid`
+    may be a function of that base config that returns the grid."""
 
     def main(argv):
         del argv
@@ -44,7 +45,7 @@ def main_for(grid, fixed: Mapping[str, Any] = {}, metrics: Sequence[str] | None 
         if not FLAGS.root:
             raise app.UsageError("--root is required.")
         base = apply_overrides(FLAGS.config, {**fixed, **sweep.parse_assignments(FLAGS.set)})
-        runs = sweep.expand(grid, range(FLAGS.seeds))
+        runs = sweep.expand(grid(base) if callable(grid) else grid, range(FLAGS.seeds))
         os.makedirs(FLAGS.root, exist_ok=True)
         rows = sweep.run_sweep(base, runs, FLAGS.root, parallel=FLAGS.parallel)
         chosen = list(metrics or FLAGS.metrics)

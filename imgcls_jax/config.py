@@ -185,14 +185,23 @@ def preset_config(
     return lock(config)
 
 
-def _flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
-    keys = []
+def flat_items(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, Any]:
+    """Every field of `config` by dotted key, e.g. ``{"model.name": "resnet20", ...}``."""
+    items = {}
     for key, value in config.items():
         if isinstance(value, ml_collections.ConfigDict):
-            keys += _flat_keys(value, f"{prefix}{key}.")
+            items.update(flat_items(value, f"{prefix}{key}."))
         else:
-            keys.append(f"{prefix}{key}")
-    return keys
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def overrides_between(
+    base: ml_collections.ConfigDict, target: ml_collections.ConfigDict
+) -> dict[str, Any]:
+    """The dotted-key overrides that make `base` into `target` (e.g. another preset)."""
+    base_items = flat_items(base)
+    return {key: v for key, v in flat_items(target).items() if base_items.get(key) != v}
 
 
 def apply_overrides(
@@ -200,7 +209,7 @@ def apply_overrides(
 ) -> ml_collections.ConfigDict:
     """Returns a copy of `config` with dotted-key overrides applied; unknown keys raise."""
     config = ml_collections.ConfigDict(config.to_dict())  # Deep copy, unlocked.
-    valid = _flat_keys(config)
+    valid = flat_items(config)
     for dotted, value in overrides.items():
         if dotted not in valid:
             raise KeyError(f"Unknown config key {dotted!r}.{closest(dotted, valid)}")

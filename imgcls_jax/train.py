@@ -29,6 +29,7 @@ from imgcls_jax import (
     visualize,
 )
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
+from imgcls_jax.config import flat_items
 from imgcls_jax.data import fingerprint
 from imgcls_jax.preemption import PreemptionWatch
 from imgcls_jax.trainer import Trainer
@@ -83,7 +84,7 @@ def train_and_evaluate(
     try:
         state, progress = _restore_or_init(trainer, checkpointer)
         if int(state.step) == 0:
-            writer.write_hparams(_flatten(config.to_dict()))
+            writer.write_hparams(flat_items(config))
             parameter_overview.log_parameter_overview(state.params)
             _write_augmentation_grid(trainer, writer, workdir)
         logging.info(
@@ -323,13 +324,3 @@ def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
                     "steps %d-%d (first: step %d).", count, step - window + 1, step,
                     first)  # fmt: skip
     return count
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat

@@ -5,6 +5,7 @@ from conftest import tiny_config
 
 from configs import resnet, transfer, vit
 from imgcls_jax import validation
+from imgcls_jax.config import apply_overrides, overrides_between
 
 
 @pytest.mark.parametrize(
@@ -122,3 +123,12 @@ def test_crops_larger_than_the_images_fail_before_training(dataset):
             ValueError, match=f"config.{key}=.* does not fit the dataset's 8x8x1 images"
         ):
             Trainer(tiny_config(**{key: spec}), dataset)
+
+
+def test_overrides_between_presets_turn_one_into_the_other():
+    base, target = resnet.get_config(), vit.get_config("fashion_mnist")
+    overrides = overrides_between(base, target)
+    assert overrides["model.name"] == "vit_ti" and overrides["optimizer.name"] == "adamw"
+    assert "dataset.name" not in overrides  # Both presets train on Fashion-MNIST.
+    assert apply_overrides(base, overrides).to_dict() == target.to_dict()
+    assert overrides_between(target, target) == {}

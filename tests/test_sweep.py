@@ -113,3 +113,38 @@ def test_real_sweep_resumes_without_rerunning_finished_runs(tmp_path, dataset):
         assert os.path.getsize(tmp_path / name) > 0
     with open(tmp_path / "runs.csv") as f:
         assert len(f.read().splitlines()) == 1 + 4
+
+
+def test_vit_data_size_ablation_runs_each_preset_for_its_steps_at_every_size():
+    import importlib
+    import sys
+
+    from conftest import REPO_ROOT
+
+    from configs import resnet, vit
+
+    sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
+    ablation = importlib.import_module("ablate_vit_data_size")
+    base = resnet.get_config("tiny")
+    variants = ablation.grid(base, ["input.workers=0"], budget_fraction=0.5)
+    assert len(variants) == 9
+    runs = sweep.expand(variants, [0])
+    configs = {run.variant: sweep.run_config(base, run) for run in runs}
+    for size, epochs_factor in ((1000, 27.5), (5000, 5.5), (0, 0.5)):
+        for arm, preset in (("ResNet-20", resnet.get_config()),
+                            ("ViT-Ti/4 + EMA + stochastic depth", vit.get_config("fashion_mnist"))):  # fmt: skip
+            config = configs[f"{size or 55000} images, {arm}"]
+            assert config.model.name == preset.model.name
+            assert config.optimizer.to_dict() == preset.optimizer.to_dict()
+            assert config.augment.to_dict() == preset.augment.to_dict()
+            assert config.dataset.train_size == size and config.input.workers == 0
+            assert config.training.num_epochs == pytest.approx(
+                preset.training.num_epochs * epochs_factor
+            )
+            steps = config.training.num_epochs * (size or 55000) / config.input.batch_size
+            assert steps == pytest.approx(
+                0.5 * preset.training.num_epochs * 55000 / preset.input.batch_size
+            )
+    plain = configs["1000 images, ViT-Ti/4"]
+    assert plain.model.drop_path_rate == 0.0 and plain.training.ema_decay == 0.0
+    assert configs["1000 images, ViT-Ti/4 + EMA + stochastic depth"].training.ema_decay > 0
