@@ -29,7 +29,11 @@ flags.DEFINE_integer("image_size", 28, "Synthetic image side.")
 flags.DEFINE_integer("channels", 1, "Synthetic image channels.")
 flags.DEFINE_integer("num_classes", 10, "Synthetic classes.")
 flags.DEFINE_integer("steps", 100, "Timed steps (after warm-up).")
-flags.DEFINE_list("steps_per_dispatch", ["1", "4"], "training.steps_per_dispatch values.")
+flags.DEFINE_list(
+    "steps_per_dispatch",
+    ["1", "4"],
+    "training.steps_per_dispatch values; empty: time the bare step only.",
+)
 flags.DEFINE_string("out", "experiments/results/bench_step.json", "Where to write the JSON.")
 
 
@@ -97,7 +101,10 @@ def main(argv):
         [[f"{config.model.name} (w{config.model.width}, {dtype})",
           config.input.batch_size, f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
           config.augment.train or "none", f"{bare:.0f}", k, f"{loop:.0f}", f"{loop / bare:.1%}"]
-         for k, loop in loops.items()],
+         for k, loop in loops.items()] or
+        [[f"{config.model.name} (w{config.model.width}, {dtype})", config.input.batch_size,
+          f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
+          config.augment.train or "none", f"{bare:.0f}", "-", "-", "-"]],
     ))  # fmt: skip
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf-8") as f:
