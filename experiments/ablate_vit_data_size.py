@@ -13,17 +13,12 @@ stochastic depth. `--budget_fraction` scales every run's steps (e.g. 0.1 for a f
 A GPU job: a ViT-Ti/4 run is 5.5M training images (1.66 GFLOP each, forward and backward).
 """
 
-import os
-import sys
-
 from absl import app, flags
-from run_sweep import FLAGS, main_for
+from run_sweep import FLAGS, main_for  # Puts the repository root on sys.path.
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs import resnet, vit  # noqa: E402
-from imgcls_jax import sweep  # noqa: E402
-from imgcls_jax.config import apply_overrides, overrides_between  # noqa: E402
+from configs import resnet, vit
+from imgcls_jax import sweep
+from imgcls_jax.config import apply_overrides, overrides_between
 
 flags.DEFINE_float("budget_fraction", 1.0, "Fraction of each preset's steps that runs train.")
 

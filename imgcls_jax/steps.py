@@ -143,9 +143,9 @@ def computed_once(flag: jax.Array) -> jax.Array:
 
     A flag over every array of the state reaches XLA as a chain of scalar `and`s, one per
     array, and XLA copies such cheap chains into each consumer it fuses them with: gating
-    each of N arrays on the flag then compiles O(N^2) instructions (a ViT-Ti with AdamW and
-    an EMA, about 800 arrays: 250 s on XLA:CPU instead of 13). XLA does not copy a square
-    root (an op it counts as expensive), so the chain ends there and is computed once.
+    each of N arrays on the flag then compiles O(N^2) instructions (the ViT-Ti/4 preset's
+    803 arrays: 226 s on XLA:CPU instead of 21; docs/performance.md). XLA does not copy a
+    square root (an op it counts as expensive), so the chain ends there and is computed once.
     """
     return jnp.sqrt(flag.astype(jnp.float32)) > 0.5
 
