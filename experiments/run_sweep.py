@@ -44,8 +44,13 @@ def main_for(grid, fixed: Mapping[str, Any] = {}, metrics: Sequence[str] | None 
 
         if not FLAGS.root:
             raise app.UsageError("--root is required.")
-        base = apply_overrides(FLAGS.config, {**fixed, **sweep.parse_assignments(FLAGS.set)})
-        runs = sweep.expand(grid(base) if callable(grid) else grid, range(FLAGS.seeds))
+        try:  # A misspelled key or bad value: one line naming the closest key, no traceback.
+            base = apply_overrides(FLAGS.config, {**fixed, **sweep.parse_assignments(FLAGS.set)})
+            runs = sweep.expand(grid(base) if callable(grid) else grid, range(FLAGS.seeds))
+            for run in runs:
+                sweep.run_config(base, run)
+        except (KeyError, ValueError) as error:
+            raise app.UsageError(error.args[0] if error.args else str(error)) from error
         os.makedirs(FLAGS.root, exist_ok=True)
         rows = sweep.run_sweep(base, runs, FLAGS.root, parallel=FLAGS.parallel)
         chosen = list(metrics or FLAGS.metrics)

@@ -148,3 +148,17 @@ def test_vit_data_size_ablation_runs_each_preset_for_its_steps_at_every_size():
     plain = configs["1000 images, ViT-Ti/4"]
     assert plain.model.drop_path_rate == 0.0 and plain.training.ema_decay == 0.0
     assert configs["1000 images, ViT-Ti/4 + EMA + stochastic depth"].training.ema_decay > 0
+
+
+def test_sweep_command_refuses_a_misspelled_key_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    run = subprocess.run([sys.executable, "experiments/run_sweep.py", f"--root={tmp_path}",
+                          '--grid={"model.widht": [4]}'], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "Unknown config key 'model.widht'. Did you mean 'model.width'?" in run.stderr
+    assert not os.listdir(tmp_path)  # Nothing trained.
