@@ -79,8 +79,19 @@ def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.IterD
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (their defaults here).
             flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
-        dataset = dataset.mp_prefetch(options)
+        dataset = dataset.mp_prefetch(options).map(_outside_the_cycle_collector)
     return dataset
+
+
+def _outside_the_cycle_collector(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch's arrays as plain views of Grain's shared-memory arrays (no copy).
+
+    Freeing a shared-memory array hands its file descriptor to a Grain thread to close; were the
+    cycle collector to free one (the batch left in any reference cycle), it would also run the
+    descriptor's own finaliser, so two threads would close it at once and one could close a file
+    another thread had just opened. A plain view is invisible to the collector, so the array
+    underneath is always freed by reference counting, and only Grain's thread closes it."""
+    return {key: np.asarray(array) for key, array in batch.items()}
 
 
 def _on_devices(host: grain.IterDataset, mesh: Mesh, prefetch: int) -> Iterator[dict]:

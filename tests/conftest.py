@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -9,8 +10,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache for the session, inherited by launch.py subprocesses: the
-# many relaunches of one config (resume and fault tests) compile it once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="imgcls_jax_xla_"))
+# many relaunches of one config (resume and fault tests) compile it once. Removed at the end.
+_SESSION_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="imgcls_jax_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from imgcls_jax import host_memory  # noqa: E402
@@ -24,6 +28,11 @@ from imgcls_jax import data  # noqa: E402
 from imgcls_jax.config import apply_overrides  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_CACHE:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def why_failed(run) -> str:

@@ -100,6 +100,64 @@ def test_streamed_training_equals_in_memory_training(folder, tmp_path):
     assert 0 < timing["compile_s"] < timing["run_s"]
 
 
+def test_a_worker_batch_freed_by_the_cycle_collector_closes_its_shared_memory_once(
+    folder, monkeypatch
+):
+    """Grain's batches from worker processes live in shared memory that a Grain thread closes
+    once the batch is freed. Were the cycle collector to free a batch, it would run the shared
+    memory's own finaliser too, closing the same file descriptor at the same time as that thread:
+    a double close that can close a file another thread has just opened (Orbax's checkpoint
+    writer failed with EBADF that way). A batch in a reference cycle must be freed the ordinary
+    way, and every block of shared memory closed exactly once."""
+    import collections
+    import gc
+    import threading
+    import time
+    from multiprocessing import shared_memory
+
+    opened, closed, closed_by_the_collector = [], [], []
+    collector = []  # The thread running a collection, while one runs.
+    memory_type = shared_memory.SharedMemory
+    open_memory, close_memory = memory_type.__init__, memory_type.close
+
+    def watched_open(memory, *args, **kwargs):
+        open_memory(memory, *args, **kwargs)
+        opened.append(memory.name)
+
+    def watched_close(memory):
+        if memory._fd >= 0:
+            closed.append(memory.name)
+            if threading.get_ident() in collector:
+                closed_by_the_collector.append(memory.name)
+        close_memory(memory)
+
+    def note_collection(phase, _):
+        collector[:] = [threading.get_ident()] if phase == "start" else []
+
+    monkeypatch.setattr(memory_type, "__init__", watched_open)
+    monkeypatch.setattr(memory_type, "close", watched_close)
+    streamed = data.load_dataset(_config(folder, True).dataset)
+    order = batch_rows.TrainOrder(len(streamed.train), 16, seed=3)
+    batches = input_pipeline.host_train_batches(streamed.train, order, 0, workers=2)
+    cycle = {"batch": next(batches)}
+    cycle["itself"] = cycle
+    later = [next(batches) for _ in range(3)]  # Grain's threads hold the latest batches only.
+    assert [batch["image"].shape for batch in later] == [(16, 12, 12, 3)] * 3
+    gc.callbacks.append(note_collection)
+    try:
+        del cycle
+        assert gc.collect() > 0
+    finally:
+        gc.callbacks.remove(note_collection)
+        batches.close()
+    assert closed_by_the_collector == []
+    del later
+    deadline = time.monotonic() + 30  # Grain's thread closes the rest in the background.
+    while len(closed) < len(opened) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(opened) >= 8 and collections.Counter(closed) == collections.Counter(opened)
+
+
 def test_an_unreadable_file_stops_the_run_naming_it(folder, tmp_path):
     broken = tmp_path / "folder"
     for name in CLASSES:
