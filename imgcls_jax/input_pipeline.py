@@ -3,8 +3,11 @@ worker processes for streamed images), placed on the devices ahead of the step."
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 from collections.abc import Iterator
+from multiprocessing import shared_memory
 
 import grain
 import jax
@@ -70,6 +73,32 @@ def worker_count(setting: int, split: Split) -> int:
 _NO_END = 2**62  # Train batches go on until the consumer stops.
 
 
+def close_shared_memory_once() -> None:
+    """Makes closing a block of shared memory safe from two threads at once (this process).
+
+    Grain's batches from worker processes live in shared memory; freeing one hands its block to
+    a Grain thread to close. When the cycle collector frees a batch (one left in a reference
+    cycle, e.g. in a closed iterator's buffer), it also runs the block's own finaliser, so two
+    threads enter `SharedMemory.close` at once and both close its file descriptor; the second
+    close can hit a file another thread has just opened (Orbax's checkpoint writer failed with
+    EBADF that way). One close at a time makes the second a no-op, as `close` is meant to be."""
+    close = shared_memory.SharedMemory.close
+    if getattr(close, "one_at_a_time", False):
+        return
+
+    @functools.wraps(close)
+    def close_one_at_a_time(memory: shared_memory.SharedMemory) -> None:
+        with _SHARED_MEMORY_CLOSING:
+            close(memory)
+
+    close_one_at_a_time.one_at_a_time = True
+    shared_memory.SharedMemory.close = close_one_at_a_time
+
+
+# Reentrant: a collection started inside `close` may finalise another block in the same thread.
+_SHARED_MEMORY_CLOSING = threading.RLock()
+
+
 def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.IterDataset:
     """`batches` read `prefetch` ahead by a thread, or with `workers` > 0 by that many
     processes (each batch by one; Grain keeps their order)."""
@@ -79,19 +108,9 @@ def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.IterD
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (their defaults here).
             flags.FLAGS.mark_as_parsed()
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=prefetch)
-        dataset = dataset.mp_prefetch(options).map(_outside_the_cycle_collector)
+        close_shared_memory_once()
+        dataset = dataset.mp_prefetch(options)
     return dataset
-
-
-def _outside_the_cycle_collector(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The batch's arrays as plain views of Grain's shared-memory arrays (no copy).
-
-    Freeing a shared-memory array hands its file descriptor to a Grain thread to close; were the
-    cycle collector to free one (the batch left in any reference cycle), it would also run the
-    descriptor's own finaliser, so two threads would close it at once and one could close a file
-    another thread had just opened. A plain view is invisible to the collector, so the array
-    underneath is always freed by reference counting, and only Grain's thread closes it."""
-    return {key: np.asarray(array) for key, array in batch.items()}
 
 
 def _on_devices(host: grain.IterDataset, mesh: Mesh, prefetch: int) -> Iterator[dict]:

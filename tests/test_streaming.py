@@ -100,23 +100,52 @@ def test_streamed_training_equals_in_memory_training(folder, tmp_path):
     assert 0 < timing["compile_s"] < timing["run_s"]
 
 
-def test_a_worker_batch_freed_by_the_cycle_collector_closes_its_shared_memory_once(
-    folder, monkeypatch
-):
-    """Grain's batches from worker processes live in shared memory that a Grain thread closes
-    once the batch is freed. Were the cycle collector to free a batch, it would run the shared
-    memory's own finaliser too, closing the same file descriptor at the same time as that thread:
-    a double close that can close a file another thread has just opened (Orbax's checkpoint
-    writer failed with EBADF that way). A batch in a reference cycle must be freed the ordinary
-    way, and every block of shared memory closed exactly once."""
-    import collections
-    import gc
+def test_two_threads_closing_one_block_of_shared_memory_close_its_descriptor_once(monkeypatch):
+    """Grain's thread and the cycle collector can close one block of a worker's batch at once
+    (see `input_pipeline.close_shared_memory_once`): the descriptor must be closed once, or the
+    second close can hit a file another thread has just opened."""
     import threading
     import time
     from multiprocessing import shared_memory
 
-    opened, closed, closed_by_the_collector = [], [], []
-    collector = []  # The thread running a collection, while one runs.
+    descriptor_closes = []
+    close = shared_memory.SharedMemory.close
+
+    def slow_close(memory):  # Widens the window between reading the descriptor and closing it.
+        if memory._fd >= 0:
+            time.sleep(0.05)
+            if memory._fd >= 0:
+                descriptor_closes.append(memory._fd)
+        close(memory)
+
+    monkeypatch.setattr(shared_memory.SharedMemory, "close", slow_close)
+    input_pipeline.close_shared_memory_once()
+    block = shared_memory.SharedMemory(create=True, size=4096)
+    both = threading.Barrier(2)
+
+    def close_when_both_are_ready():
+        both.wait()
+        block.close()
+
+    threads = [threading.Thread(target=close_when_both_are_ready) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    block.unlink()
+    assert len(descriptor_closes) == 1
+
+
+def test_worker_batches_close_every_block_of_shared_memory_once(folder, monkeypatch):
+    """Batches read by worker processes, one of them left in a reference cycle for the cycle
+    collector and the rest dropped by closing the reader: every block of shared memory the
+    batches came in is closed exactly once."""
+    import collections
+    import gc
+    import time
+    from multiprocessing import shared_memory
+
+    opened, closed = [], []
     memory_type = shared_memory.SharedMemory
     open_memory, close_memory = memory_type.__init__, memory_type.close
 
@@ -127,12 +156,7 @@ def test_a_worker_batch_freed_by_the_cycle_collector_closes_its_shared_memory_on
     def watched_close(memory):
         if memory._fd >= 0:
             closed.append(memory.name)
-            if threading.get_ident() in collector:
-                closed_by_the_collector.append(memory.name)
         close_memory(memory)
-
-    def note_collection(phase, _):
-        collector[:] = [threading.get_ident()] if phase == "start" else []
 
     monkeypatch.setattr(memory_type, "__init__", watched_open)
     monkeypatch.setattr(memory_type, "close", watched_close)
@@ -141,18 +165,13 @@ def test_a_worker_batch_freed_by_the_cycle_collector_closes_its_shared_memory_on
     batches = input_pipeline.host_train_batches(streamed.train, order, 0, workers=2)
     cycle = {"batch": next(batches)}
     cycle["itself"] = cycle
-    later = [next(batches) for _ in range(3)]  # Grain's threads hold the latest batches only.
+    later = [next(batches) for _ in range(3)]
     assert [batch["image"].shape for batch in later] == [(16, 12, 12, 3)] * 3
-    gc.callbacks.append(note_collection)
-    try:
-        del cycle
-        assert gc.collect() > 0
-    finally:
-        gc.callbacks.remove(note_collection)
-        batches.close()
-    assert closed_by_the_collector == []
+    del cycle
+    assert gc.collect() > 0
+    batches.close()
     del later
-    deadline = time.monotonic() + 30  # Grain's thread closes the rest in the background.
+    deadline = time.monotonic() + 30  # Grain's thread closes blocks in the background.
     while len(closed) < len(opened) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(opened) >= 8 and collections.Counter(closed) == collections.Counter(opened)
