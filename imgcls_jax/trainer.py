@@ -16,6 +16,7 @@ import numpy as np
 
 from imgcls_jax import (
     augment,
+    compile_options,
     confusion,
     convert,
     data,
@@ -195,6 +196,7 @@ class Trainer:
                 steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape, ema=ema
             ),
             out_shardings=replicated,
+            compiler_options=compile_options.rarely_run(self.mesh.devices.flat[0].platform),
         )
         parts = steps.TrainStepParts(
             model=self.model,
