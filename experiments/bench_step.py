@@ -68,6 +68,14 @@ def loop_images_per_sec(config, dataset, steps: int, per_dispatch: int) -> float
     return steps * config.input.batch_size / (seconds[1] - seconds[0])
 
 
+def _label(config, dtype: str) -> str:
+    """The model's row label: "resnet20 (w16, float32)", or "vit_ti/4 (bfloat16)" for a ViT
+    (its size is in its name and patch size; model.width is unused)."""
+    if config.model.name.startswith("vit"):
+        return f"{config.model.name}/{config.model.patch_size} ({dtype})"
+    return f"{config.model.name} (w{config.model.width}, {dtype})"
+
+
 def main(argv):
     del argv
     import jax
@@ -98,11 +106,10 @@ def main(argv):
     print(markdown.table(
         ["model", "batch", "image", "augment", "bare step img/s", "steps per call",
          "full loop img/s", "loop/bare"],
-        [[f"{config.model.name} (w{config.model.width}, {dtype})",
-          config.input.batch_size, f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
+        [[_label(config, dtype), config.input.batch_size, f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
           config.augment.train or "none", f"{bare:.0f}", k, f"{loop:.0f}", f"{loop / bare:.1%}"]
          for k, loop in loops.items()] or
-        [[f"{config.model.name} (w{config.model.width}, {dtype})", config.input.batch_size,
+        [[_label(config, dtype), config.input.batch_size,
           f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
           config.augment.train or "none", f"{bare:.0f}", "-", "-", "-"]],
     ))  # fmt: skip

@@ -47,7 +47,7 @@ def cpu_kind() -> str:
              ("AVX-512", "avx512f" in flags), ("AVX2", "avx2" in flags)]  # fmt: skip
     best = next((name for name, present in kinds if present), "other")
     capped = precision.amx_capped(os.environ)
-    vendor = {"GenuineIntel": "Intel", precision.AMD: "AMD"}.get(precision.cpu_vendor())
+    vendor = {precision.INTEL: "Intel", precision.AMD: "AMD"}.get(precision.cpu_vendor())
     return (f"{best}{f' ({capped})' if capped and precision.AMX_FLAGS <= flags else ''}"
             f"{f', {vendor}' if vendor else ''}")  # fmt: skip
 

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 AMX_FLAGS = frozenset({"amx_bf16", "amx_tile"})
 AMD = "AuthenticAMD"  # /proc/cpuinfo's vendor_id of AMD's x86 CPUs.
+INTEL = "GenuineIntel"  # ... and of Intel's.
 # Words of instruction-set names (XLA's --xla_cpu_max_isa, oneDNN's ONEDNN_MAX_CPU_ISA) that
 # keep each feature: a cap naming none of them takes the feature away.
 _KEEPS_AMX = ("AMX",)
