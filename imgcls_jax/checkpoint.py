@@ -30,23 +30,39 @@ class NonFiniteStateError(FloatingPointError):
 
 @jax.jit
 def _array_checksums(tree: Any) -> Any:
-    """Per array: two uint32 position-weighted sums of its raw bits, and whether all its
-    values are finite.
+    """Per array: two uint32 position-weighted sums of its raw bits (as 32-bit words, word i
+    weighted 2i+1 in the first sum and (2i+1)^2 in the second), and whether all its values
+    are finite.
 
     Any change of one element (one flipped bit or byte) changes the first sum, because the
     element's weight 2i+1 is odd; the second sum makes coincidental multi-element collisions
-    about 2^-64 likely. Computed on device, so it costs one pass over the state.
+    about 2^-64 likely. Computed on device in one pass over the state: one reduction per array
+    gives both sums and the count of values that are not finite.
     """
+    leaves, treedef = jax.tree.flatten(tree)
+    pairs, finite = zip(*map(_sums_and_finite, leaves)) if leaves else ((), ())
+    return treedef.unflatten(pairs), treedef.unflatten(finite)
 
-    def checksum(x: jax.Array) -> jax.Array:
-        bits = _as_uint32(x).reshape(-1)
-        weight = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
-        return jnp.stack([jnp.sum(bits * weight), jnp.sum(bits * weight * weight)])
 
-    def finite(x: jax.Array) -> jax.Array:
-        return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+def _sums_and_finite(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    bits = _as_uint32(x).reshape(-1)
+    weight = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
+    words_are_values = x.dtype.itemsize < 8  # 8-byte values are two words each.
+    checks_finite = jnp.issubdtype(x.dtype, jnp.inexact)
+    if checks_finite and words_are_values:
+        not_finite = (~jnp.isfinite(x)).reshape(-1).astype(jnp.uint32)
+    else:
+        not_finite = jnp.zeros_like(bits)
+    first, second, bad = jax.lax.reduce(
+        (bits * weight, bits * weight * weight, not_finite), (jnp.uint32(0),) * 3, _add3, (0,)
+    )
+    if checks_finite and not words_are_values:
+        bad = jnp.sum(~jnp.isfinite(x))
+    return jnp.stack([first, second]), bad == 0
 
-    return jax.tree.map(checksum, tree), jax.tree.map(finite, tree)
+
+def _add3(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
 
 
 def _as_uint32(x: jax.Array) -> jax.Array:

@@ -59,6 +59,36 @@ def test_checksum_changes_with_any_single_byte():
         assert changed["['h']"] == reference["['h']"]
 
 
+def _numpy_checksum(x: np.ndarray) -> str:
+    """The checksum as stored in every checkpoint's integrity file, computed in NumPy: the
+    array's bits as 32-bit words w_i (narrower values widened), sums of w_i (2i+1) and
+    w_i (2i+1)^2 modulo 2^32."""
+    words = x.astype(np.uint32) if x.dtype == np.bool_ else x.view(f"u{x.dtype.itemsize}")
+    words = words.reshape(-1).astype(np.uint64)
+    weight = np.arange(words.size, dtype=np.uint64) * 2 + 1
+    first = int(np.sum((words * weight) % 2**32) % 2**32)
+    second = int(np.sum((words * (weight * weight % 2**32)) % 2**32) % 2**32)
+    return f"{first:08x}{second:08x}"
+
+
+def test_checksums_and_finiteness_match_their_definition():
+    rng = np.random.default_rng(1)
+    tree = {
+        "f32": rng.normal(size=(33, 17)).astype(np.float32),
+        "bf16": rng.normal(size=(5, 3, 4)).astype(jnp.bfloat16),
+        "i32": rng.integers(-(2**31), 2**31 - 1, size=(40,), dtype=np.int32),
+        "u8": rng.integers(0, 256, size=(9, 7), dtype=np.uint8),
+        "flags": rng.random(13) > 0.5,
+        "scalar": np.float32(2.5),
+        "empty": np.zeros((0, 4), np.float32),
+        "nan": np.array([1.0, np.nan, 2.0], np.float32),
+        "inf": np.array([[-np.inf]], jnp.bfloat16),
+    }
+    checksums, nonfinite = checkpoint._checksums_and_nonfinite(jax.tree.map(jnp.asarray, tree))
+    assert checksums == {f"['{name}']": _numpy_checksum(np.asarray(x)) for name, x in tree.items()}
+    assert sorted(nonfinite) == ["['inf']", "['nan']"]
+
+
 def test_restore_on_another_device_count_is_identical(tmp_path, dataset):
     config = tiny_config(**CONFIG)
     devices = jax.devices()
