@@ -4,7 +4,8 @@ Question: does compiling stay a small part of a run, and does the compiled step 
 proportion to the model (not faster)? For each case, the preset's train step is traced,
 lowered and compiled on a synthetic batch of the preset's batch size; the table gives the
 seconds of each phase, the number of arrays in the train state and the lines of the
-optimised HLO module.
+optimised HLO module, and the seconds spent compiling the two programs every run compiles
+besides the steps: the state's initialisation and the checkpoint checksums.
 
     python experiments/bench_compile.py
     python experiments/bench_compile.py --cases=resnet:fashion_mnist@28x1,vit:fashion_mnist@28x1
@@ -52,17 +53,22 @@ def parse_case(case: str) -> tuple[str, str, int, int]:
 
 
 def measure(module: str, preset: str, size: int, channels: int) -> dict:
-    """Seconds to trace+lower and to compile the preset's train step, and its size."""
+    """Seconds to trace+lower and to compile the preset's train step, and its size; seconds to
+    compile (trace, lower and compile) the state's initialisation and its checkpoint checksums."""
     import jax
     from step_timing import OurStep
 
-    from imgcls_jax import precision
+    from imgcls_jax import checkpoint, precision, timing
     from imgcls_jax.config import apply_overrides
 
     config = importlib.import_module(f"configs.{module}").get_config(preset)
     if FLAGS.batch_size:
         config = apply_overrides(config, {"input.batch_size": FLAGS.batch_size})
-    step = OurStep(config, size, channels, 10)
+    timer = timing.RunTimer()
+    step = OurStep(config, size, channels, 10)  # Initialises the state.
+    checkpoint.state_checksums(step.state)
+    timer.stop()
+    once = timer.summary()["compiled"]
     start = time.perf_counter()
     lowered = step.trainer.train_step.lower(step.state, step.batch, step.trainer.train_key)
     lowered_at = time.perf_counter()
@@ -75,6 +81,8 @@ def measure(module: str, preset: str, size: int, channels: int) -> dict:
         "state_arrays": len(jax.tree.leaves(step.state)),
         "hlo_lines": len(compiled.as_text().splitlines()),
         "lower_s": round(lowered_at - start, 2), "compile_s": round(compiled_at - lowered_at, 2),
+        "init_compile_s": once.get("init_state", {}).get("compile_s", 0.0),
+        "checksums_compile_s": once.get("_array_checksums", {}).get("compile_s", 0.0),
     }  # fmt: skip
 
 
@@ -93,9 +101,10 @@ def main(argv):
                             text=True, check=False).stdout.strip()  # fmt: skip
     print(markdown.table(
         ["preset", "model", "dtype", "batch", "image", "state arrays", "HLO lines",
-         "trace + lower s", "compile s"],
+         "trace + lower s", "compile s", "init compile s", "checksums compile s"],
         [[r["case"], r["model"], r["dtype"], r["batch_size"], r["image"], r["state_arrays"],
-          f"{r['hlo_lines']:,}", r["lower_s"], r["compile_s"]] for r in rows],
+          f"{r['hlo_lines']:,}", r["lower_s"], r["compile_s"], r["init_compile_s"],
+          r["checksums_compile_s"]] for r in rows],
     ))  # fmt: skip
     os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf-8") as f:

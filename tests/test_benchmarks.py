@@ -108,6 +108,7 @@ def test_compile_benchmark_reports_the_presets_step(tmp_path):
     assert (row["model"], row["batch_size"], row["image"]) == ("resnet8", 8, "28x28x1")
     assert row["state_arrays"] == expected_arrays and row["hlo_lines"] > expected_arrays
     assert row["compile_s"] > 0 and "| resnet:tiny |" in run.stdout
+    assert row["init_compile_s"] >= 0 and row["checksums_compile_s"] >= 0
     typo = subprocess.run([sys.executable, "experiments/bench_compile.py", "--cases=resnet:tiny"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert typo.returncode != 0 and "is not CONFIG:PRESET@SIZExCHANNELS" in typo.stderr
