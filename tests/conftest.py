@@ -1,5 +1,6 @@
 """Test set-up: 8 fake CPU devices (before JAX is imported), tiny configs and datasets."""
 
+import atexit
 import os
 import re
 import shutil
@@ -11,10 +12,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent compilation cache for the session, inherited by launch.py subprocesses: the
 # many relaunches of one config (resume and fault tests) compile it once. Removed at the end.
-_SESSION_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _SESSION_CACHE = tempfile.mkdtemp(prefix="imgcls_jax_xla_")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="imgcls_jax_xla_")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 from imgcls_jax import host_memory  # noqa: E402
@@ -28,11 +28,6 @@ from imgcls_jax import data  # noqa: E402
 from imgcls_jax.config import apply_overrides  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def pytest_sessionfinish(session, exitstatus):
-    if _SESSION_CACHE:
-        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 def why_failed(run) -> str:
