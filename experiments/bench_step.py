@@ -106,7 +106,8 @@ def main(argv):
     print(markdown.table(
         ["model", "batch", "image", "augment", "bare step img/s", "steps per call",
          "full loop img/s", "loop/bare"],
-        [[_label(config, dtype), config.input.batch_size, f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
+        [[_label(config, dtype), config.input.batch_size,
+          f"{FLAGS.image_size}x{FLAGS.image_size}x{FLAGS.channels}",
           config.augment.train or "none", f"{bare:.0f}", k, f"{loop:.0f}", f"{loop / bare:.1%}"]
          for k, loop in loops.items()] or
         [[_label(config, dtype), config.input.batch_size,

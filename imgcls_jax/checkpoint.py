@@ -45,6 +45,7 @@ def _array_checksums(tree: Any) -> Any:
 
 
 def _sums_and_finite(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`x`'s two checksum sums and whether all its values are finite, in one reduction."""
     bits = _as_uint32(x).reshape(-1)
     weight = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
     words_are_values = x.dtype.itemsize < 8  # 8-byte values are two words each.

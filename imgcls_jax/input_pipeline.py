@@ -73,6 +73,10 @@ def worker_count(setting: int, split: Split) -> int:
 _NO_END = 2**62  # Train batches go on until the consumer stops.
 
 
+# Reentrant: a collection started inside `close` may finalise another block in the same thread.
+_SHARED_MEMORY_CLOSING = threading.RLock()
+
+
 def close_shared_memory_once() -> None:
     """Makes closing a block of shared memory safe from two threads at once (this process).
 
@@ -93,10 +97,6 @@ def close_shared_memory_once() -> None:
 
     close_one_at_a_time.one_at_a_time = True
     shared_memory.SharedMemory.close = close_one_at_a_time
-
-
-# Reentrant: a collection started inside `close` may finalise another block in the same thread.
-_SHARED_MEMORY_CLOSING = threading.RLock()
 
 
 def _read(batches: grain.MapDataset, prefetch: int, workers: int) -> grain.IterDataset:
