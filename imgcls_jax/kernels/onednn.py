@@ -135,59 +135,75 @@ def _cpu_isa() -> int:
     return _library().dnnl_get_effective_cpu_isa()
 
 
+def avx512() -> bool:
+    """Whether oneDNN dispatches to AVX-512 here (x86; ONEDNN_MAX_CPU_ISA may cap it): its
+    bfloat16 and Winograd kernels need it."""
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return x86 and _cpu_isa() & _AVX512_CORE == _AVX512_CORE
+
+
 def kernel_dtypes() -> tuple:
     """The activation dtypes the kernels take on this CPU: float32, and bfloat16 where oneDNN
     has bf16 primitives (x86 with AVX-512); raises OnednnUnavailable if they do not load."""
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    if x86 and _cpu_isa() & _AVX512_CORE == _AVX512_CORE:
+    if avx512():
         return KERNEL_DTYPES
     load()
     return (jnp.float32,)
 
 
+# How a convolution pass is computed: by the rules in onednn_kernels.cc (keyed by the CPU's
+# kind and the layer's shape), or one way forced, as the benchmarks and tests do. "matmul"
+# (im2col + one matmul) is a kernel-gradient path only; "winograd" is float32 3x3/1 only.
+PATHS = {"rule": 0, "direct": 1, "matmul": 2, "winograd": 3}
+
+
 def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geometry: tuple,
-          **attributes):  # fmt: skip
+          path: str = "rule"):  # fmt: skip
+    if path not in PATHS or (path == "matmul" and name != "kernel_grad"):
+        raise ValueError(f"No {path!r} path for a convolution's {name}: use one of {list(PATHS)}.")
     (stride_h, stride_w), ((top, bottom), (left, right)) = geometry
     out = jax.ShapeDtypeStruct(tuple(out_shape), a.dtype)
     return jax.ffi.ffi_call(f"imgcls_onednn_conv_{name}", out)(
         a, b, stride_h=stride_h, stride_w=stride_w, pad_top=top, pad_bottom=bottom,
-        pad_left=left, pad_right=right, **attributes,
+        pad_left=left, pad_right=right, path=np.int64(PATHS[path]),
     )  # fmt: skip
 
 
-# How a kernel gradient is computed: by the rule in onednn_kernels.cc (MatmulKernelGrad, keyed
-# by the CPU's kind), or one way forced, as experiments/bench_kernel_grad.py does.
-KERNEL_GRAD_PATHS = {"rule": 0, "direct": 1, "matmul": 2}
+def input_grad(grad: jax.Array, kernel: jax.Array, input_shape: Sequence[int], geometry: tuple,
+               path: str = "rule") -> jax.Array:  # fmt: skip
+    """The gradient of `conv2d` with respect to its NHWC input: oneDNN's direct or Winograd
+    convolution (`path`)."""
+    return _call("input_grad", input_shape, grad, kernel, geometry, path)
 
 
 def kernel_grad(x: jax.Array, grad: jax.Array, kernel_shape: Sequence[int], geometry: tuple,
                 path: str = "rule") -> jax.Array:  # fmt: skip
-    """The gradient of `conv2d` with respect to its HWIO kernel: oneDNN's direct convolution
-    or an im2col copy and one matmul (`path`)."""
-    return _call("kernel_grad", kernel_shape, x, grad, geometry,
-                 path=np.int64(KERNEL_GRAD_PATHS[path]))  # fmt: skip
+    """The gradient of `conv2d` with respect to its HWIO kernel: oneDNN's direct or Winograd
+    convolution, or an im2col copy and one matmul (`path`)."""
+    return _call("kernel_grad", kernel_shape, x, grad, geometry, path)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv2d(x: jax.Array, kernel: jax.Array, geometry: tuple) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv2d(x: jax.Array, kernel: jax.Array, geometry: tuple, path: str = "rule") -> jax.Array:
     """NHWC x HWIO -> NHWC convolution, float32 or bfloat16 (both operands alike); `geometry`
-    is ((sh, sw), ((top, bottom), (left, right)))."""
+    is ((sh, sw), ((top, bottom), (left, right))); `path` ("rule", "direct" or "winograd")
+    for all three passes."""
     (sh, sw), ((top, bottom), (left, right)) = geometry
     n, h, w, _ = x.shape
     kh, kw, _, out = kernel.shape
     out_shape = (n, (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1, out)
-    return _call("forward", out_shape, x, kernel, geometry)
+    return _call("forward", out_shape, x, kernel, geometry, path)
 
 
-def _forward(x, kernel, geometry):
-    return conv2d(x, kernel, geometry), (x, kernel)
+def _forward(x, kernel, geometry, path):
+    return conv2d(x, kernel, geometry, path), (x, kernel)
 
 
-def _backward(geometry, residuals, grad):
+def _backward(geometry, path, residuals, grad):
     x, kernel = residuals
     return (
-        _call("input_grad", x.shape, grad, kernel, geometry),
-        kernel_grad(x, grad, kernel.shape, geometry),
+        input_grad(grad, kernel, x.shape, geometry, path),
+        kernel_grad(x, grad, kernel.shape, geometry, path),
     )
 
 

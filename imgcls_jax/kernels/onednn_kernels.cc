@@ -9,6 +9,9 @@
 // oneDNN's direct kernel-gradient convolution is slow on small outputs (2x2 to 4x4: up to 15x
 // a matmul; in bfloat16 on AMX also strided or 1x1 convolutions with outputs up to 8x8);
 // there the kernel gradient is an im2col copy and one matmul instead (MatmulKernelGrad).
+// Wide 3x3 float32 convolutions run as oneDNN's Winograd F(4x4, 3x3) on AVX-512 (UseWinograd):
+// its activations are in a blocked layout, reordered from and to NHWC around each call.
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -31,15 +34,16 @@ namespace {
 
 enum class Kind { kForward, kInputGrad, kKernelGrad, kKernelGradMatmul };
 
-// Kind, data type; N, H, W, C of the input; KH, KW, O of the kernel; strides; paddings.
-using Key = std::array<int64_t, 15>;
+// Kind, algorithm, data type; N, H, W, C of the input; KH, KW, O of the kernel; strides;
+// paddings.
+using Key = std::array<int64_t, 16>;
 
 struct Geometry {
   dt type;
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr;
-  Key key(Kind kind) const {
-    return {static_cast<int64_t>(kind), static_cast<int64_t>(type), n, h, w, c, kh, kw, o,
-            sh, sw, pt, pb, pl, pr};
+  Key key(Kind kind, dnnl::algorithm algorithm) const {
+    return {static_cast<int64_t>(kind), static_cast<int64_t>(algorithm),
+            static_cast<int64_t>(type), n, h, w, c, kh, kw, o, sh, sw, pt, pb, pl, pr};
   }
   dnnl::memory::desc input(tag t) const { return {{n, c, h, w}, type, t}; }
   dnnl::memory::desc output(tag t) const { return {{n, o, oh, ow}, type, t}; }
@@ -52,6 +56,9 @@ struct Geometry {
 struct Cached {
   dnnl::primitive primitive;
   dnnl::memory::desc kernel_desc;  // The layout the primitive wants its kernel (or kernel grad) in.
+  // The layouts it wants its activations in (NHWC but for Winograd's blocked ones).
+  dnnl::memory::desc input_desc, output_desc;
+  dnnl::memory::desc scratchpad_desc;  // Its scratch memory, which Run provides.
 };
 
 dnnl::engine& Engine() {
@@ -79,17 +86,29 @@ ffi::Error Guarded(Body body) {
   return ffi::Error::Success();
 }
 
-dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g) {
-  dnnl::convolution_forward::desc desc(
-      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-      g.input(tag::nhwc), g.kernel(tag::any), g.output(tag::nhwc), g.strides(), g.pad_lo(),
-      g.pad_hi());
-  return {desc, Engine()};
+// Convolutions take their scratch memory from the caller: with oneDNN 2.6's own (per-thread)
+// scratch memory, Winograd's gradients write through a null pointer when run from a thread
+// other than the process's first, as XLA's worker threads are.
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
 }
 
-const Cached& Primitive(Kind kind, const Geometry& g) {
+dnnl::convolution_forward::primitive_desc ForwardDesc(const Geometry& g,
+                                                     dnnl::algorithm algorithm, tag act) {
+  dnnl::convolution_forward::desc desc(
+      dnnl::prop_kind::forward_training, algorithm, g.input(act), g.kernel(tag::any),
+      g.output(act), g.strides(), g.pad_lo(), g.pad_hi());
+  return {desc, UserScratchpad(), Engine()};
+}
+
+// The primitive computing `kind` of `g` with `algorithm` (direct or Winograd; the matmul kind
+// ignores it), built on first use. Direct convolutions take NHWC activations as they are;
+// Winograd ones choose their own layout (tag::any: oneDNN's has no NHWC variant).
+const Cached& Primitive(Kind kind, dnnl::algorithm algorithm, const Geometry& g) {
   static std::map<Key, std::unique_ptr<Cached>> cache;
-  auto& slot = cache[g.key(kind)];
+  auto& slot = cache[g.key(kind, algorithm)];
   if (slot) return *slot;
   if (kind == Kind::kKernelGradMatmul) {
     // dW[(kh, kw, c), o] = cols[(n, oh, ow), (kh, kw, c)]^T @ dy[(n, oh, ow), o]: the result
@@ -97,25 +116,32 @@ const Cached& Primitive(Kind kind, const Geometry& g) {
     int64_t patch = g.kh * g.kw * g.c, rows = g.n * g.oh * g.ow;
     dnnl::matmul::desc desc({{patch, rows}, g.type, tag::ba}, {{rows, g.o}, g.type, tag::ab},
                             {{patch, g.o}, g.type, tag::ab});
-    slot.reset(new Cached{dnnl::matmul(dnnl::matmul::primitive_desc(desc, Engine())),
-                          g.kernel(tag::hwio)});
+    dnnl::matmul::primitive_desc pd(desc, UserScratchpad(), Engine());
+    slot.reset(new Cached{dnnl::matmul(pd), g.kernel(tag::hwio), g.input(tag::nhwc),
+                          g.output(tag::nhwc), pd.scratchpad_desc()});
     return *slot;
   }
-  auto forward = ForwardDesc(g);
+  tag act = algorithm == dnnl::algorithm::convolution_direct ? tag::nhwc : tag::any;
+  auto forward = ForwardDesc(g, algorithm, act);
   if (kind == Kind::kForward) {
-    slot.reset(new Cached{dnnl::convolution_forward(forward), forward.weights_desc()});
+    slot.reset(new Cached{dnnl::convolution_forward(forward), forward.weights_desc(),
+                          forward.src_desc(), forward.dst_desc(), forward.scratchpad_desc()});
   } else if (kind == Kind::kInputGrad) {
-    dnnl::convolution_backward_data::desc desc(
-        dnnl::algorithm::convolution_direct, g.input(tag::nhwc), g.kernel(tag::any),
-        g.output(tag::nhwc), g.strides(), g.pad_lo(), g.pad_hi());
-    dnnl::convolution_backward_data::primitive_desc pd(desc, Engine(), forward);
-    slot.reset(new Cached{dnnl::convolution_backward_data(pd), pd.weights_desc()});
+    dnnl::convolution_backward_data::desc desc(algorithm, g.input(act), g.kernel(tag::any),
+                                               g.output(act), g.strides(), g.pad_lo(),
+                                               g.pad_hi());
+    dnnl::convolution_backward_data::primitive_desc pd(desc, UserScratchpad(), Engine(),
+                                                       forward);
+    slot.reset(new Cached{dnnl::convolution_backward_data(pd), pd.weights_desc(),
+                          pd.diff_src_desc(), pd.diff_dst_desc(), pd.scratchpad_desc()});
   } else {
-    dnnl::convolution_backward_weights::desc desc(
-        dnnl::algorithm::convolution_direct, g.input(tag::nhwc), g.kernel(tag::any),
-        g.output(tag::nhwc), g.strides(), g.pad_lo(), g.pad_hi());
-    dnnl::convolution_backward_weights::primitive_desc pd(desc, Engine(), forward);
-    slot.reset(new Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc()});
+    dnnl::convolution_backward_weights::desc desc(algorithm, g.input(act), g.kernel(tag::any),
+                                                  g.output(act), g.strides(), g.pad_lo(),
+                                                  g.pad_hi());
+    dnnl::convolution_backward_weights::primitive_desc pd(desc, UserScratchpad(), Engine(),
+                                                          forward);
+    slot.reset(new Cached{dnnl::convolution_backward_weights(pd), pd.diff_weights_desc(),
+                          pd.src_desc(), pd.diff_dst_desc(), pd.scratchpad_desc()});
   }
   return *slot;
 }
@@ -169,27 +195,54 @@ void Im2col(const Geometry& g, const char* input, char* cols) {
   }
 }
 
-// Runs one cached primitive; `kernel` is the user's HWIO buffer, reordered to and from the
-// primitive's preferred layout when they differ.
-ffi::Error Run(Kind kind, const Geometry& g, void* input, void* kernel, void* output) {
+// A buffer in `desc`'s layout (oneDNN-allocated, so aligned), reused across calls: `slot` 0
+// holds a staged input, 1 a staged output, 2 the scratch memory. Callers hold Lock().
+dnnl::memory Staging(int slot, const dnnl::memory::desc& desc) {
+  static std::array<dnnl::memory, 3> buffers;
+  static std::array<size_t, 3> sizes = {0, 0, 0};
+  if (sizes[slot] < std::max<size_t>(desc.get_size(), 1)) {
+    sizes[slot] = desc.get_size();
+    buffers[slot] = dnnl::memory({{static_cast<int64_t>(sizes[slot])}, dt::u8, tag::x}, Engine());
+  }
+  return dnnl::memory(desc, Engine(), buffers[slot].get_data_handle());
+}
+
+// Runs one cached primitive. `kernel` is the user's HWIO buffer and `input`/`output` its NHWC
+// activations, each reordered to and from the primitive's preferred layout when they differ.
+ffi::Error Run(Kind kind, dnnl::algorithm algorithm, const Geometry& g, void* input,
+               void* kernel, void* output) {
   return Guarded([&](dnnl::stream& stream) {
-    const Cached& cached = Primitive(kind, g);
-    dnnl::memory input_mem(g.input(tag::nhwc), Engine(), input);
-    dnnl::memory output_mem(g.output(tag::nhwc), Engine(), output);
+    const Cached& cached = Primitive(kind, algorithm, g);
+    dnnl::memory user_input(g.input(tag::nhwc), Engine(), input);
+    dnnl::memory user_output(g.output(tag::nhwc), Engine(), output);
     dnnl::memory user_kernel(g.kernel(tag::hwio), Engine(), kernel);
-    dnnl::memory kernel_mem = user_kernel;
+    dnnl::memory input_mem = user_input, output_mem = user_output, kernel_mem = user_kernel;
     bool reorder = cached.kernel_desc != user_kernel.get_desc();
+    bool stage_input = cached.input_desc != user_input.get_desc();
+    bool stage_output = cached.output_desc != user_output.get_desc();
     if (reorder) kernel_mem = dnnl::memory(cached.kernel_desc, Engine());
+    dnnl::memory scratchpad = Staging(2, cached.scratchpad_desc);
+    if (stage_input) input_mem = Staging(0, cached.input_desc);
+    if (stage_output) output_mem = Staging(1, cached.output_desc);
+    auto copy = [&stream](dnnl::memory& from, dnnl::memory& to) {
+      dnnl::reorder(from, to).execute(stream, from, to);
+    };
     if (kind == Kind::kForward) {
-      if (reorder) dnnl::reorder(user_kernel, kernel_mem).execute(stream, user_kernel, kernel_mem);
+      if (reorder) copy(user_kernel, kernel_mem);
+      if (stage_input) copy(user_input, input_mem);
       cached.primitive.execute(stream, {{DNNL_ARG_SRC, input_mem},
                                         {DNNL_ARG_WEIGHTS, kernel_mem},
-                                        {DNNL_ARG_DST, output_mem}});
+                                        {DNNL_ARG_DST, output_mem},
+                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (stage_output) copy(output_mem, user_output);
     } else if (kind == Kind::kInputGrad) {
-      if (reorder) dnnl::reorder(user_kernel, kernel_mem).execute(stream, user_kernel, kernel_mem);
+      if (reorder) copy(user_kernel, kernel_mem);
+      if (stage_output) copy(user_output, output_mem);
       cached.primitive.execute(stream, {{DNNL_ARG_DIFF_SRC, input_mem},
                                         {DNNL_ARG_WEIGHTS, kernel_mem},
-                                        {DNNL_ARG_DIFF_DST, output_mem}});
+                                        {DNNL_ARG_DIFF_DST, output_mem},
+                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (stage_input) copy(input_mem, user_input);
     } else if (kind == Kind::kKernelGradMatmul) {
       int64_t bytes = g.type == dt::bf16 ? 2 : 4;
       static std::vector<char> cols;  // Guarded by the lock; reused across calls.
@@ -201,12 +254,16 @@ ffi::Error Run(Kind kind, const Geometry& g, void* input, void* kernel, void* ou
       dnnl::memory result_mem({{g.kh * g.kw * g.c, g.o}, g.type, tag::ab}, Engine(), kernel);
       cached.primitive.execute(stream, {{DNNL_ARG_SRC, cols_mem},
                                         {DNNL_ARG_WEIGHTS, grad_mem},
-                                        {DNNL_ARG_DST, result_mem}});
+                                        {DNNL_ARG_DST, result_mem},
+                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
     } else {
+      if (stage_input) copy(user_input, input_mem);
+      if (stage_output) copy(user_output, output_mem);
       cached.primitive.execute(stream, {{DNNL_ARG_SRC, input_mem},
                                         {DNNL_ARG_DIFF_WEIGHTS, kernel_mem},
-                                        {DNNL_ARG_DIFF_DST, output_mem}});
-      if (reorder) dnnl::reorder(kernel_mem, user_kernel).execute(stream, kernel_mem, user_kernel);
+                                        {DNNL_ARG_DIFF_DST, output_mem},
+                                        {DNNL_ARG_SCRATCHPAD, scratchpad}});
+      if (reorder) copy(kernel_mem, user_kernel);
     }
   });
 }
@@ -215,20 +272,6 @@ using Any = ffi::AnyBuffer;
 using AnyOut = ffi::Result<ffi::AnyBuffer>;
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
-
-ffi::Error Forward(Any x, Any w, AnyOut y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                   int64_t pl, int64_t pr) {
-  if (auto error = CheckTypes({&x, &w, &*y}); error.failure()) return error;
-  auto g = MakeGeometry(x, w, *y, sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kForward, g, x.untyped_data(), w.untyped_data(), y->untyped_data());
-}
-
-ffi::Error InputGrad(Any dy, Any w, AnyOut dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                     int64_t pl, int64_t pr) {
-  if (auto error = CheckTypes({&dy, &w, &*dx}); error.failure()) return error;
-  auto g = MakeGeometry(*dx, w, dy, sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kInputGrad, g, dx->untyped_data(), w.untyped_data(), dy.untyped_data());
-}
 
 // Whether oneDNN dispatches to an instruction set here (the CPU has it and
 // ONEDNN_MAX_CPU_ISA allows it).
@@ -256,17 +299,71 @@ bool DirectKernelGradUnsafe(const Geometry& g) {
   return g.kh * g.kw == 1 && (g.sh > 1 || g.sw > 1) && g.c % 16 != 0;
 }
 
-// The `path` attribute of a kernel-gradient call: the rule, or one path forced (benchmarks).
-constexpr int64_t kPathRule = 0, kPathDirect = 1, kPathMatmul = 2;
+// Whether oneDNN's Winograd convolution computes `g` right: oneDNN 2.6's input gradient is
+// wrong (off by the order of the values) when a side's padding differs from the opposite
+// side's, e.g. (0, 1); equal paddings of 0 or 1 match XLA.
+bool WinogradSafe(const Geometry& g) {
+  return g.pt == g.pb && g.pl == g.pr && g.pt <= 1 && g.pl <= 1;
+}
+
+// Whether `g` (all three passes) is faster as oneDNN's Winograd F(4x4, 3x3) than as the other
+// paths, the blocked-layout reorders included: float32 3x3/1 convolutions with AVX-512 (oneDNN
+// has no other), at least 64 channels in and out (multiples of 16), and outputs of at least
+// 7x7, or 4x4 for 256 channels and more. Fitted to per-layer timings on AVX-512 without AMX
+// (experiments/bench_conv_algorithm.py; docs/performance.md): 1.2-1.8x there, while 32-channel
+// layers break even (the reorders) and 3x3 outputs of 128 channels lose (the transforms).
+bool UseWinograd(const Geometry& g) {
+  static const bool avx512 = HasIsa(dnnl_cpu_isa_avx512_core);
+  int64_t pixels = g.oh * g.ow, channels = std::min(g.c, g.o);
+  return avx512 && g.type == dt::f32 && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 &&
+         WinogradSafe(g) && g.c % 16 == 0 && g.o % 16 == 0 && channels >= 64 &&
+         (pixels >= 49 || (pixels >= 16 && channels >= 256));
+}
+
+// The `path` attribute of a convolution call: the rules above, or one path forced (benchmarks
+// and tests); the matmul is a kernel-gradient path only.
+constexpr int64_t kPathRule = 0, kPathDirect = 1, kPathMatmul = 2, kPathWinograd = 3;
+
+// Runs `kind` (forward, input or kernel gradient) of `g` on the path `path` names.
+ffi::Error Convolve(Kind kind, const Geometry& g, int64_t path, void* input, void* kernel,
+                    void* output) {
+  if (path == kPathWinograd && !WinogradSafe(g)) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument,
+                      "oneDNN's Winograd convolution takes equal paddings of 0 or 1 per axis");
+  }
+  bool winograd = path == kPathWinograd || (path == kPathRule && UseWinograd(g));
+  if (kind == Kind::kKernelGrad &&
+      (path == kPathMatmul ||
+       (path == kPathRule && !winograd && (MatmulKernelGrad(g) || DirectKernelGradUnsafe(g))))) {
+    kind = Kind::kKernelGradMatmul;
+  }
+  auto algorithm = winograd ? dnnl::algorithm::convolution_winograd
+                            : dnnl::algorithm::convolution_direct;
+  return Run(kind, algorithm, g, input, kernel, output);
+}
+
+ffi::Error Forward(Any x, Any w, AnyOut y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                   int64_t pl, int64_t pr, int64_t path) {
+  if (auto error = CheckTypes({&x, &w, &*y}); error.failure()) return error;
+  auto g = MakeGeometry(x, w, *y, sh, sw, pt, pb, pl, pr);
+  return Convolve(Kind::kForward, g, path, x.untyped_data(), w.untyped_data(),
+                  y->untyped_data());
+}
+
+ffi::Error InputGrad(Any dy, Any w, AnyOut dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                     int64_t pl, int64_t pr, int64_t path) {
+  if (auto error = CheckTypes({&dy, &w, &*dx}); error.failure()) return error;
+  auto g = MakeGeometry(*dx, w, dy, sh, sw, pt, pb, pl, pr);
+  return Convolve(Kind::kInputGrad, g, path, dx->untyped_data(), w.untyped_data(),
+                  dy.untyped_data());
+}
 
 ffi::Error KernelGrad(Any x, Any dy, AnyOut dw, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                       int64_t pl, int64_t pr, int64_t path) {
   if (auto error = CheckTypes({&x, &dy, &*dw}); error.failure()) return error;
   auto g = MakeGeometry(x, *dw, dy, sh, sw, pt, pb, pl, pr);
-  bool matmul = path == kPathMatmul ||
-                (path == kPathRule && (MatmulKernelGrad(g) || DirectKernelGradUnsafe(g)));
-  Kind kind = matmul ? Kind::kKernelGradMatmul : Kind::kKernelGrad;
-  return Run(kind, g, x.untyped_data(), dw->untyped_data(), dy.untyped_data());
+  return Convolve(Kind::kKernelGrad, g, path, x.untyped_data(), dw->untyped_data(),
+                  dy.untyped_data());
 }
 
 // Batch normalisation over N, H, W of an NHWC tensor, with learned scale and shift, optionally
@@ -367,7 +464,8 @@ ffi::Error NormBackward(Any x, Any dy, F32 mean, F32 variance, F32 scale, F32 sh
 
 #define CONV_ATTRS                                                                  \
   .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top")     \
-      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right") \
+      .Attr<int64_t>("path")
 
 }  // namespace
 
@@ -376,8 +474,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvForward, Forward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvInputGrad, InputGrad,
                               ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS
-                                  .Attr<int64_t>("path"));
+                              ffi::Ffi::Bind().Arg<Any>().Arg<Any>().Ret<Any>() CONV_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnNormForward, NormForward,
                               ffi::Ffi::Bind()
                                   .Arg<Any>().Arg<F32>().Arg<F32>()
