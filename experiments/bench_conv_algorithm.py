@@ -31,6 +31,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds of --calls calls; the median counts.")
 flags.DEFINE_integer("calls", 5, "Calls per pass, path and round.")
 flags.DEFINE_string("out", "experiments/results/bench_conv_algorithm.json", "The JSON results.")
+flags.DEFINE_list("layers", [], "Names of LAYERS to time; empty: all.")
 
 # (name, batch, side, in channels, out channels): the 3x3/1 layers of the speed preset's
 # airbench net and ResNet-20 (28 px), and of ResNet-18/50 at 64 and 224 px.
@@ -118,8 +119,16 @@ def main(argv):
     from imgcls_jax.kernels import onednn
 
     onednn.load()
+    if not onednn.avx512():
+        raise app.UsageError("oneDNN has Winograd convolutions with AVX-512 only, which this CPU "
+                             "(or ONEDNN_MAX_CPU_ISA) does not give it.")  # fmt: skip
+    unknown = set(FLAGS.layers) - {layer[0] for layer in LAYERS}
+    if unknown:
+        raise app.UsageError(f"Unknown --layers {sorted(unknown)}: use names of LAYERS.")
     rows, table = [], []
     for name, batch, side, cin, cout in LAYERS:
+        if FLAGS.layers and name not in FLAGS.layers:
+            continue
         result = measure_layer(batch, side, cin, cout)
         direct, winograd, chosen = (sum(result["ms"][path].values())
                                     for path in ("direct", "winograd", "rule"))  # fmt: skip

@@ -114,6 +114,24 @@ def test_compile_benchmark_reports_the_presets_step(tmp_path):
     assert typo.returncode != 0 and "is not CONFIG:PRESET@SIZExCHANNELS" in typo.stderr
 
 
+def test_conv_algorithm_benchmark_times_both_paths_and_reports_the_rules_choice(tmp_path):
+    """Both paths are checked against XLA inside the script; the rule takes Winograd for the
+    7x7 64-channel layer and not for the 32-channel one."""
+    from imgcls_jax.kernels import onednn
+
+    if not (onednn.available() and onednn.avx512()):
+        pytest.skip("oneDNN's Winograd convolutions need its kernels and AVX-512")
+    out = tmp_path / "conv.json"
+    _run("bench_conv_algorithm.py", "--layers=ResNet-20 stage 2,ResNet-20 stage 3",
+         "--rounds=1", "--calls=1", f"--out={out}")  # fmt: skip
+    rows = {row["layer"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"ResNet-20 stage 2", "ResNet-20 stage 3"}
+    for row in rows.values():
+        assert all(ms > 0 for path in row["ms"].values() for ms in path.values())
+    assert rows["ResNet-20 stage 2"]["rule"] == "other"
+    assert rows["ResNet-20 stage 3"]["rule"] == "winograd"
+
+
 def test_torch_twin_of_the_airbench_net_computes_our_function():
     """bench_torch.py's PyTorch airbench net, given our weights, gives our logits (evaluation
     mode), so the benchmark compares the same network."""
