@@ -160,8 +160,9 @@ PATHS = {"rule": 0, "direct": 1, "matmul": 2, "winograd": 3}
 
 def _call(name: str, out_shape: Sequence[int], a: jax.Array, b: jax.Array, geometry: tuple,
           path: str = "rule"):  # fmt: skip
-    if path not in PATHS or (path == "matmul" and name != "kernel_grad"):
-        raise ValueError(f"No {path!r} path for a convolution's {name}: use one of {list(PATHS)}.")
+    paths = [p for p in PATHS if p != "matmul" or name == "kernel_grad"]
+    if path not in paths:
+        raise ValueError(f"No {path!r} path for a convolution's {name}: use one of {paths}.")
     (stride_h, stride_w), ((top, bottom), (left, right)) = geometry
     out = jax.ShapeDtypeStruct(tuple(out_shape), a.dtype)
     return jax.ffi.ffi_call(f"imgcls_onednn_conv_{name}", out)(

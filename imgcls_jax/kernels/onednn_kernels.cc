@@ -200,9 +200,10 @@ void Im2col(const Geometry& g, const char* input, char* cols) {
 dnnl::memory Staging(int slot, const dnnl::memory::desc& desc) {
   static std::array<dnnl::memory, 3> buffers;
   static std::array<size_t, 3> sizes = {0, 0, 0};
-  if (sizes[slot] < std::max<size_t>(desc.get_size(), 1)) {
-    sizes[slot] = desc.get_size();
-    buffers[slot] = dnnl::memory({{static_cast<int64_t>(sizes[slot])}, dt::u8, tag::x}, Engine());
+  size_t size = std::max<size_t>(desc.get_size(), 1);  // A handle even for no scratch.
+  if (sizes[slot] < size) {
+    sizes[slot] = size;
+    buffers[slot] = dnnl::memory({{static_cast<int64_t>(size)}, dt::u8, tag::x}, Engine());
   }
   return dnnl::memory(desc, Engine(), buffers[slot].get_data_handle());
 }
@@ -310,8 +311,8 @@ bool WinogradSafe(const Geometry& g) {
 // paths, the blocked-layout reorders included: float32 3x3/1 convolutions with AVX-512 (oneDNN
 // has no other), at least 64 channels in and out (multiples of 16), and outputs of at least
 // 7x7, or 4x4 for 256 channels and more. Fitted to per-layer timings on AVX-512 without AMX
-// (experiments/bench_conv_algorithm.py; docs/performance.md): 1.2-1.8x there, while 32-channel
-// layers break even (the reorders) and 3x3 outputs of 128 channels lose (the transforms).
+// (experiments/bench_conv_algorithm.py; docs/performance.md): 1.1-1.9x there, growing with the
+// channels, while 32-channel layers break even (the reorders) and 3x3 outputs lose.
 bool UseWinograd(const Geometry& g) {
   static const bool avx512 = HasIsa(dnnl_cpu_isa_avx512_core);
   int64_t pixels = g.oh * g.ow, channels = std::min(g.c, g.o);
