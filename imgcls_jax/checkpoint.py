@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -18,6 +18,10 @@ from jax.experimental import multihost_utils
 CHECKSUM_ALGORITHM = "uint32 sums of bits x (2i+1) and bits x (2i+1)^2, per array"
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "corrupt_checkpoints"
+# Flax names an unnamed layer after its class: the models' batch norms are `NormAct_N`.
+# Checkpoints and converted weights in the older naming, `BatchNorm_N`, are renamed as they
+# are restored. Saved name prefix -> the current one.
+RENAMED_MODULES = {"BatchNorm_": "NormAct_"}
 
 
 class CheckpointRestoreError(ValueError):
@@ -26,6 +30,35 @@ class CheckpointRestoreError(ValueError):
 
 class NonFiniteStateError(FloatingPointError):
     """A train state holding inf or NaN was not checkpointed."""
+
+
+def rename_modules(tree: Any, renames: Mapping[str, str]) -> Any:
+    """`tree` with every dict key, at any depth, that starts with a key of `renames` starting
+    with its value instead (e.g. `{"BatchNorm_": "NormAct_"}`)."""
+
+    def renamed(key: Any) -> Any:
+        for old, new in renames.items():
+            if isinstance(key, str) and key.startswith(old):
+                return new + key[len(old) :]
+        return key
+
+    def rename(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        return {renamed(k): rename_modules(v, renames) for k, v in node.items()}
+
+    return jax.tree.map(rename, tree, is_leaf=lambda x: isinstance(x, dict))
+
+
+def _as_saved(saved_paths: Iterable[str]) -> dict[str, str]:
+    """The renames from current module names to the older ones that a checkpoint whose arrays
+    are at `saved_paths` (checksum keys, e.g. ".params['BatchNorm_0']['scale']") uses."""
+    saved_paths = list(saved_paths)
+    return {
+        new: old
+        for old, new in RENAMED_MODULES.items()
+        if any(f"['{old}" in path for path in saved_paths)
+    }
 
 
 @jax.jit
@@ -207,13 +240,16 @@ class Checkpointer:
     def _restore_step(
         self, step: int, abstract_state: Any
     ) -> tuple[str | None, tuple[Any, dict] | None]:
-        """(None, (state, progress)) for an intact step, else (what is wrong, None)."""
-        args = ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            progress=ocp.args.JsonRestore(),
-            integrity=ocp.args.JsonRestore(),
-        )
+        """(None, (state, progress)) for an intact step, else (what is wrong, None). A step
+        saved with older module names (`RENAMED_MODULES`) is read as saved, then renamed."""
         try:
+            integrity = self.directory / str(step) / "integrity" / "metadata"
+            as_saved = _as_saved(json.loads(integrity.read_text())["checksums"])
+            args = ocp.args.Composite(
+                state=ocp.args.StandardRestore(rename_modules(abstract_state, as_saved)),
+                progress=ocp.args.JsonRestore(),
+                integrity=ocp.args.JsonRestore(),
+            )
             restored = self.manager.restore(step, args=args)
             saved = dict(restored["integrity"])["checksums"]
             progress = dict(restored["progress"])
@@ -228,7 +264,8 @@ class Checkpointer:
             return f"content checksum mismatch in {', '.join(damaged) or 'the array list'}", None
         if nonfinite:
             return f"inf or NaN in {', '.join(nonfinite)}", None
-        return None, (restored["state"], progress)
+        current = {old: new for new, old in as_saved.items()}
+        return None, (rename_modules(restored["state"], current), progress)
 
     def _quarantine(self, steps: list[int]) -> None:
         """Moves damaged steps out of the checkpoint directory (kept for inspection)."""
@@ -272,6 +309,9 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     CheckpointRestoreError when they are missing, damaged or not finite."""
     step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
     try:
+        saved = json.loads((step_dir / "integrity" / "metadata").read_text())["checksums"]
+        as_saved = _as_saved(saved)
+        abstract_variables = rename_modules(abstract_variables, as_saved)
         restored = ocp.PyTreeCheckpointer().restore(
             (step_dir / "state").resolve(),
             args=ocp.args.PyTreeRestore(
@@ -280,7 +320,6 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
                 partial_restore=True,
             ),
         )
-        saved = json.loads((step_dir / "integrity" / "metadata").read_text())["checksums"]
     except Exception as e:  # Damaged or missing files surface in many types (see restore).
         raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: "
                                      f"{type(e).__name__}: {e}") from e  # fmt: skip
@@ -291,4 +330,4 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     if damaged or nonfinite:
         raise CheckpointRestoreError(f"step {step} in {step_dir.parent} is damaged or not "
                                      f"finite in {', '.join(damaged + nonfinite)}")  # fmt: skip
-    return restored
+    return rename_modules(restored, {old: new for new, old in as_saved.items()})

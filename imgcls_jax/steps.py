@@ -180,13 +180,13 @@ def augment_batch(
 
 def frozen_norm_interceptor(frozen_norms: frozenset[str]) -> Callable:
     """A Flax method interceptor that runs the BatchNorm layers at the given module paths
-    (e.g. "blocks_3/depthwise_norm") in inference mode (`layers.BatchNorm.frozen`), so that a
+    (e.g. "blocks_3/depthwise_norm") in inference mode (`layers.NormAct.frozen`), so that a
     frozen layer computes the same function in training and evaluation."""
 
     def intercept(next_fun, args, kwargs, context):
         module = context.module
         if (
-            isinstance(module, layers.BatchNorm)
+            isinstance(module, layers.NormAct)
             and context.method_name == "__call__"
             and "/".join(module.path) in frozen_norms
         ):

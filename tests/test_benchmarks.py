@@ -151,7 +151,7 @@ def test_torch_twin_of_the_airbench_net_computes_our_function():
             for conv, norm, j in ((layers[0], layers[2], 0), (layers[4], layers[5], 1)):
                 kernel = np.asarray(params[group][f"Conv_{j}"]["kernel"])
                 conv.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
-                bn, bn_stats = params[group][f"BatchNorm_{j}"], stats[group][f"BatchNorm_{j}"]
+                bn, bn_stats = params[group][f"NormAct_{j}"], stats[group][f"NormAct_{j}"]
                 for tensor, value in ((norm.weight, bn["scale"]), (norm.bias, bn["bias"]),
                                       (norm.running_mean, bn_stats["mean"]),
                                       (norm.running_var, bn_stats["var"])):  # fmt: skip

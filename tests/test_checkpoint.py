@@ -10,7 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import tiny_config
 
-from imgcls_jax import checkpoint
+from imgcls_jax import checkpoint, convert
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
 from imgcls_jax.train import train_and_evaluate
 from imgcls_jax.trainer import Trainer
@@ -193,3 +193,35 @@ def test_keeps_the_latest_steps_and_the_best_one(tmp_path, dataset):
         checkpointer.close()
     with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
         Checkpointer(str(tmp_path), 0)
+
+
+def test_checkpoints_with_the_older_batch_norm_names_restore_renamed(tmp_path, dataset):
+    """A train state, its variables and converted weights saved when batch norms were
+    called `BatchNorm_N` restore into models whose batch norms are `NormAct_N` layers."""
+    config = tiny_config(**CONFIG)
+    trainer = Trainer(config, dataset)
+    state = jax.device_get(trainer.create_state())
+    older = checkpoint.rename_modules(state, {"NormAct_": "BatchNorm_"})
+    names = str(jax.tree_util.tree_structure(state))
+    assert "'NormAct_0'" in names and "'BatchNorm_0'" in str(jax.tree_util.tree_structure(older))
+    checkpointer = Checkpointer(str(tmp_path / "run"), 10)
+    try:
+        checkpointer.save(1, older, {})
+        checkpointer.wait()
+        restored, _ = checkpointer.restore(trainer.abstract_state())
+    finally:
+        checkpointer.close()
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    _assert_trees_equal(jax.device_get(restored), state)
+
+    abstract = trainer.abstract_state()
+    variables = checkpoint.restore_variables(
+        str(tmp_path / "run"), 1, {"params": abstract.params, "batch_stats": abstract.batch_stats}
+    )
+    _assert_trees_equal(variables, {"params": state.params, "batch_stats": state.batch_stats})
+
+    convert.save_pretrained(
+        str(tmp_path / "converted"), {"params": older.params, "batch_stats": older.batch_stats}, {}
+    )
+    pretrained, _ = convert.load_pretrained(str(tmp_path / "converted"))
+    _assert_trees_equal(pretrained, {"params": state.params, "batch_stats": state.batch_stats})

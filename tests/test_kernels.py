@@ -18,7 +18,8 @@ from jax import lax
 from imgcls_jax import kernels, models
 from imgcls_jax.data import fashion_mnist_files
 from imgcls_jax.kernels import onednn
-from imgcls_jax.models.layers import BatchNorm
+from imgcls_jax.models.efficientnet_lite import relu6
+from imgcls_jax.models.layers import NormAct
 
 # CI installs oneDNN (.ci/run) and sets this, so there a missing kernel fails rather than skips.
 if not onednn.available():
@@ -294,9 +295,10 @@ def test_a_kernel_given_mixed_dtypes_raises_instead_of_misreading_memory():
         onednn._call("forward", x.shape, x, kernel, ((1, 1), ((0, 0), (0, 0))))
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients(relu):
-    """Alone, and with the ReLU that follows it fused into the kernel."""
+@pytest.mark.parametrize("act", [None, jax.nn.relu, relu6], ids=["none", "relu", "relu6"])
+def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients(act):
+    """Alone, with the ReLU that follows it fused into the kernel, and followed by another
+    activation."""
     x = _normal(0, (6, 5, 4, 3), 2.0, 1.0)
     params = {"scale": _normal(1, (3,), 0.5, 1.0), "bias": _normal(2, (3,))}
     stats = {"mean": _normal(3, (3,)), "var": _normal(4, (3,), 0.1, 1.0)}
@@ -307,9 +309,9 @@ def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients(relu):
                                   mutable=["batch_stats"])  # fmt: skip
         return jnp.sum(y * cotangent), (y, updated["batch_stats"])
 
-    plain = BatchNorm(use_running_average=False, momentum=0.8, epsilon=1e-3, relu=relu)
+    plain = NormAct(use_running_average=False, momentum=0.8, epsilon=1e-3, act=act)
     native = plain.clone(train_fn=onednn.batch_norm_train)
-    assert plain.train_fn is None  # The plain path: flax's BatchNorm, then nn.relu.
+    assert plain.train_fn is None  # The plain path: flax's BatchNorm, then `act`.
     (_, (want_y, want_stats)), want_grads = jax.value_and_grad(run, (1, 2), has_aux=True)(
         plain, params, x
     )
@@ -317,7 +319,7 @@ def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients(relu):
         jax.value_and_grad(run, (1, 2), has_aux=True), static_argnums=0
     )(native, params, x)
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
-    assert relu == bool(np.any(np.asarray(y) == 0))  # Zeros, where the ReLU cut.
+    assert (act is not None) == bool(np.any(np.asarray(y) == 0))  # Zeros, where `act` cut.
     for got, want in zip(
         jax.tree.leaves((new_stats, grads)), jax.tree.leaves((want_stats, want_grads))
     ):
@@ -329,8 +331,8 @@ def test_batch_norm_matches_flax_in_outputs_statistics_and_gradients(relu):
     np.testing.assert_allclose(evaluated, expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("relu", [False, True])
-def test_bfloat16_batch_norm_matches_flax(relu):
+@pytest.mark.parametrize("act", [None, jax.nn.relu], ids=["none", "relu"])
+def test_bfloat16_batch_norm_matches_flax(act):
     """bfloat16 activations, float32 parameters and statistics, as flax computes them."""
     x = _normal(0, (6, 5, 4, 8), 2.0, 1.0).astype(jnp.bfloat16)
     params = {"scale": _normal(1, (8,), 0.5, 1.0), "bias": _normal(2, (8,))}
@@ -342,13 +344,13 @@ def test_bfloat16_batch_norm_matches_flax(relu):
                                   mutable=["batch_stats"])  # fmt: skip
         return jnp.sum(y * cotangent, dtype=jnp.float32), (y, updated["batch_stats"])
 
-    kwargs = dict(use_running_average=False, momentum=0.8, dtype=jnp.bfloat16, relu=relu)
+    kwargs = dict(use_running_average=False, momentum=0.8, dtype=jnp.bfloat16, act=act)
     step = jax.jit(jax.grad(run, (1, 2), has_aux=True), static_argnums=0)
-    want_grads, (want_y, want_stats) = step(BatchNorm(**kwargs), params, x)
-    grads, (y, new_stats) = step(BatchNorm(**kwargs, train_fn=onednn.batch_norm_train), params, x)
+    want_grads, (want_y, want_stats) = step(NormAct(**kwargs), params, x)
+    grads, (y, new_stats) = step(NormAct(**kwargs, train_fn=onednn.batch_norm_train), params, x)
     assert y.dtype == jnp.bfloat16 and grads[1].dtype == jnp.bfloat16
     assert "imgcls_onednn_norm" in str(jax.make_jaxpr(
-        lambda p: run(BatchNorm(**kwargs, train_fn=onednn.batch_norm_train), p, x)
+        lambda p: run(NormAct(**kwargs, train_fn=onednn.batch_norm_train), p, x)
     )(params))  # fmt: skip
     for got, want in zip(jax.tree.leaves(new_stats), jax.tree.leaves(want_stats)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)  # float32 of the same data

@@ -147,12 +147,16 @@ def load_metadata(directory: str) -> dict[str, Any]:
 
 
 def load_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(variables as numpy arrays, metadata) of a converted checkpoint."""
+    """(variables as numpy arrays, metadata) of a converted checkpoint, with the current
+    module names (`checkpoint.RENAMED_MODULES`)."""
     import orbax.checkpoint as ocp
+
+    from imgcls_jax import checkpoint
 
     metadata = load_metadata(directory)
     with ocp.StandardCheckpointer() as checkpointer:
         variables = checkpointer.restore(os.path.abspath(os.path.join(directory, VARIABLES_DIR)))
+    variables = checkpoint.rename_modules(variables, checkpoint.RENAMED_MODULES)
     return jax.tree.map(np.asarray, variables), metadata
 
 

@@ -35,7 +35,7 @@ def resnet_key(collection: str, names: tuple[str, ...], stage_sizes: Sequence[in
     layer, number = names[1].rsplit("_", 1) if names[1][-1].isdigit() else (names[1], "")
     torch_layer = {
         "Conv": f"conv{int(number or 0) + 1}",
-        "BatchNorm": f"bn{int(number or 0) + 1}",
+        "NormAct": f"bn{int(number or 0) + 1}",
         "proj_conv": "downsample.0",
         "proj_norm": "downsample.1",
     }[layer]

@@ -29,8 +29,8 @@ class ConvGroup(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         x = max_pool(self.conv(self.filters, (3, 3))(x), (2, 2))
-        x = self.norm(relu=True)(x)
-        return self.norm(relu=True)(self.conv(self.filters, (3, 3))(x))
+        x = self.norm(act=nn.relu)(x)
+        return self.norm(act=nn.relu)(self.conv(self.filters, (3, 3))(x))
 
 
 class AirbenchNet(nn.Module):

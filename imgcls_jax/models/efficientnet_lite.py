@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from imgcls_jax import registry
 from imgcls_jax.kernels import XLA, Kernels
-from imgcls_jax.models.layers import BatchNorm, compute_dtype
+from imgcls_jax.models.layers import NormAct, compute_dtype
 
 # repeats, kernel, stride, expansion, input filters, output filters (efficientnet_lite_builder).
 BLOCKS = (
@@ -83,12 +83,12 @@ class MBConv(nn.Module):
         hidden = self.filters_in * self.expand
         if self.expand != 1:
             x = self.conv(hidden, (1, 1), name="expand_conv")(x)
-            x = relu6(self.norm(name="expand_norm")(x))
+            x = self.norm(name="expand_norm", act=relu6)(x)
         x = self.conv(
             hidden, (self.kernel, self.kernel), (self.stride, self.stride),
             feature_group_count=hidden, name="depthwise_conv",
         )(x)  # fmt: skip
-        x = relu6(self.norm(name="depthwise_norm")(x))
+        x = self.norm(name="depthwise_norm", act=relu6)(x)
         x = self.conv(self.filters_out, (1, 1), name="project_conv")(x)
         x = self.norm(name="project_norm")(x)
         if self.stride == 1 and self.filters_in == self.filters_out:
@@ -119,18 +119,18 @@ class EfficientNetLite(nn.Module):
             conv_general_dilated=self.kernels.conv_general_dilated,
         )  # fmt: skip
         norm = functools.partial(
-            BatchNorm, train_fn=self.kernels.batch_norm_train, use_running_average=not train,
+            NormAct, train_fn=self.kernels.batch_norm_train, use_running_average=not train,
             momentum=self.bn_momentum, epsilon=1e-3, dtype=self.dtype,
         )  # fmt: skip
         x = x.astype(self.dtype)
-        x = relu6(norm(name="stem_norm")(conv(32, (3, 3), (2, 2), name="stem_conv")(x)))
+        x = norm(name="stem_norm", act=relu6)(conv(32, (3, 3), (2, 2), name="stem_conv")(x))
         specs = block_specs(self.width_coefficient, self.depth_coefficient)
         for i, spec in enumerate(specs):
             drop_path = self.drop_connect_rate * i / len(specs)
             x = MBConv(**spec, drop_path=drop_path, conv=conv, norm=norm, name=f"blocks_{i}")(
                 x, train
             )
-        x = relu6(norm(name="head_norm")(conv(1280, (1, 1), name="head_conv")(x)))
+        x = norm(name="head_norm", act=relu6)(conv(1280, (1, 1), name="head_conv")(x))
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x)

@@ -1,5 +1,6 @@
-"""Layers shared by the model families: convolutions padded as in PyTorch, BatchNorm with an
-optional native training kernel, and max pooling that XLA:CPU runs fast."""
+"""Layers shared by the model families: convolutions padded as in PyTorch, batch norm with its
+activation (`NormAct`) on an optional native training kernel, and max pooling that XLA:CPU
+runs fast."""
 
 from __future__ import annotations
 
@@ -34,16 +35,17 @@ class Conv(nn.Conv):
         super().__post_init__()
 
 
-class BatchNorm(nn.BatchNorm):
-    """`nn.BatchNorm`, then a ReLU if `relu`, whose training-mode statistics, normalisation
-    (with the ReLU) and backward pass can run in one native kernel, `train_fn(x, scale, bias,
-    epsilon, relu) -> (y, mean, biased var)` (e.g. oneDNN's). Same variables and, to float
-    rounding, the same numbers; any case the kernel does not cover (evaluation, init, masks,
-    cross-device statistics, not NHWC float32 or bfloat16, non-float32 parameters) takes the
-    plain path."""
+class NormAct(nn.BatchNorm):
+    """`nn.BatchNorm`, then the activation `act` (e.g. `nn.relu`; None: none). Its
+    training-mode statistics, normalisation (with a ReLU) and backward pass can run in one
+    native kernel, `train_fn(x, scale, bias, epsilon, relu) -> (y, mean, biased var)` (e.g.
+    oneDNN's); another activation follows the kernel. Same variables as `nn.BatchNorm` and,
+    to float rounding, the same numbers; any case the kernel does not cover (evaluation, init,
+    masks, cross-device statistics, not NHWC float32 or bfloat16, non-float32 parameters)
+    takes the plain path."""
 
     train_fn: Callable | None = None
-    relu: bool = False
+    act: Callable | None = None
 
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask=None):
@@ -63,37 +65,39 @@ class BatchNorm(nn.BatchNorm):
             or self.param_dtype != jnp.float32
             or not (self.use_scale and self.use_bias)
         ):
-            y = super().__call__(x, use_running_average, mask=mask)
-            return nn.relu(y) if self.relu else y
+            return self._activate(super().__call__(x, use_running_average, mask=mask))
         channels = x.shape[-1:]
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, channels, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, channels, jnp.float32)
         scale = self.param("scale", self.scale_init, channels, self.param_dtype)
         bias = self.param("bias", self.bias_init, channels, self.param_dtype)
-        y, mean, var = self.train_fn(x, scale, bias, self.epsilon, self.relu)
+        fused_relu = self.act is nn.relu
+        y, mean, var = self.train_fn(x, scale, bias, self.epsilon, fused_relu)
         mean, var = jax.lax.stop_gradient(mean), jax.lax.stop_gradient(var)
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
-        return y
+        return y if fused_relu else self._activate(y)
+
+    def _activate(self, y):
+        return y if self.act is None else self.act(y)
 
     def frozen(self, x):
         """This layer in inference mode whatever the mode it was built for: normalised with
-        its running statistics (then its ReLU), as timm's FrozenBatchNorm2d, for a frozen
-        layer that must compute the same function in training and evaluation."""
+        its running statistics (then its activation), as timm's FrozenBatchNorm2d, for a
+        frozen layer that must compute the same function in training and evaluation."""
         stats, params = self.variables["batch_stats"], self.variables["params"]
         y = (x - stats["mean"]) * jax.lax.rsqrt(stats["var"] + self.epsilon)
-        y = (y * params["scale"] + params["bias"]).astype(self.dtype or x.dtype)
-        return nn.relu(y) if self.relu else y
+        return self._activate((y * params["scale"] + params["bias"]).astype(self.dtype or x.dtype))
 
 
 def conv_and_norm(
     dtype: Any, bn_momentum: float, train: bool, kernels: Kernels = XLA
 ) -> tuple[Callable, Callable]:
-    """The unbiased convolution and the batch norm (epsilon 1e-5, as in PyTorch) that ResNet and
-    airbench build on, computing in `dtype` on the given kernels."""
+    """The unbiased convolution and the batch norm with its activation (epsilon 1e-5, as in
+    PyTorch) that ResNet and airbench build on, computing in `dtype` on the given kernels."""
     conv = functools.partial(Conv, use_bias=False, dtype=dtype,
                              conv_general_dilated=kernels.conv_general_dilated)  # fmt: skip
-    norm = functools.partial(BatchNorm, train_fn=kernels.batch_norm_train,
+    norm = functools.partial(NormAct, train_fn=kernels.batch_norm_train,
                              use_running_average=not train, momentum=bn_momentum, epsilon=1e-5,
                              dtype=dtype)  # fmt: skip
     return conv, norm

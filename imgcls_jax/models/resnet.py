@@ -31,7 +31,7 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         residual = x
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(x)
-        y = self.norm(relu=True)(y)
+        y = self.norm(act=nn.relu)(y)
         y = self.conv(self.filters, (3, 3))(y)
         y = self.norm(scale_init=nn.initializers.zeros_init())(y)
         if residual.shape != y.shape:
@@ -55,9 +55,9 @@ class BottleneckBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         residual = x
-        y = self.norm(relu=True)(self.conv(self.filters, (1, 1))(x))
+        y = self.norm(act=nn.relu)(self.conv(self.filters, (1, 1))(x))
         y = self.conv(self.filters, (3, 3), (self.strides, self.strides))(y)
-        y = self.norm(relu=True)(y)
+        y = self.norm(act=nn.relu)(y)
         y = self.conv(self.filters * 4, (1, 1))(y)
         y = self.norm(scale_init=nn.initializers.zeros_init())(y)
         if residual.shape != y.shape:
@@ -91,11 +91,11 @@ class ResNet(nn.Module):
         x = x.astype(self.dtype)
         if self.stem == "imagenet":
             x = conv(self.width, (7, 7), (2, 2), name="stem_conv")(x)
-            x = norm(name="stem_norm", relu=True)(x)
+            x = norm(name="stem_norm", act=nn.relu)(x)
             x = max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         else:
             x = conv(self.width, (3, 3), name="stem_conv")(x)
-            x = norm(name="stem_norm", relu=True)(x)
+            x = norm(name="stem_norm", act=nn.relu)(x)
         rates = iter(np.linspace(0.0, self.drop_path_rate, sum(self.stage_sizes)).tolist())
         for i, num_blocks in enumerate(self.stage_sizes):
             for j in range(num_blocks):
