@@ -103,8 +103,14 @@ def merge_pretrained(
 
 def frozen_mask(params: Any, pattern: str, linear_probe: bool) -> Any:
     """True for frozen parameters: paths matching the regex `pattern` (searched), or, for a
-    linear probe, everything outside the head."""
+    linear probe, everything outside the head. Raises when `pattern` matches no path."""
     regex = re.compile(pattern) if pattern else None
+    names = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    if regex and not any(regex.search(name) for name in names):
+        raise ValueError(
+            f"config.transfer.freeze={pattern!r} matches no parameter of this model; its paths "
+            f"look like {', '.join(repr(names[i]) for i in (0, len(names) // 2, -1))}."
+        )
 
     def frozen(path, _):
         name = path_name(path)

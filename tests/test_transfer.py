@@ -173,6 +173,14 @@ def test_layer_decay_scales_each_layers_update(dataset):
         np.testing.assert_allclose(step_decayed, 0.5**depth * step_plain, rtol=1e-4, atol=1e-7)
 
 
+def test_a_freeze_pattern_that_matches_no_parameter_is_an_error_showing_the_paths(dataset):
+    config = tiny_config(**{"model.width": WIDTH, "transfer.freeze": "BatchNorm_0"})
+    with pytest.raises(ValueError, match=r"freeze='BatchNorm_0' matches no parameter.*'stem_norm/"):
+        Trainer(config, dataset)
+    frozen = transfer.frozen_mask({"head": {"bias": 0}, "stem_conv": {"kernel": 0}}, "^stem", False)
+    assert frozen == {"head": {"bias": False}, "stem_conv": {"kernel": True}}
+
+
 def test_adapt_input_channels_preserves_the_convolution_of_gray_images():
     kernel = np.random.default_rng(0).normal(size=(3, 3, 3, 5)).astype(np.float32)
     gray = np.random.default_rng(1).normal(size=(1, 6, 6, 1)).astype(np.float32)
