@@ -202,8 +202,8 @@ def test_checkpoints_with_the_older_batch_norm_names_restore_renamed(tmp_path, d
     trainer = Trainer(config, dataset)
     state = jax.device_get(trainer.create_state())
     older = checkpoint.rename_modules(state, {"NormAct_": "BatchNorm_"})
-    names = str(jax.tree_util.tree_structure(state))
-    assert "'NormAct_0'" in names and "'BatchNorm_0'" in str(jax.tree_util.tree_structure(older))
+    assert "'NormAct_0'" in str(jax.tree.structure(state))
+    assert "'BatchNorm_0'" in str(jax.tree.structure(older))
     checkpointer = Checkpointer(str(tmp_path / "run"), 10)
     try:
         checkpointer.save(1, older, {})
