@@ -52,7 +52,8 @@ def rename_modules(tree: Any, renames: Mapping[str, str]) -> Any:
 
 def _as_saved(saved_paths: Iterable[str]) -> dict[str, str]:
     """The renames from current module names to the older ones that a checkpoint whose arrays
-    are at `saved_paths` (checksum keys, e.g. ".params['BatchNorm_0']['scale']") uses."""
+    are at `saved_paths` (checksum keys, e.g. ".params['BatchNorm_0']['scale']") uses. (Back
+    to the current ones is `RENAMED_MODULES` itself: no current name starts as an old one.)"""
     saved_paths = list(saved_paths)
     return {
         new: old
@@ -244,14 +245,12 @@ class Checkpointer:
         saved with older module names (`RENAMED_MODULES`) is read as saved, then renamed."""
         try:
             integrity = self.directory / str(step) / "integrity" / "metadata"
-            as_saved = _as_saved(json.loads(integrity.read_text())["checksums"])
+            saved = json.loads(integrity.read_text())["checksums"]
             args = ocp.args.Composite(
-                state=ocp.args.StandardRestore(rename_modules(abstract_state, as_saved)),
+                state=ocp.args.StandardRestore(rename_modules(abstract_state, _as_saved(saved))),
                 progress=ocp.args.JsonRestore(),
-                integrity=ocp.args.JsonRestore(),
             )
             restored = self.manager.restore(step, args=args)
-            saved = dict(restored["integrity"])["checksums"]
             progress = dict(restored["progress"])
         # Orbax and TensorStore report damaged files, metadata included, in many types (e.g.
         # KeyError for a field missing from an edited _METADATA); any of them makes the step
@@ -264,8 +263,7 @@ class Checkpointer:
             return f"content checksum mismatch in {', '.join(damaged) or 'the array list'}", None
         if nonfinite:
             return f"inf or NaN in {', '.join(nonfinite)}", None
-        current = {old: new for new, old in as_saved.items()}
-        return None, (rename_modules(restored["state"], current), progress)
+        return None, (rename_modules(restored["state"], RENAMED_MODULES), progress)
 
     def _quarantine(self, steps: list[int]) -> None:
         """Moves damaged steps out of the checkpoint directory (kept for inspection)."""
@@ -310,8 +308,7 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
     try:
         saved = json.loads((step_dir / "integrity" / "metadata").read_text())["checksums"]
-        as_saved = _as_saved(saved)
-        abstract_variables = rename_modules(abstract_variables, as_saved)
+        abstract_variables = rename_modules(abstract_variables, _as_saved(saved))
         restored = ocp.PyTreeCheckpointer().restore(
             (step_dir / "state").resolve(),
             args=ocp.args.PyTreeRestore(
@@ -330,4 +327,4 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     if damaged or nonfinite:
         raise CheckpointRestoreError(f"step {step} in {step_dir.parent} is damaged or not "
                                      f"finite in {', '.join(damaged + nonfinite)}")  # fmt: skip
-    return rename_modules(restored, {old: new for new, old in as_saved.items()})
+    return rename_modules(restored, RENAMED_MODULES)
