@@ -27,10 +27,11 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--prepare" ]]; then
   grep -qx '/.whl/' .git/info/exclude || echo '/.whl/' >>.git/info/exclude
   grep -qx '/.data/' .git/info/exclude || echo '/.data/' >>.git/info/exclude
+  pins=$(grep -iE '^(ml_collections|clu|grain|portpicker|array[-_]record|cloudpickle)==' constraints.txt)
+  # shellcheck disable=SC2086  # One argument per pin.
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-    -d .whl ml_collections==1.1.0 clu==0.0.12 grain==0.2.18 portpicker==1.6.0 \
-    array-record==0.8.6 cloudpickle==2.1.0
+    -d .whl $pins
   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
   python3 experiments/bench_input.py --save_photos=.data/photos.npz  # No scikit-image there.
   du -sh .whl .data
@@ -50,6 +51,17 @@ if [[ -d .data/fashion-mnist && ! -d /usr/share/datasets/fashion-mnist ]]; then
 fi
 nvidia-smi -L 2>/dev/null || echo "no nvidia-smi"
 python3 -c "import jax; print(jax.__version__, jax.devices())"
+# The machine's own JAX is used (jaxlib cannot be carried there): stop at once if the project
+# does not support it.
+python3 - <<'PY' || exit 1
+import re, sys
+import jax
+low, high = re.search(r'"jax>=([\d.]+),<([\d.]+)"', open("pyproject.toml").read()).groups()
+version = tuple(int(p) for p in jax.__version__.split(".")[:3])
+if not tuple(map(int, low.split("."))) <= version < tuple(map(int, high.split("."))):
+    sys.exit(f"gpu_check.sh: this machine's JAX {jax.__version__} is outside the project's "
+             f"range >={low},<{high} (pyproject.toml): install a JAX in that range.")
+PY
 
 if [[ -n "${GPU_CHECK_SMOKE:-}" ]]; then  # Tiny sizes: checks the plumbing on a CPU.
   GPU_ARGS=(--model=resnet8 --image_size=32 --batch_size=8 --steps=2 --warmup=1

@@ -12,6 +12,7 @@ in the process instead; the price is that the process keeps its peak heap until 
 from __future__ import annotations
 
 import ctypes
+import glob
 import importlib.util
 import os
 import pkgutil
@@ -20,6 +21,7 @@ import sys
 # mallopt(3) parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 _SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+_GOOGLE_PCI_VENDOR_ID = "0x1ae0"  # TPU chips.
 
 
 def reuse_freed_memory() -> bool:
@@ -36,13 +38,23 @@ def reuse_freed_memory() -> bool:
 
 def devices_are_cpus() -> bool:
     """Whether JAX will run on CPUs only, judged without starting it (the setting above must
-    come first): JAX_PLATFORMS names only cpu, or no GPU/TPU plugin (a `jax_plugins` module
-    such as CUDA's, or libtpu) is installed. Accelerator runs keep glibc's defaults: their
+    come first): JAX_PLATFORMS names only cpu, or no GPU plugin (a `jax_plugins` module such
+    as CUDA's) is installed and no TPU chip is attached (libtpu alone also serves the
+    compile-only devices of `imgcls_jax.aot`). Accelerator runs keep glibc's defaults: their
     step buffers live on the device, and the host serves the input pipeline."""
     platforms = [p for p in os.environ.get("JAX_PLATFORMS", "").lower().split(",") if p]
     if platforms:
         return platforms == ["cpu"]
-    if importlib.util.find_spec("libtpu") is not None:
+    if importlib.util.find_spec("libtpu") is not None and _tpu_chips_attached():
         return False
     spec = importlib.util.find_spec("jax_plugins")
     return spec is None or not any(pkgutil.iter_modules(spec.submodule_search_locations))
+
+
+def _tpu_chips_attached(pci_devices: str = "/sys/bus/pci/devices") -> bool:
+    """Whether a Google TPU chip is on the PCI bus (as `jax._src.hardware_utils` finds them)."""
+    for vendor in glob.glob(os.path.join(pci_devices, "*", "vendor")):
+        with open(vendor, encoding="ascii") as f:
+            if f.read().strip() == _GOOGLE_PCI_VENDOR_ID:
+                return True
+    return False

@@ -328,7 +328,7 @@ def train_step(
     # The whole new state, not only the loss and gradient: a huge but finite step can still
     # overflow the batch statistics or the optimizer's moments.
     finite = computed_once(
-        jnp.isfinite(objective) & jnp.isfinite(optax.global_norm(grads)) & all_finite(updated)
+        jnp.isfinite(objective) & jnp.isfinite(optax.tree.norm(grads)) & all_finite(updated)
     )
     updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     smoothed = parts.label_smoothing > 0

@@ -39,9 +39,11 @@ def _flip_byte_in_state(step_dir):
             continue
         for name in names:
             path = os.path.join(root, name)
-            data = bytearray(open(path, "rb").read())
-            data[len(data) // 2] ^= 0xFF
-            open(path, "wb").write(bytes(data))
+            with open(path, "r+b") as f:
+                data = bytearray(f.read())
+                data[len(data) // 2] ^= 0xFF
+                f.seek(0)
+                f.write(bytes(data))
 
 
 def test_checksum_changes_with_any_single_byte():

@@ -56,8 +56,9 @@ def _start(workdir, devices=8, *extra):
 def _finish(process):
     """Waits for the process; returns (exit code, its log)."""
     code = process.wait(TIMEOUT)
-    process.log.seek(0)
-    return code, process.log.read()
+    with process.log:
+        process.log.seek(0)
+        return code, process.log.read()
 
 
 def _run(workdir, devices=8):
@@ -264,7 +265,8 @@ def test_the_survivor_of_a_killed_peer_stops_with_one_line(tmp_path):
 
 def test_the_survivor_of_a_killed_coordinator_stops_within_30_s(tmp_path):
     """Process 0 hosts JAX's coordination service; when it dies, JAX's client ends the others
-    at once (with its own message and a stack dump, which no Python hook can replace)."""
+    at once (with its own message and a stack dump, which no Python hook can replace:
+    docs/fault_tolerance.md says what JAX lacks)."""
     workdir = tmp_path / "run"
     processes = _start_two_processes(workdir)
     _wait_until(lambda: len(_logged_steps(workdir)) >= 2, processes, "two logged steps")

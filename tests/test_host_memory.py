@@ -60,3 +60,25 @@ def test_only_runs_on_cpus_change_the_host_memory_setting(monkeypatch, tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     assert not host_memory.devices_are_cpus()
+
+
+def test_libtpu_without_a_tpu_chip_is_a_cpu_run(monkeypatch, tmp_path):
+    """libtpu installed for compile-only TPU devices: still a CPU run, unless a Google (TPU)
+    device sits on the PCI bus."""
+    import importlib.util
+
+    attached = host_memory._tpu_chips_attached
+    monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: object() if name == "libtpu" else None)  # fmt: skip
+    monkeypatch.setattr(host_memory, "_tpu_chips_attached", lambda: False)
+    assert host_memory.devices_are_cpus()
+    monkeypatch.setattr(host_memory, "_tpu_chips_attached", lambda: True)
+    assert not host_memory.devices_are_cpus()
+    for address, vendor in (("0000:00:04.0", "0x1af4"), ("0000:00:05.0", "0x8086")):
+        (tmp_path / address).mkdir()
+        (tmp_path / address / "vendor").write_text(vendor + "\n")
+    assert not attached(str(tmp_path))
+    (tmp_path / "0000:00:06.0").mkdir()
+    (tmp_path / "0000:00:06.0" / "vendor").write_text("0x1ae0\n")
+    assert attached(str(tmp_path))

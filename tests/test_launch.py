@@ -29,7 +29,7 @@ def _launch(workdir, *overrides, devices=2):
 def test_launch_trains_checkpoints_and_resumes(tmp_path):
     run = _launch(tmp_path)
     assert run.returncode == 0, why_failed(run)
-    results = json.load(open(tmp_path / "results.json"))
+    results = json.loads((tmp_path / "results.json").read_text())
     assert os.path.isdir(tmp_path / "checkpoints" / "6")
     assert os.path.isdir(tmp_path / "checkpoints" / str(results["best_step"]))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
@@ -45,7 +45,7 @@ def test_launch_trains_checkpoints_and_resumes(tmp_path):
     resumed = _launch(tmp_path, "--config.training.num_train_steps=8")
     assert resumed.returncode == 0, why_failed(resumed)
     assert "Resumed from step 6" in resumed.stderr
-    assert json.load(open(tmp_path / "results.json"))["step"] == 8
+    assert json.loads((tmp_path / "results.json").read_text())["step"] == 8
 
 
 def test_launch_rejects_misspelled_override(tmp_path):
@@ -111,7 +111,7 @@ def test_a_diverging_run_keeps_only_finite_checkpoints(tmp_path):
     resumed = _launch(tmp_path, *flags, devices=1)
     assert f"Resumed from step {saved[-1]} " in resumed.stderr
     if resumed.returncode == 0:
-        results = json.load(open(tmp_path / "results.json"))
+        results = json.loads((tmp_path / "results.json").read_text())
         assert all(np.isfinite(v) for k, v in results.items() if k.endswith("/loss"))
     else:
         assert "Non-finite loss, gradient" in resumed.stderr

@@ -66,7 +66,7 @@ def test_gradient_clipping():
     tx = optim.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(1.0))
     grads = jax.tree.map(lambda p: 100 * jnp.ones_like(p), PARAMS)
     updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
-    norm = optax.global_norm(updates)
+    norm = optax.tree.norm(updates)
     assert float(norm) == pytest.approx(1.0, rel=1e-5)
 
 

@@ -115,9 +115,11 @@ def test_eval_counts_every_example_once(dataset):
     metrics = trainer.evaluate(state, dataset.test, "test")
     assert metrics["test/num_examples"] == len(dataset.test) == 70
     # Accuracy equals a plain numpy computation over the unpadded logits.
-    logits = trainer.model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats},
-        (dataset.test.images.astype(np.float32) / 255 - 0.2860) / 0.3530,
+    logits = np.asarray(
+        trainer.model.apply(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            (dataset.test.images.astype(np.float32) / 255 - 0.2860) / 0.3530,
+        )
     )
     predicted, labels = np.argmax(logits, -1), dataset.test.labels
     assert metrics["test/accuracy"] == pytest.approx(np.mean(predicted == labels), abs=1e-6)
@@ -141,7 +143,7 @@ def test_end_to_end_learns_synthetic_task(tmp_path, dataset):
     assert results["test/num_examples"] == 70
     # The train and evaluation steps compile once each, for the first step after a log (fresh
     # metrics) as for the others, and for each evaluation's first batch as for the others.
-    compiled = json.load(open(tmp_path / "timing.json"))["compiled"]
+    compiled = json.loads((tmp_path / "timing.json").read_text())["compiled"]
     assert compiled["train_steps"]["compiles"] == compiled["eval_step"]["compiles"] == 1
 
 

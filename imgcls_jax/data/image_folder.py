@@ -30,6 +30,11 @@ class ImageFolderData:
     skipped: tuple[str, ...]
 
 
+def _has_subfolder(folder: str) -> bool:
+    with os.scandir(folder) as entries:
+        return any(e.is_dir() for e in entries)
+
+
 def infer_channels(paths: list[str], samples: int = 64) -> int:
     """3 when any of up to `samples` files spread over `paths` is in colour, else 1 (reads
     only the files' headers)."""
@@ -108,7 +113,7 @@ def split_folders(root: str, train: str, validation: str, test: str) -> dict[str
     every named one must exist, so that no folder is silently ignored.
     """
     train_dir = os.path.join(root, train)
-    if not (os.path.isdir(train_dir) and any(e.is_dir() for e in os.scandir(train_dir))):
+    if not (os.path.isdir(train_dir) and _has_subfolder(train_dir)):
         if test:
             raise ValueError(
                 f"dataset.test_split={test!r}, but {root!r} is one folder of classes with no "
