@@ -87,7 +87,11 @@ def main(argv):
     _quiet_library_info_logs()
     from imgcls_jax import host_memory, multihost
 
-    reuse = FLAGS.reuse_host_memory and host_memory.devices_are_cpus()
+    on_cpus = host_memory.devices_are_cpus()
+    if on_cpus and not os.environ.get("JAX_PLATFORMS"):
+        # No accelerator: JAX need not start libtpu (installed for imgcls_jax.aot) to find none.
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    reuse = FLAGS.reuse_host_memory and on_cpus
     if reuse and host_memory.reuse_freed_memory():  # Before JAX's threads.
         logging.info("Host memory: freed memory is kept for reuse (--reuse_host_memory).")
 

@@ -10,8 +10,8 @@ import subprocess
 from collections.abc import Sequence
 
 ARCHIVE = "/tmp/imgcls_jax.tar.gz"
-# The runtime images' system Python is older than this project needs (3.11+), so each worker
-# gets its own Python in a virtual environment from uv (github.com/astral-sh/uv).
+# The runtime images' system Python is older than this project's JAX needs (3.12), so each
+# worker gets its own Python in a virtual environment from uv (github.com/astral-sh/uv).
 PYTHON = "3.12"
 VENV = "imgcls_jax_venv"
 LOG = "imgcls_jax_train.log"  # On every worker, in the home directory; process 0's is streamed.

@@ -164,6 +164,13 @@ def base_config() -> ml_collections.ConfigDict:
     # "START:STOP" traces train steps START..STOP-1 with jax.profiler into workdir/tensorboard
     # (TensorBoard's profile tab); "" traces nothing.
     c.training.profile_steps = ""
+
+    c.mesh = ml_collections.ConfigDict()
+    # Devices in each group that splits the train state (parameters, optimizer state, EMA)
+    # between them (FSDP); 1: every device holds all of it (data parallelism). Must divide
+    # the device count.
+    c.mesh.fsdp = 1
+    c.mesh.fsdp_min_bytes = 1 << 20  # Smaller arrays stay replicated.
     return c
 
 
@@ -236,6 +243,8 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.dropout": (0, 0.99),
     "model.patch_size": (1, None),
     "training.grad_accum_steps": (1, None),
+    "mesh.fsdp": (1, None),
+    "mesh.fsdp_min_bytes": (0, None),
     "training.steps_per_dispatch": (0, None),
     "training.ema_decay": (0, 0.999999),
     "augment.grid_images": (0, None),

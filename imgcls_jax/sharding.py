@@ -1,28 +1,70 @@
-"""The device mesh and how arrays are laid out on it: batches sharded, the state replicated."""
+"""The device mesh and how arrays are laid out on it.
+
+The mesh has two axes: `data` and `fsdp` (config.mesh.fsdp devices in each group). Batches are
+split over both. Arrays of the train state (parameters, optimizer state, EMA, batch
+statistics) of at least config.mesh.fsdp_min_bytes are split over `fsdp` along their largest
+dimension that it divides (big_vision's "fsdp" rule); the rest is replicated. With fsdp=1 the
+run is plain data parallelism.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # Every data-like axis: the batch is split over all.
 
 
-def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D data-parallel mesh over all devices of all processes."""
+def make_mesh(devices: list | None = None, fsdp: int = 1) -> Mesh:
+    """A (data, fsdp) mesh over all devices of all processes; each fsdp group holds
+    consecutive devices (on one host where a host has that many)."""
     devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    if fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"config.mesh.fsdp={fsdp} must divide the {len(devices)} devices; use "
+                         f"one of {[d for d in range(1, len(devices) + 1) if len(devices) % d == 0]}.")  # fmt: skip
+    # In jax.devices() order, so that each process's devices hold consecutive batch rows
+    # (`process_slice`).
+    return Mesh(np.asarray(devices).reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split across the data axis."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    """Leading (batch) axis split across every device."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
     """The same full copy on every device."""
     return NamedSharding(mesh, PartitionSpec())
+
+
+def array_spec(shape: tuple[int, ...], nbytes: int, fsdp: int, min_bytes: int) -> PartitionSpec:
+    """Where one state array lives: its largest dimension divisible by `fsdp` split over the
+    fsdp axis when the array has at least `min_bytes`; else replicated."""
+    if fsdp == 1 or nbytes < min_bytes:
+        return PartitionSpec()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp == 0:
+            return PartitionSpec(*(FSDP_AXIS if d == dim else None for d in range(len(shape))))
+    return PartitionSpec()
+
+
+def state_shardings(abstract_state: Any, mesh: Mesh, min_bytes: int) -> Any:
+    """The sharding of every array of a train state (a pytree of shapes), by `array_spec`."""
+    fsdp = mesh.shape[FSDP_AXIS]
+
+    def place(leaf: Any) -> NamedSharding:
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return replicated(mesh)
+        nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        return NamedSharding(mesh, array_spec(leaf.shape, nbytes, fsdp, min_bytes))
+
+    return jax.tree.map(place, abstract_state)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, key: str, parts: int = 1) -> None:

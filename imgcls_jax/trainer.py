@@ -49,7 +49,7 @@ class Trainer:
     ):
         validation.validate(config)
         self.config = config
-        self.mesh = sharding.make_mesh(devices)
+        self.mesh = sharding.make_mesh(devices, config.mesh.fsdp)
         sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size",
                                   config.training.grad_accum_steps)  # fmt: skip
         sharding.check_batch_size(config.input.eval_batch_size, self.mesh, "input.eval_batch_size")
@@ -191,11 +191,16 @@ class Trainer:
         augment_fn = augment.build_augment_fn(self.config.augment.train)
         mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
         ema = self.config.training.ema_decay > 0
+        init_state = functools.partial(
+            steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape, ema=ema
+        )
+        # Where each array of the train state lives (sharding.state_shardings).
+        self.state_sharding = state = sharding.state_shardings(
+            jax.eval_shape(init_state, self.init_key), self.mesh, self.config.mesh.fsdp_min_bytes
+        )
         self.init_state = jax.jit(
-            functools.partial(
-                steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape, ema=ema
-            ),
-            out_shardings=replicated,
+            init_state,
+            out_shardings=state,
             compiler_options=compile_options.rarely_run(self.mesh.devices.flat[0].platform),
         )
         parts = steps.TrainStepParts(
@@ -217,16 +222,16 @@ class Trainer:
         )
         self.train_step = jax.jit(
             functools.partial(steps.train_step, parts=parts),
-            in_shardings=(replicated, batch, replicated),
-            out_shardings=(replicated, replicated),
+            in_shardings=(state, batch, replicated),
+            out_shardings=(state, replicated),
             donate_argnums=0,
         )
         # Several steps per call: a tuple of batches (its length fixes the program), metrics
         # merged on device into the ones passed in (`empty_train_metrics` to start).
         self.train_steps = jax.jit(
             functools.partial(steps.train_steps, parts=parts),
-            in_shardings=(replicated, replicated, batch, replicated),
-            out_shardings=(replicated, replicated),
+            in_shardings=(state, replicated, batch, replicated),
+            out_shardings=(state, replicated),
             donate_argnums=(0, 1),
         )
         logits_fn = functools.partial(
@@ -240,7 +245,7 @@ class Trainer:
             functools.partial(
                 steps.eval_step, logits_fn=logits_fn, metrics_cls=self.eval_metrics_cls
             ),
-            in_shardings=(replicated, batch, replicated),
+            in_shardings=(state, batch, replicated),
             out_shardings=replicated,
             donate_argnums=2,
         )
@@ -260,7 +265,7 @@ class Trainer:
         )
         self.replace_variables = jax.jit(
             functools.partial(steps.replace_variables, tx=self.tx, ema=ema),
-            out_shardings=replicated,
+            out_shardings=state,
         )
 
     def compile_eval_step_in_background(self) -> None:
@@ -275,9 +280,7 @@ class Trainer:
             "label": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=rows_sharding),
             "mask": jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=rows_sharding),
         }  # fmt: skip
-        replicated = sharding.replicated(self.mesh)
-        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                             self.abstract_state())  # fmt: skip
+        state = self.abstract_state()
 
         def compile_eval_step() -> None:
             try:
@@ -320,7 +323,11 @@ class Trainer:
         return self.replace_variables(merged)
 
     def abstract_state(self) -> Any:
-        return jax.eval_shape(self.init_state, self.init_key)
+        """The train state's shapes, dtypes and shardings: restore and compile targets."""
+        return jax.tree.map(
+            lambda x, place: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=place),
+            jax.eval_shape(self.init_state, self.init_key), self.state_sharding,
+        )  # fmt: skip
 
     def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
         """Metrics over every example of `split` exactly once, keyed `prefix/name`; with a

@@ -10,6 +10,8 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# CPU devices only, also where libtpu is installed (it still compiles for TPU topologies).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the session, inherited by launch.py subprocesses: the
 # many relaunches of one config (resume and fault tests) compile it once. Removed at the end.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:

@@ -227,3 +227,26 @@ def test_checkpoints_with_the_older_batch_norm_names_restore_renamed(tmp_path, d
     )
     pretrained, _ = convert.load_pretrained(str(tmp_path / "converted"))
     _assert_trees_equal(pretrained, {"params": state.params, "batch_stats": state.batch_stats})
+
+
+def test_restore_into_another_mesh_shape_is_identical(tmp_path, dataset):
+    """A state saved split over fsdp groups restores replicated, split otherwise, or on fewer
+    devices (the targets carry the new shardings), and back."""
+    layouts = {"split 4 of 8": (8, 4), "replicated on 8": (8, 1), "split 2 of 4": (4, 2)}
+    devices = jax.devices()
+    for name, (count, fsdp) in (("split 4 of 8", (8, 4)), ("replicated on 8", (8, 1))):
+        config = tiny_config(**CONFIG, **{"mesh.fsdp": fsdp, "mesh.fsdp_min_bytes": 0})
+        workdir = tmp_path / name.replace(" ", "_")
+        train_and_evaluate(config, str(workdir), dataset, devices=devices[:count])
+        saved, _ = _restore(workdir, config, dataset, devices[:count])
+        for other, (other_count, other_fsdp) in layouts.items():
+            if other == name:
+                continue
+            other_config = tiny_config(**CONFIG, **{"mesh.fsdp": other_fsdp,
+                                                    "mesh.fsdp_min_bytes": 0})  # fmt: skip
+            restored, _ = _restore(workdir, other_config, dataset, devices[:other_count])
+            kernel = jax.tree.leaves(restored.params)[0]
+            assert len(kernel.sharding.device_set) == other_count
+            wanted = Trainer(other_config, dataset, devices[:other_count]).state_sharding
+            assert kernel.sharding.spec == jax.tree.leaves(wanted.params)[0].spec
+            _assert_trees_equal(saved, restored)

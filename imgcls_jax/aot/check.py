@@ -181,7 +181,7 @@ def compile_programs(trainer: Any) -> tuple[Program, Program, Program]:
     devices = mesh.size
     key = jax.ShapeDtypeStruct(trainer.init_key.shape, trainer.init_key.dtype, sharding=replicated)
     init = _compile("init_state", trainer.init_state.lower(key), config, devices)
-    state = _abstract(trainer.abstract_state(), replicated)
+    state = trainer.abstract_state()
     image = (config.input.batch_size, *trainer.image_shape)
     batch = {"image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=rows),
              "label": jax.ShapeDtypeStruct(image[:1], jnp.int32, sharding=rows)}  # fmt: skip
