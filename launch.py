@@ -28,7 +28,10 @@ flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.DEFINE_string("tpu", None, "Cloud TPU VM name: print the gcloud commands for this job.")
 flags.DEFINE_string("tpu_zone", None, "Cloud TPU zone, e.g. us-central2-b.")
 flags.DEFINE_string("tpu_type", None, "Cloud TPU accelerator type, e.g. v4-32.")
-flags.DEFINE_string("tpu_version", "tpu-ubuntu2204-base", "Cloud TPU VM runtime version.")
+flags.DEFINE_string("tpu_version", "", "Cloud TPU VM runtime version; '' picks the "
+                    "generation's (v6e, v5p, v5litepod: v2-alpha-*; older: tpu-ubuntu2204-base).")  # fmt: skip
+flags.DEFINE_bool("tpu_queued", False, "Request the slice as a queued resource and wait until "
+                  "it is ACTIVE (how v5e, v5p, v6e and Spot capacity is usually obtained).")  # fmt: skip
 flags.DEFINE_string("tpu_project", "", "Google Cloud project (default: gcloud's).")
 flags.DEFINE_bool("tpu_spot", False, "Create the TPU VM as Spot (preemptible) capacity.")
 flags.DEFINE_bool("tpu_run", False, "Run the gcloud commands instead of only printing them.")
@@ -133,7 +136,7 @@ def _without_tpu_flags(args: list[str]) -> list[str]:
             skip_value = False
         elif arg.startswith(("--tpu", "--notpu")):
             name = arg.split("=")[0].lstrip("-").removeprefix("no")
-            skip_value = "=" not in arg and name not in ("tpu_spot", "tpu_run")
+            skip_value = "=" not in arg and name not in ("tpu_spot", "tpu_run", "tpu_queued")
         else:
             kept.append(arg)
     return kept
@@ -153,7 +156,7 @@ def launch_on_tpu() -> None:
     except ValueError as e:
         sys.exit(f"launch.py: {e}")
     vm = cloud_tpu.TpuVm(FLAGS.tpu, FLAGS.tpu_zone, FLAGS.tpu_type, FLAGS.tpu_version,
-                         FLAGS.tpu_project, FLAGS.tpu_spot)  # fmt: skip
+                         FLAGS.tpu_project, FLAGS.tpu_spot, FLAGS.tpu_queued)  # fmt: skip
     launch_args = _without_tpu_flags(sys.argv[1:])
     if not FLAGS.tpu_run:
         print("# Dry run: the commands of this job (add --tpu_run to run them).")

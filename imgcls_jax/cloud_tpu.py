@@ -15,6 +15,20 @@ ARCHIVE = "/tmp/imgcls_jax.tar.gz"
 PYTHON = "3.12"
 VENV = "imgcls_jax_venv"
 LOG = "imgcls_jax_train.log"  # On every worker, in the home directory; process 0's is streamed.
+# The runtime image each TPU generation boots, by accelerator-type prefix (Google's "TPU
+# software versions" page); v4 and older boot the base image.
+RUNTIME_VERSIONS = {
+    "v6e": "v2-alpha-tpuv6e",
+    "v5p": "v2-alpha-tpuv5",
+    "v5litepod": "v2-alpha-tpuv5-lite",
+}
+BASE_RUNTIME = "tpu-ubuntu2204-base"
+QUEUED_POLL_S = 60
+
+
+def runtime_version(accelerator_type: str) -> str:
+    """The runtime image for an accelerator type, e.g. v5litepod-16 -> v2-alpha-tpuv5-lite."""
+    return RUNTIME_VERSIONS.get(accelerator_type.rsplit("-", 1)[0], BASE_RUNTIME)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,10 +38,17 @@ class TpuVm:
     name: str
     zone: str
     accelerator_type: str  # e.g. v4-8 (one host) or v4-32 (four hosts).
-    runtime_version: str = "tpu-ubuntu2204-base"
+    runtime_version: str = ""  # "": the generation's own (`runtime_version`).
     project: str = ""
     spot: bool = False  # Cheaper, preemptible capacity; the job resumes after a relaunch.
+    # Ask for the capacity as a queued resource (how v5e, v5p, v6e and Spot slices are
+    # usually obtained): the request waits in line, and the job starts once it is ACTIVE.
+    queued: bool = False
     remote_dir: str = "imgcls_jax"
+
+    @property
+    def runtime(self) -> str:
+        return self.runtime_version or runtime_version(self.accelerator_type)
 
 
 def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
@@ -42,8 +63,22 @@ def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
     """
     tpu_vm = ["gcloud", "compute", "tpus", "tpu-vm"]
     where = [f"--zone={vm.zone}"] + ([f"--project={vm.project}"] if vm.project else [])
-    create = [*tpu_vm, "create", vm.name, *where, f"--accelerator-type={vm.accelerator_type}",
-              f"--version={vm.runtime_version}"] + (["--spot"] if vm.spot else [])  # fmt: skip
+    spot = ["--spot"] if vm.spot else []
+    if vm.queued:
+        queued = ["gcloud", "compute", "tpus", "queued-resources"]
+        describe = [*queued, "describe", vm.name, *where, "--format=value(state.state)"]
+        create = [
+            [*queued, "create", vm.name, f"--node-id={vm.name}", *where,
+             f"--accelerator-type={vm.accelerator_type}", f"--runtime-version={vm.runtime}",
+             *spot],
+            # Waits in line until the slice is ACTIVE (a FAILED or SUSPENDED request stops).
+            ["bash", "-c", f"until [ \"$({shlex.join(describe)})\" = ACTIVE ]; do "
+             f"case \"$({shlex.join(describe)})\" in FAILED|SUSPENDED) exit 1;; esac; "
+             f"sleep {QUEUED_POLL_S}; done"],
+        ]  # fmt: skip
+    else:
+        create = [[*tpu_vm, "create", vm.name, *where, f"--accelerator-type={vm.accelerator_type}",
+                   f"--version={vm.runtime}", *spot]]  # fmt: skip
     directory = shlex.quote(vm.remote_dir)
     uv = "~/.local/bin/uv"
     install = (
@@ -67,7 +102,7 @@ def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
     ssh = [*tpu_vm, "ssh", vm.name, *where]
     return [
         ["git", "archive", "--format=tar.gz", f"--output={ARCHIVE}", "HEAD"],
-        create,
+        *create,
         [*tpu_vm, "scp", ARCHIVE, f"{vm.name}:imgcls_jax.tar.gz", *where, "--worker=all"],
         [*ssh, "--worker=all", f"--command={install}"],
         [*ssh, "--worker=all", f"--command={train}"],
@@ -76,8 +111,12 @@ def commands(vm: TpuVm, launch_args: Sequence[str]) -> list[list[str]]:
 
 
 def delete_command(vm: TpuVm) -> list[str]:
-    """Deletes the TPU VM (billing stops); the gs:// workdir stays."""
+    """Deletes the TPU VM, or the queued resource with its VM (billing stops); the gs://
+    workdir stays."""
     where = [f"--zone={vm.zone}"] + ([f"--project={vm.project}"] if vm.project else [])
+    if vm.queued:
+        return ["gcloud", "compute", "tpus", "queued-resources", "delete", vm.name, *where,
+                "--force", "--quiet"]  # fmt: skip
     return ["gcloud", "compute", "tpus", "tpu-vm", "delete", vm.name, *where, "--quiet"]
 
 

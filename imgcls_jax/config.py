@@ -67,7 +67,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Stochastic depth (ResNets, ViT): the residual-branch drop rate rises linearly over the
     # blocks from 0 to this.
     c.model.drop_path_rate = 0.0
-    # ViT (vit_ti | vit_s | vit_b | vit_l): patch side, cls | gap pooling, learn | sincos2d
+    # ViT (vit_ti | vit_s | vit_b | vit_l | vit_h | vit_g): patch side, cls | gap pooling, learn | sincos2d
     # position embeddings, dropout after attention, MLP and embeddings.
     c.model.patch_size = 16
     c.model.pool = "cls"

@@ -117,3 +117,17 @@ def test_every_topology_generation_has_its_chip():
         assert chips.chip_for(kind).hbm_bytes >= 16 * chips.GIB
     with pytest.raises(ValueError, match="known: TPU v4"):
         chips.chip_for("TPU v9")
+
+
+def test_two_slices_and_a_sharded_state_hold_less_per_chip(v5e_report):
+    """Two slices of v5e:2x2 are 8 devices on 2 hosts; splitting the state over groups of 4
+    leaves each chip about a quarter of the replicated state's arguments."""
+    config = _small_config(**{"mesh.fsdp": 4, "mesh.fsdp_min_bytes": 0, "model.width": 8})
+    sharded = check.check(config, "v5e:2x2", num_slices=2)
+    replicated = check.check(_small_config(**{"model.width": 8}), "v5e:2x2", num_slices=2)
+    assert (sharded["devices"], sharded["hosts"], sharded["num_slices"]) == (8, 2, 2)
+    args = {r["name"]: r["argument_bytes"] for r in replicated["programs"]}
+    args_sharded = {r["name"]: r["argument_bytes"] for r in sharded["programs"]}
+    assert args_sharded["train_step"] < 0.5 * args["train_step"]
+    # Sharded parameters are gathered where they are used: all-gathers appear.
+    assert "all-gather" in sharded["programs"][1]["collectives"]

@@ -138,14 +138,16 @@ def test_max_pool_matches_flax_in_values_and_gradients(shape, window, strides, p
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    # timm's vit_{tiny,small,base,large}_patch16_224 with 1,000 classes.
+    # timm's vit_{tiny,small,base,large}_patch16_224 and vit_{huge,giant}_patch14_224 with
+    # 1,000 classes (timm 1.0.31).
     [("vit_ti", 5_717_416), ("vit_s", 22_050_664), ("vit_b", 86_567_656),
-     ("vit_l", 304_326_632)],
+     ("vit_l", 304_326_632), ("vit_h", 632_045_800), ("vit_g", 1_012_611_432)],
 )  # fmt: skip
 def test_vit_sizes_match_the_published_models(name, expected):
     from imgcls_jax.config import apply_overrides
 
-    config = apply_overrides(base_config().model, {"name": name, "patch_size": 16})
+    patch = 14 if name in ("vit_h", "vit_g") else 16
+    config = apply_overrides(base_config().model, {"name": name, "patch_size": patch})
     model = build_model(config, 1000)
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))
     assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected

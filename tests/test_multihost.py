@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -118,3 +119,56 @@ def test_tpu_launch_validates_the_config_before_printing_any_command():
                    "--config.model.name=resnet5O")  # fmt: skip
     assert run.returncode == 1 and run.stdout == "", run.stdout
     assert "resnet50" in run.stderr.strip().splitlines()[-1], run.stderr[-2000:]
+
+
+def test_each_tpu_generation_boots_its_own_runtime():
+    assert [cloud_tpu.runtime_version(t) for t in ("v6e-8", "v5p-16", "v5litepod-16", "v4-32",
+                                                    "v3-8")] == [
+        "v2-alpha-tpuv6e", "v2-alpha-tpuv5", "v2-alpha-tpuv5-lite", "tpu-ubuntu2204-base",
+        "tpu-ubuntu2204-base"]  # fmt: skip
+    vm = cloud_tpu.TpuVm("t", "z", "v5litepod-16", runtime_version="v2-alpha-tpuv5-lite-x")
+    assert vm.runtime == "v2-alpha-tpuv5-lite-x"  # An explicit version wins.
+
+
+def _gcloud_commands(*args):
+    run = _dry_run("--workdir=gs://bucket/run", "--tpu=my-tpu", "--tpu_zone=us-west4-a",
+                   "--tpu_project=lab", *args)  # fmt: skip
+    assert run.returncode == 0, why_failed(run)
+    lines = [shlex.split(line.removeprefix("# ")) for line in run.stdout.splitlines()]
+    return [line for line in lines if line[:1] == ["gcloud"]]
+
+
+def test_queued_capacity_is_requested_waited_for_and_deleted():
+    commands = _gcloud_commands("--tpu_type=v5litepod-16", "--tpu_queued", "--tpu_spot")
+    queued = ["gcloud", "compute", "tpus", "queued-resources"]
+    where = ["--zone=us-west4-a", "--project=lab"]
+    assert commands[0] == [*queued, "create", "my-tpu", "--node-id=my-tpu", *where,
+                           "--accelerator-type=v5litepod-16",
+                           "--runtime-version=v2-alpha-tpuv5-lite", "--spot"]  # fmt: skip
+    assert commands[-1] == [*queued, "delete", "my-tpu", *where, "--force", "--quiet"]
+    assert not any(c[3:5] == ["tpu-vm", "create"] for c in commands)
+
+
+@pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the gcloud client")
+@pytest.mark.parametrize("mode", [("--tpu_type=v4-32",), ("--tpu_type=v6e-16", "--tpu_spot"),
+                                  ("--tpu_type=v5p-16", "--tpu_queued")])  # fmt: skip
+def test_every_gcloud_command_parses_with_the_real_client(mode, tmp_path):
+    """Without credentials gcloud stops at the account (exit 1); a wrong argument would stop
+    it earlier, at parsing (exit 2)."""
+    env = {**os.environ, "CLOUDSDK_CONFIG": str(tmp_path)}  # No account, no project.
+    commands = _gcloud_commands(*mode)
+    wait = next((c for c in _dry_run_lines(mode) if c[:2] == ["bash", "-c"]), None)
+    if wait is not None:  # The queued resource's wait loop runs gcloud describe.
+        describe = shlex.split(wait[2].split('"$(')[1].split(')"')[0])
+        commands.append(describe)
+    assert len(commands) >= 5
+    for command in commands:
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 1, (command, run.stderr[-800:])
+        assert "active account" in run.stderr, (command, run.stderr[-800:])
+
+
+def _dry_run_lines(mode):
+    run = _dry_run("--workdir=gs://bucket/run", "--tpu=my-tpu", "--tpu_zone=us-west4-a",
+                   "--tpu_project=lab", *mode)  # fmt: skip
+    return [shlex.split(line) for line in run.stdout.splitlines() if not line.startswith("#")]

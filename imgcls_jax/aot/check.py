@@ -84,6 +84,9 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
     """Compile-only TPU devices of `topology` (e.g. "v5e:16x16"), `num_slices` slices of it.
     Needs libtpu (`pip install -e ".[tpu]"`); no TPU."""
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # Other JAX processes may run.
+    # Not a TPU VM: no metadata server to ask, no workers to find (quiets libtpu's errors).
+    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     from jax.experimental import topologies
 
     try:

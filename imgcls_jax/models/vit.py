@@ -19,6 +19,8 @@ VARIANTS = {
     "vit_s": (384, 12, 1536, 6),
     "vit_b": (768, 12, 3072, 12),
     "vit_l": (1024, 24, 4096, 16),
+    "vit_h": (1280, 32, 5120, 16),
+    "vit_g": (1408, 40, 6144, 16),  # ViT-g/14 of "Scaling Vision Transformers": 1.0B parameters.
 }
 POOLS = ("cls", "gap")
 POSEMBS = ("learn", "sincos2d")
