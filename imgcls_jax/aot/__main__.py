@@ -17,14 +17,22 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, optionally with :PRESET.",
-                                lock_config=True)  # fmt: skip
-flags.DEFINE_string("topology", None, "TPU topology GENERATION:SHAPE, e.g. v5e:16x16, v5p:4x4x8.")
-flags.DEFINE_integer("num_slices", 1, "Slices of the topology joined over the data-centre network.")
-flags.DEFINE_integer("num_classes", 0, "Classes, for a dataset not in aot.check.KNOWN_DATASETS.")
-flags.DEFINE_integer("train_examples", 0, "Train examples, likewise (sets the epoch's length).")
-flags.DEFINE_string("out", "", "Folder for report.json and report.md ('' writes nothing).")
-flags.mark_flags_as_required(["config", "topology"])
+
+
+def define_flags() -> None:
+    """The command's flags; defined when it runs, so that importing this module defines none
+    (other commands and scripts define --config and --out too)."""
+    config_flags.DEFINE_config_file("config", None, "Config file, optionally with :PRESET.",
+                                    lock_config=True)  # fmt: skip
+    flags.DEFINE_string("topology", None, "TPU topology GENERATION:SHAPE, e.g. v5e:16x16.")
+    flags.DEFINE_integer("num_slices", 1, "Slices of the topology joined over the data-centre "
+                         "network.")  # fmt: skip
+    flags.DEFINE_integer(
+        "num_classes", 0, "Classes, for a dataset not in aot.check.KNOWN_DATASETS."
+    )
+    flags.DEFINE_integer("train_examples", 0, "Train examples, likewise (sets the epoch's length).")
+    flags.DEFINE_string("out", "", "Folder for report.json and report.md ('' writes nothing).")
+    flags.mark_flags_as_required(["config", "topology"])
 
 
 def main(argv: list[str]) -> None:
@@ -50,4 +58,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
