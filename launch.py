@@ -92,8 +92,10 @@ def main(argv):
 
     on_cpus = host_memory.devices_are_cpus()
     if on_cpus and not os.environ.get("JAX_PLATFORMS"):
+        import jax
+
         # No accelerator: JAX need not start libtpu (installed for imgcls_jax.aot) to find none.
-        os.environ["JAX_PLATFORMS"] = "cpu"
+        jax.config.update("jax_platforms", "cpu")
     reuse = FLAGS.reuse_host_memory and on_cpus
     if reuse and host_memory.reuse_freed_memory():  # Before JAX's threads.
         logging.info("Host memory: freed memory is kept for reuse (--reuse_host_memory).")

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.skipif(
 
 
 def _launch(workdir, *overrides, devices=2):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    """launch.py as a user's shell starts it: JAX_PLATFORMS unset (launch.py picks the CPU
+    itself where no accelerator is attached, even with libtpu installed)."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return subprocess.run(
         [sys.executable, "launch.py", "--config=configs/resnet.py:tiny", f"--workdir={workdir}",
          *overrides],
@@ -29,6 +32,7 @@ def _launch(workdir, *overrides, devices=2):
 def test_launch_trains_checkpoints_and_resumes(tmp_path):
     run = _launch(tmp_path)
     assert run.returncode == 0, why_failed(run)
+    assert "backend 'tpu'" not in run.stderr  # libtpu (if installed) was not started.
     results = json.loads((tmp_path / "results.json").read_text())
     assert os.path.isdir(tmp_path / "checkpoints" / "6")
     assert os.path.isdir(tmp_path / "checkpoints" / str(results["best_step"]))
