@@ -273,13 +273,7 @@ class Trainer:
         its first call reuses the program (the first evaluation waits for the thread rather
         than compiling again). Done by the loop where the devices are not CPUs, whose cores
         the training steps already use."""
-        rows, rows_sharding = self.config.input.eval_batch_size, sharding.batch_sharding(self.mesh)
-        batch = {
-            "image": jax.ShapeDtypeStruct((rows, *self.image_shape), jnp.uint8,
-                                          sharding=rows_sharding),
-            "label": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=rows_sharding),
-            "mask": jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=rows_sharding),
-        }  # fmt: skip
+        batch = self.abstract_batch(self.config.input.eval_batch_size, mask=True)
         state = self.abstract_state()
 
         def compile_eval_step() -> None:
@@ -321,6 +315,16 @@ class Trainer:
         )
         logging.info("Loaded %s.", self.config.transfer.checkpoint)
         return self.replace_variables(merged)
+
+    def abstract_batch(self, rows: int, mask: bool) -> dict[str, jax.ShapeDtypeStruct]:
+        """The shapes, dtypes and shardings of a batch of `rows` images as the steps take it
+        (evaluation batches carry a padding `mask`)."""
+        placed = sharding.batch_sharding(self.mesh)
+        batch = {"image": jax.ShapeDtypeStruct((rows, *self.image_shape), jnp.uint8, sharding=placed),
+                 "label": jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=placed)}  # fmt: skip
+        if mask:
+            batch["mask"] = jax.ShapeDtypeStruct((rows,), jnp.bool_, sharding=placed)
+        return batch
 
     def abstract_state(self) -> Any:
         """The train state's shapes, dtypes and shardings: restore and compile targets."""

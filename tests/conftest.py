@@ -84,3 +84,16 @@ def tiny_config(**overrides):
 @pytest.fixture
 def dataset():
     return synthetic_dataset()
+
+
+def train_steps(trainer, count):
+    """`count` train steps from a fresh state, batches as the loop reads them: (state, losses)."""
+    from imgcls_jax import input_pipeline
+
+    state = trainer.create_state()
+    losses = []
+    for step in range(count):
+        batch = input_pipeline.train_batch(trainer.dataset.train, trainer.order, step, trainer.mesh)
+        state, metrics = trainer.train_step(state, batch, trainer.train_key)
+        losses.append(float(metrics.compute()["loss"]))
+    return state, losses

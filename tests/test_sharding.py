@@ -3,10 +3,10 @@
 import jax
 import numpy as np
 import pytest
-from conftest import synthetic_dataset, tiny_config
+from conftest import synthetic_dataset, tiny_config, train_steps
 from jax.sharding import PartitionSpec
 
-from imgcls_jax import input_pipeline, sharding
+from imgcls_jax import sharding
 from imgcls_jax.trainer import Trainer
 
 P = PartitionSpec
@@ -36,12 +36,7 @@ def _train(fsdp: int, steps: int) -> tuple[list[float], Trainer, object]:
         "model.width": 8,
     })  # fmt: skip
     trainer = Trainer(config, synthetic_dataset(num_train=256))
-    state = trainer.create_state()
-    losses = []
-    for step in range(steps):
-        batch = input_pipeline.train_batch(trainer.dataset.train, trainer.order, step, trainer.mesh)
-        state, metrics = trainer.train_step(state, batch, trainer.train_key)
-        losses.append(float(metrics.compute()["loss"]))
+    state, losses = train_steps(trainer, steps)
     return losses, trainer, state
 
 

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import synthetic_dataset, tiny_config
+from conftest import synthetic_dataset, tiny_config, train_steps
 
 from imgcls_jax import data, reporting
 from imgcls_jax.config import apply_overrides
@@ -356,18 +356,6 @@ def test_bad_profile_steps_are_refused_with_the_format(spec):
         validation.validate(tiny_config(**{"training.profile_steps": spec}))
 
 
-def _steps(trainer, count):
-    from imgcls_jax import input_pipeline
-
-    state = trainer.create_state()
-    losses = []
-    for step in range(count):
-        batch = input_pipeline.train_batch(trainer.dataset.train, trainer.order, step, trainer.mesh)
-        state, metrics = trainer.train_step(state, batch, trainer.train_key)
-        losses.append(float(metrics.compute()["loss"]))
-    return state, losses
-
-
 def test_gradient_accumulation_equals_the_whole_batch_without_batch_norm(dataset, monkeypatch):
     """A ViT has no batch statistics: 4 micro-batches of 8 give the update of 32 at once."""
     from imgcls_jax.models import vit
@@ -376,8 +364,8 @@ def test_gradient_accumulation_equals_the_whole_batch_without_batch_norm(dataset
     monkeypatch.setitem(vit.VARIANTS, "vit_ti", (32, 2, 64, 2))
     overrides = {"model.name": "vit_ti", "model.patch_size": 4, "input.batch_size": 32,
                  "optimizer.weight_decay": 1e-4, "augment.train": "random_crop(1)|flip_lr"}  # fmt: skip
-    whole, whole_losses = _steps(Trainer(tiny_config(**overrides), dataset), 3)
-    parts, parts_losses = _steps(
+    whole, whole_losses = train_steps(Trainer(tiny_config(**overrides), dataset), 3)
+    parts, parts_losses = train_steps(
         Trainer(tiny_config(**overrides, **{"training.grad_accum_steps": 4}), dataset), 3
     )
     np.testing.assert_allclose(parts_losses, whole_losses, rtol=1e-5)
@@ -389,8 +377,8 @@ def test_gradient_accumulation_equals_the_whole_batch_without_batch_norm(dataset
 def test_gradient_accumulation_with_batch_norm_updates_the_statistics_per_micro_batch(dataset):
     overrides = {"input.batch_size": 32, "training.grad_accum_steps": 2}
     trainer = Trainer(tiny_config(**overrides), dataset)
-    state, losses = _steps(trainer, 2)
-    whole, _ = _steps(Trainer(tiny_config(**{"input.batch_size": 32}), dataset), 2)
+    state, losses = train_steps(trainer, 2)
+    whole, _ = train_steps(Trainer(tiny_config(**{"input.batch_size": 32}), dataset), 2)
     assert np.all(np.isfinite(losses))
     stats = jax.device_get(state.batch_stats["stem_norm"]["mean"])
     assert not np.allclose(stats, jax.device_get(whole.batch_stats["stem_norm"]["mean"]))

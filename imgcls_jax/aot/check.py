@@ -12,7 +12,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -180,14 +179,12 @@ def compile_programs(trainer: Any) -> tuple[Program, Program, Program]:
     """Compiles the trainer's state initialisation, train step (as many steps per call as the
     run dispatches) and eval step for its devices; returns them in that order."""
     mesh, config = trainer.mesh, trainer.config
-    replicated, rows = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    replicated = sharding.replicated(mesh)
     devices = mesh.size
     key = jax.ShapeDtypeStruct(trainer.init_key.shape, trainer.init_key.dtype, sharding=replicated)
     init = _compile("init_state", trainer.init_state.lower(key), config, devices)
     state = trainer.abstract_state()
-    image = (config.input.batch_size, *trainer.image_shape)
-    batch = {"image": jax.ShapeDtypeStruct(image, jnp.uint8, sharding=rows),
-             "label": jax.ShapeDtypeStruct(image[:1], jnp.int32, sharding=rows)}  # fmt: skip
+    batch = trainer.abstract_batch(config.input.batch_size, mask=False)
     if trainer.steps_per_dispatch > 1:
         metrics = _abstract(jax.eval_shape(trainer.empty_train_metrics), replicated)
         batches = (batch,) * trainer.steps_per_dispatch
@@ -195,12 +192,7 @@ def compile_programs(trainer: Any) -> tuple[Program, Program, Program]:
     else:
         lowered = trainer.train_step.lower(state, batch, key)
     train = _compile("train_step", lowered, config, devices)
-    rows_eval = config.input.eval_batch_size
-    eval_batch = {
-        "image": jax.ShapeDtypeStruct((rows_eval, *trainer.image_shape), jnp.uint8, sharding=rows),
-        "label": jax.ShapeDtypeStruct((rows_eval,), jnp.int32, sharding=rows),
-        "mask": jax.ShapeDtypeStruct((rows_eval,), jnp.bool_, sharding=rows),
-    }
+    eval_batch = trainer.abstract_batch(config.input.eval_batch_size, mask=True)
     metrics = _abstract(jax.eval_shape(trainer.empty_eval_metrics), replicated)
     evaluate = _compile("eval_step", trainer.eval_step.lower(state, eval_batch, metrics), config,
                         devices)  # fmt: skip

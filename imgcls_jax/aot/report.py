@@ -45,7 +45,7 @@ def render(report: dict[str, Any]) -> str:
         f"compute {estimate['compute_s'] * 1e3:.1f} ms at peak, HBM traffic "
         f"{estimate['hbm_s'] * 1e3:.1f} ms, collectives {estimate['collectives_s'] * 1e3:.1f} ms "
         f"-> {estimate['step_s'] * 1e3:.1f} ms per step, {estimate['images_per_s']:,.0f} images/s, "
-        f"{estimate['epoch_s'] / 60:.1f} min per epoch of {report['train_examples']:,} images.",
+        f"{estimate['epoch_s']:,.0f} s per epoch of {report['train_examples']:,} images.",
     ]
     return "\n".join(lines)
 
