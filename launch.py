@@ -63,25 +63,6 @@ def _quiet_library_info_logs() -> None:
         handler.addFilter(keep)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """Parses flags; a misspelled --config.KEY override, a value of the wrong type or an
-    unknown :PRESET exits with one line, not a traceback."""
-    try:
-        remaining = FLAGS(argv)
-    except (AttributeError, KeyError) as e:  # Raised by ml_collections for unknown keys.
-        message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        sys.exit(f"launch.py: bad config override: {message}")
-    except flags.Error as e:  # A value that does not parse, e.g. --config.input.batch_size=abc.
-        lines = [line for line in str(e).splitlines() if line.strip()]
-        # An error raised inside the config file (e.g. an unknown :PRESET) comes with its
-        # traceback as text; its last line says what is wrong.
-        sys.exit(f"launch.py: {lines[-1] if 'Traceback' in str(e) else lines[0]}")
-    config_file = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
-    if not os.path.isfile(config_file):
-        sys.exit(f"launch.py: --config: no such file {config_file!r} (e.g. configs/resnet.py).")
-    return remaining
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -167,4 +148,6 @@ def launch_on_tpu() -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    from imgcls_jax.config import flags_parser
+
+    app.run(main, flags_parser=flags_parser("launch.py"))

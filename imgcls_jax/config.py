@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -347,3 +349,29 @@ def check_rules(config: ml_collections.ConfigDict) -> None:
                 "config.dataset.validation_size=0 with no config.dataset.test_split leaves "
                 "nothing to evaluate: hold out a validation split or name a test split."
             )
+
+
+def flags_parser(command: str) -> Callable[[list[str]], list[str]]:
+    """absl's flag parsing for a command with a --config flag (`app.run(main, flags_parser=)`):
+    a misspelled --config.KEY override, a value of the wrong type, an unknown :PRESET or a
+    missing config file exits with one line that starts with `command`, not a traceback."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            remaining = flags.FLAGS(argv)
+        except (AttributeError, KeyError) as e:  # Raised by ml_collections for unknown keys.
+            message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+            sys.exit(f"{command}: bad config override: {message}")
+        except flags.Error as e:  # A value that does not parse, e.g. --config.seed=abc.
+            lines = [line for line in str(e).splitlines() if line.strip()]
+            # An error raised inside the config file (e.g. an unknown :PRESET) comes with its
+            # traceback as text; its last line says what is wrong.
+            sys.exit(f"{command}: {lines[-1] if 'Traceback' in str(e) else lines[0]}")
+        config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":", 1)[0]
+        if not os.path.isfile(config_file):
+            sys.exit(f"{command}: --config: no such file {config_file!r} (e.g. configs/resnet.py).")
+        return remaining
+
+    return parse

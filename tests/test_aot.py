@@ -87,6 +87,12 @@ def test_command_writes_the_report_and_a_bad_topology_is_one_line(tmp_path):
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1].startswith("imgcls_jax.aot: --topology='v5e:3x7'")
+    command[4] = "--config.mesh.fsdb=2"  # A misspelt override: one line naming the key.
+    run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
+    assert run.stderr.startswith(
+        "imgcls_jax.aot: bad config override: 'fsdb' Did you mean \"fsdp\""
+    )
 
 
 HLO = """

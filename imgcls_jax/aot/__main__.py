@@ -58,5 +58,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from imgcls_jax.config import flags_parser
+
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=flags_parser("imgcls_jax.aot"))
