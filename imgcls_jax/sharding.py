@@ -1,7 +1,9 @@
 """The device mesh and how arrays are laid out on it.
 
-The mesh has two axes: `data` and `fsdp` (config.mesh.fsdp devices in each group). Batches are
-split over both. Arrays of the train state (parameters, optimizer state, EMA, batch
+The mesh has three axes: `slice` (TPU slices of a multislice job, joined over the data-centre
+network; 1 elsewhere), `data` and `fsdp` (config.mesh.fsdp devices in each group, within a
+slice). Batches are split over all three; the only traffic between slices is the data-parallel
+gradient reduction. Arrays of the train state (parameters, optimizer state, EMA, batch
 statistics) of at least config.mesh.fsdp_min_bytes are split over `fsdp` along their largest
 dimension that it divides (big_vision's "fsdp" rule); the rest is replicated. With fsdp=1 the
 run is plain data parallelism.
@@ -16,21 +18,30 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+SLICE_AXIS = "slice"
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
-BATCH_AXES = (DATA_AXIS, FSDP_AXIS)  # Every data-like axis: the batch is split over all.
+# Every data-like axis: the batch is split over all.
+BATCH_AXES = (SLICE_AXIS, DATA_AXIS, FSDP_AXIS)
 
 
 def make_mesh(devices: list | None = None, fsdp: int = 1) -> Mesh:
-    """A (data, fsdp) mesh over all devices of all processes; each fsdp group holds
-    consecutive devices (on one host where a host has that many)."""
+    """A (slice, data, fsdp) mesh over all devices of all processes: one row of `slice` per
+    TPU slice (devices' `slice_index`), each fsdp group consecutive devices of one slice (on
+    one host where a host has that many)."""
     devices = jax.devices() if devices is None else devices
-    if fsdp < 1 or len(devices) % fsdp:
-        raise ValueError(f"config.mesh.fsdp={fsdp} must divide the {len(devices)} devices; use "
-                         f"one of {[d for d in range(1, len(devices) + 1) if len(devices) % d == 0]}.")  # fmt: skip
-    # In jax.devices() order, so that each process's devices hold consecutive batch rows
-    # (`process_slice`).
-    return Mesh(np.asarray(devices).reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS))
+    devices = sorted(devices, key=lambda d: getattr(d, "slice_index", 0))  # Stable.
+    num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    per_slice = len(devices) // num_slices
+    if num_slices * per_slice != len(devices):
+        raise ValueError(f"The {len(devices)} devices are not {num_slices} equal slices.")
+    if fsdp < 1 or per_slice % fsdp:
+        raise ValueError(f"config.mesh.fsdp={fsdp} must divide the {per_slice} devices of a "
+                         f"slice; use one of {[d for d in range(1, per_slice + 1) if per_slice % d == 0]}.")  # fmt: skip
+    # In jax.devices() order within a slice (a process's devices lie in one slice), so that
+    # each process's devices hold consecutive batch rows (`process_slice`).
+    grid = np.asarray(devices).reshape(num_slices, -1, fsdp)
+    return Mesh(grid, (SLICE_AXIS, DATA_AXIS, FSDP_AXIS))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

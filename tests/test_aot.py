@@ -132,6 +132,10 @@ def test_two_slices_and_a_sharded_state_hold_less_per_chip(v5e_report):
     sharded = check.check(config, "v5e:2x2", num_slices=2)
     replicated = check.check(_small_config(**{"model.width": 8}), "v5e:2x2", num_slices=2)
     assert (sharded["devices"], sharded["hosts"], sharded["num_slices"]) == (8, 2, 2)
+    # One mesh row per slice; the state is split within a slice, never across the slower
+    # network between slices.
+    assert sharded["mesh"] == {"slice": 2, "data": 1, "fsdp": 4}
+    assert replicated["mesh"] == {"slice": 2, "data": 4, "fsdp": 1}
     args = {r["name"]: r["argument_bytes"] for r in replicated["programs"]}
     args_sharded = {r["name"]: r["argument_bytes"] for r in sharded["programs"]}
     assert args_sharded["train_step"] < 0.5 * args["train_step"]

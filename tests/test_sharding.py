@@ -24,7 +24,8 @@ def test_the_largest_divisible_dimension_of_a_large_enough_array_is_split():
 
 def test_fsdp_must_divide_the_devices():
     with pytest.raises(
-        ValueError, match=r"config.mesh.fsdp=3 must divide the 8 devices; use one of \[1, 2, 4, 8\]"
+        ValueError,
+        match=r"config.mesh.fsdp=3 must divide the 8 devices of a slice; use one of \[1, 2, 4, 8\]",
     ):
         sharding.make_mesh(fsdp=3)
 
@@ -51,7 +52,7 @@ def test_sharded_state_trains_the_same_function_as_data_parallel():
     assert kernel.addressable_shards[0].data.shape == (3, 3, 2, 8)
     kernels = [x for x in jax.tree.leaves((sharded.params, sharded.opt_state)) if x.ndim == 4]
     assert len(kernels) >= 3 * 6 and all("fsdp" in x.sharding.spec for x in kernels)
-    assert trainer.mesh.shape == {"data": 2, "fsdp": 4}
+    assert trainer.mesh.shape == {"slice": 1, "data": 2, "fsdp": 4}
     np.testing.assert_allclose(sharded_losses, replicated_losses, rtol=1e-4)
     # Summation order differs; AdamW's normalised updates carry it to ~1e-4 in 50 steps.
     for a, b in zip(

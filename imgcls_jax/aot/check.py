@@ -201,10 +201,11 @@ def compile_programs(trainer: Any) -> tuple[Program, Program, Program]:
 
 def build_trainer(config: ml_collections.ConfigDict, shape: DatasetShape, devices: list) -> Any:
     """The run's Trainer on `devices`, over a shape-only dataset; the train split stays on the
-    host (compile-only devices have no memory to place it in)."""
+    host (compile-only devices have no memory to place it in). Pretrained weights are not
+    read: they are values of the state, which the programs take as arguments either way."""
     from imgcls_jax.trainer import Trainer
 
-    config = apply_overrides(config, {"input.device_resident": "off"})
+    config = apply_overrides(config, {"input.device_resident": "off", "transfer.checkpoint": ""})
     return Trainer(config, shape_only_dataset(shape), devices=devices)
 
 
@@ -247,6 +248,7 @@ def check(
         "chip": dataclasses.asdict(chip),
         "devices": len(devices),
         "hosts": len({d.process_index for d in devices}),
+        "mesh": dict(trainer.mesh.shape),
         "model": config.model.name,
         "dtype": trainer.dtype,
         "image": list(trainer.image_shape),

@@ -21,7 +21,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['topology']}"
         + (f" x {report['num_slices']} slices" if report["num_slices"] > 1 else ""),  # fmt: skip
         "",
-        f"{report['devices']} devices ({chip['name']}), {report['hosts']} hosts; global batch "
+        f"{report['devices']} devices ({chip['name']}), {report['hosts']} hosts, mesh "
+        f"{' x '.join(f'{axis} {size}' for axis, size in report['mesh'].items())}; global batch "
         f"{report['global_batch']}, {report['per_device_batch']} per device, "
         f"{report['grad_accum_steps']} micro-batch(es), {report['steps_per_dispatch']} step(s) "
         f"per call; {_gib(chip['hbm_bytes'])} GiB HBM per chip ({chip['source']}).",
