@@ -1,7 +1,9 @@
 """Entry point: `python launch.py --config=configs/resnet.py[:PRESET] --workdir=DIR [--config.X=V]`.
 
 With `--tpu=NAME --tpu_zone=Z --tpu_type=T` it prints (with `--tpu_run`, also runs) the gcloud
-commands that start the same training on every worker of a Cloud TPU VM instead.
+commands that start the same training on every worker of a Cloud TPU VM instead; with
+`--k8s=NAME --k8s_image=IMAGE` and `--k8s_tpu=v5e:16x16` or `--k8s_gpus=8 --k8s_nodes=4` it
+writes the Kubernetes manifests (a JobSet, or an Indexed Job and a headless Service).
 """
 
 import logging as std_logging
@@ -35,6 +37,15 @@ flags.DEFINE_bool("tpu_queued", False, "Request the slice as a queued resource a
 flags.DEFINE_string("tpu_project", "", "Google Cloud project (default: gcloud's).")
 flags.DEFINE_bool("tpu_spot", False, "Create the TPU VM as Spot (preemptible) capacity.")
 flags.DEFINE_bool("tpu_run", False, "Run the gcloud commands instead of only printing them.")
+flags.DEFINE_string("k8s", None, "Kubernetes job name: write the manifests that run this job on "
+                    "a GKE TPU slice (--k8s_tpu) or on GPU nodes (--k8s_gpus) instead.")  # fmt: skip
+flags.DEFINE_string("k8s_image", None, "Container image with this project installed "
+                    "(docs/scale_out.md shows how to build it).")  # fmt: skip
+flags.DEFINE_string("k8s_tpu", None, "GKE TPU slice topology, e.g. v5e:16x16: a JobSet.")
+flags.DEFINE_integer("k8s_slices", 1, "TPU slices of --k8s_tpu (multislice).")
+flags.DEFINE_integer("k8s_gpus", None, "GPUs per node: an Indexed Job and a headless Service.")
+flags.DEFINE_integer("k8s_nodes", 1, "GPU nodes (one process each).")
+flags.DEFINE_string("k8s_out", "", "Write the manifests to this file ('' prints them).")
 flags.DEFINE_bool(
     "reuse_host_memory", True,
     "glibc: keep freed host memory in the process, so XLA:CPU's step buffers are not "
@@ -45,6 +56,9 @@ flags.DEFINE_string(
     "JAX's persistent compilation cache: a relaunch (resume, sweep, new seed) loads the "
     "compiled steps instead of compiling again. '' disables it; JAX_COMPILATION_CACHE_DIR wins.",
 )  # fmt: skip
+flags.DEFINE_bool("fit_check", False, "Before training, compile the run's programs and check "
+                  "them against the devices' memory (python -m imgcls_jax.aot does it without "
+                  "the devices); a run that does not fit stops in one line.")  # fmt: skip
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config, data or workdir error.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -68,8 +82,11 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.tpu:
         return launch_on_tpu()
+    if FLAGS.k8s:
+        return write_kubernetes_manifests()
     _quiet_library_info_logs()
-    from imgcls_jax import host_memory, multihost
+    from imgcls_jax import host_memory
+    from imgcls_jax.clusters import multihost
 
     on_cpus = host_memory.devices_are_cpus()
     if on_cpus and not os.environ.get("JAX_PLATFORMS"):
@@ -81,15 +98,18 @@ def main(argv):
     if reuse and host_memory.reuse_freed_memory():  # Before JAX's threads.
         logging.info("Host memory: freed memory is kept for reuse (--reuse_host_memory).")
 
-    multihost.initialize(
-        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
-    )
+    try:
+        multihost.initialize(
+            FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+        )
+    except ValueError as e:  # A job JAX cannot join, or contradicting flags.
+        sys.exit(f"launch.py: {e}")
     _use_compilation_cache(FLAGS.compilation_cache)
     from imgcls_jax.train import train_and_evaluate
 
     logging.info("Config:\n%s", FLAGS.config)
     try:
-        results = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        results = train_and_evaluate(FLAGS.config, FLAGS.workdir, fit_check=FLAGS.fit_check)
     except USER_ERRORS as e:
         if FLAGS.traceback:
             raise
@@ -111,23 +131,63 @@ def _use_compilation_cache(directory: str) -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def _without_tpu_flags(args: list[str]) -> list[str]:
-    """The command line minus the --tpu* flags (also "--tpu NAME" given as two words)."""
+def _without_flags(args: list[str], prefix: str, booleans: tuple[str, ...] = ()) -> list[str]:
+    """The command line minus the flags named PREFIX* (also "--PREFIX NAME" as two words);
+    `booleans` take no value."""
     kept, skip_value = [], False
     for arg in args:
         if skip_value:
             skip_value = False
-        elif arg.startswith(("--tpu", "--notpu")):
+        elif arg.startswith((f"--{prefix}", f"--no{prefix}")):
             name = arg.split("=")[0].lstrip("-").removeprefix("no")
-            skip_value = "=" not in arg and name not in ("tpu_spot", "tpu_run", "tpu_queued")
+            skip_value = "=" not in arg and name not in booleans
         else:
             kept.append(arg)
     return kept
 
 
+def write_kubernetes_manifests() -> None:
+    """Prints (or writes to --k8s_out) the manifests that run this job on Kubernetes."""
+    import yaml
+
+    from imgcls_jax import validation
+    from imgcls_jax.clusters import cloud_tpu, kubernetes_manifests, kubernetes_schema
+
+    if not FLAGS.k8s_image or (FLAGS.k8s_tpu is None) == (FLAGS.k8s_gpus is None):
+        raise app.UsageError("--k8s needs --k8s_image and one of --k8s_tpu or --k8s_gpus.")
+    args = _without_flags(sys.argv[1:], "k8s")
+    try:
+        cloud_tpu.check_workdir(FLAGS.workdir)
+        validation.validate(FLAGS.config)
+        if FLAGS.k8s_tpu:
+            slices = kubernetes_manifests.TpuSlices(FLAGS.k8s_tpu, FLAGS.k8s_slices)
+            manifests = [kubernetes_manifests.tpu_jobset(FLAGS.k8s, FLAGS.k8s_image, args, slices)]
+        else:
+            manifests = kubernetes_manifests.gpu_indexed_job(
+                FLAGS.k8s, FLAGS.k8s_image, args, FLAGS.k8s_nodes, FLAGS.k8s_gpus
+            )
+    except ValueError as e:
+        sys.exit(f"launch.py: {e}")
+    try:
+        errors = [e for m in manifests for e in kubernetes_schema.check(m)]
+    except ImportError:
+        errors = None  # Without the k8s extra the manifests are written unchecked.
+    if errors:
+        sys.exit("launch.py: the manifest fails its schema check: " + "; ".join(errors))
+    text = yaml.safe_dump_all(manifests, sort_keys=False)
+    checked = "checked" if errors == [] else "not checked (pip install -e '.[k8s]')"
+    if FLAGS.k8s_out:
+        with open(FLAGS.k8s_out, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"# Wrote {FLAGS.k8s_out} (schema {checked}); submit it with:\n"
+              f"kubectl apply -f {FLAGS.k8s_out}")  # fmt: skip
+    else:
+        print(f"# Schema {checked}; submit with: kubectl apply -f FILE\n{text}", end="")
+
+
 def launch_on_tpu() -> None:
     """Prints (or runs) the commands that train this job on every worker of a TPU VM."""
-    from imgcls_jax import cloud_tpu
+    from imgcls_jax.clusters import cloud_tpu
 
     if not (FLAGS.tpu_zone and FLAGS.tpu_type):
         raise app.UsageError("--tpu needs --tpu_zone and --tpu_type.")
@@ -140,7 +200,7 @@ def launch_on_tpu() -> None:
         sys.exit(f"launch.py: {e}")
     vm = cloud_tpu.TpuVm(FLAGS.tpu, FLAGS.tpu_zone, FLAGS.tpu_type, FLAGS.tpu_version,
                          FLAGS.tpu_project, FLAGS.tpu_spot, FLAGS.tpu_queued)  # fmt: skip
-    launch_args = _without_tpu_flags(sys.argv[1:])
+    launch_args = _without_flags(sys.argv[1:], "tpu", ("tpu_spot", "tpu_run", "tpu_queued"))
     if not FLAGS.tpu_run:
         print("# Dry run: the commands of this job (add --tpu_run to run them).")
     cloud_tpu.run(cloud_tpu.commands(vm, launch_args), dry_run=not FLAGS.tpu_run)

@@ -30,7 +30,8 @@ def write_run_report(
     """Writes the report files; `matrix` holds [true, predicted] counts on `split`.
 
     `details` (optional) adds what the run was: "config" (a dict), "parameters", "devices",
-    "compute" (the dtype and kernels used), "image_shape", "class_counts" ({split: [count per class]}), "run_s" and "compile_s".
+    "compute" (the dtype and kernels used), "image_shape", "class_counts" ({split: [count per class]}), "run_s", "compile_s" and
+    "fit_check" (`aot.check.check_devices`).
     """
     per_class = confusion.per_class_accuracy(matrix)
     report = {
@@ -104,6 +105,12 @@ def _run_section(report: Mapping[str, Any]) -> str:
     if "compute" in report:
         rows.append(["compute", f"{report['compute']['dtype']} on {report['compute']['kernels']} "
                                 "kernels"])  # fmt: skip
+    if "fit_check" in report:
+        fit = report["fit_check"]
+        peaks = ", ".join(f"{p['name']} {p['peak_bytes'] / 2**30:.3f}" for p in fit["programs"])
+        memory = fit["memory_bytes"] and f"{fit['memory_bytes'] / 2**30:.2f} GiB"
+        rows.append(["fit check (before training)", f"peak GiB per device: {peaks}; a "
+                     f"{fit['device_kind']} has {memory or 'unreported memory'}"])  # fmt: skip
     if "run_s" in report:
         rows.append(["wall time", f"{report['run_s']:.1f} s, of which compiling "
                                   f"{report['compile_s']:.1f} s"])  # fmt: skip

@@ -66,16 +66,21 @@ def train_and_evaluate(
     workdir: str,
     dataset: data.Dataset | None = None,
     devices: list | None = None,
+    fit_check: bool = False,
 ) -> dict[str, float]:
     """Trains (resuming from `workdir` if it holds checkpoints), then evaluates; returns results.
 
     `dataset` and `devices` default to the configured dataset and all devices; tests pass
-    their own. The run's wall-clock and compile seconds go to `workdir/timing.json`.
+    their own. The run's wall-clock and compile seconds go to `workdir/timing.json`. With
+    `fit_check`, the run's programs are compiled and checked against the devices' memory
+    first (`aot.check.check_devices`; the report shows the result), and a run that would not
+    fit stops before its state is made.
     """
     timer = timing.RunTimer()
     validation.validate(config)  # Before the workdir is made (Trainer validates Python callers).
     reporting.check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
+    fit = _check_fit(trainer, workdir) if fit_check else None
     writer = reporting.create_writer(workdir)
     if jax.process_index() == 0:  # For `predict` (inference.Classifier.from_workdir).
         inference.write_description(workdir, inference.describe(
@@ -115,7 +120,7 @@ def train_and_evaluate(
         writer.flush()
         if jax.process_index() == 0:
             run_report.write_run_report(workdir, results, matrix, trainer.dataset.class_names,
-                                        split, _run_details(trainer, state, timer))  # fmt: skip
+                                        split, _run_details(trainer, state, timer, fit))  # fmt: skip
             timer.stop()
             with epath.Path(workdir, TIMING_FILE).open("w") as f:
                 json.dump(timer.summary(), f, indent=2)
@@ -131,8 +136,27 @@ def train_and_evaluate(
         writer.close()
 
 
-def _run_details(trainer: Trainer, state: steps.TrainState, timer: timing.RunTimer) -> dict:
-    """What the run report states besides the metrics: config, size, data and time."""
+def _check_fit(trainer: Trainer, workdir: str) -> dict:
+    """The fit check on this run's devices; its report goes to `workdir/fit_check.json`."""
+    from imgcls_jax.aot import check
+
+    fit = check.check_devices(trainer)
+    peak = max(p["peak_bytes"] for p in fit["programs"]) / 2**30
+    memory = f"{fit['memory_bytes'] / 2**30:.2f} GiB" if fit["memory_bytes"] else "unknown memory"
+    logging.info("Fit check: at most %.3f GiB per device (%s, %s).", peak, fit["device_kind"],
+                 memory)  # fmt: skip
+    if jax.process_index() == 0:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+        with epath.Path(workdir, "fit_check.json").open("w") as f:
+            json.dump(fit, f, indent=2)
+    return fit
+
+
+def _run_details(
+    trainer: Trainer, state: steps.TrainState, timer: timing.RunTimer, fit: dict | None = None
+) -> dict:
+    """What the run report states besides the metrics: config, size, data, time and the fit
+    check (when one was made)."""
     splits = {"train": trainer.dataset.train, "validation": trainer.dataset.validation,
               "test": trainer.dataset.test}  # fmt: skip
     return {
@@ -147,6 +171,7 @@ def _run_details(trainer: Trainer, state: steps.TrainState, timer: timing.RunTim
             if split is not None
         },  # fmt: skip
         **timer.summary(),
+        **({"fit_check": fit} if fit else {}),
     }
 
 

@@ -9,7 +9,14 @@ import sys
 import pytest
 from conftest import REPO_ROOT, why_failed
 
-from imgcls_jax import cloud_tpu, multihost
+from imgcls_jax.clusters import cloud_tpu, multihost
+
+
+SRUN = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "n[1-4]",
+        "SLURM_PROCID": "2", "SLURM_LOCALID": "0"}  # fmt: skip
+OMPI = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}
+K8S = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "JOB_COMPLETION_INDEX": "3"}
+Job = multihost.Job
 
 
 @pytest.mark.parametrize(
@@ -17,16 +24,82 @@ from imgcls_jax import cloud_tpu, multihost
     [
         ({}, None),
         ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),  # One task: single process.
-        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "SLURM job 7 with 4 tasks"),
-        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "2"},
-         "SLURM job 7 with 2 tasks"),
+        (SRUN, Job("SLURM job 7 with 4 tasks", "slurm")),
+        ({**SRUN, "SLURM_NTASKS": "8", "SLURM_STEP_NUM_TASKS": "2"},
+         Job("SLURM job 7 with 2 tasks", "slurm")),
         ({"TPU_WORKER_HOSTNAMES": "t1k-0"}, None),  # A single-host TPU VM.
-        ({"TPU_WORKER_HOSTNAMES": "w-0,w-1,w-2,w-3"}, "Cloud TPU slice with 4 workers"),
-        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, "JAX_COORDINATOR_ADDRESS=10.0.0.2:1234"),
+        ({"TPU_WORKER_HOSTNAMES": "w-0,w-1,w-2,w-3"}, Job("Cloud TPU slice with 4 workers")),
+        ({"TPU_WORKER_HOSTNAMES": "w-0,w-1", "MEGASCALE_COORDINATOR_ADDRESS": "w-0"},
+         Job("Cloud TPU multislice")),
+        # GKE's TPU pods are Indexed Job pods with the TPU variables: a TPU slice.
+        ({**K8S, "TPU_WORKER_HOSTNAMES": "p-0,p-1"}, Job("Cloud TPU slice with 2 workers")),
+        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.2:1234"}, Job("JAX_COORDINATOR_ADDRESS=10.0.0.2:1234")),
+        ({**OMPI, "OMPI_MCA_orte_hnp_uri": "1234.0;tcp://10.0.0.5:4000"},
+         Job("Open MPI mpirun with 4 processes", "ompi")),
+        ({**OMPI, "OMPI_COMM_WORLD_SIZE": "1"}, None),
+        (K8S, Job("Kubernetes Indexed Job (pod 3)")),  # JAX asks the API server.
     ],
 )  # fmt: skip
 def test_detects_multi_process_environments(environ, expected):
-    assert multihost.detect_environment(environ) == expected
+    assert multihost.detect_environment(environ, installed=lambda _: True) == expected
+
+
+@pytest.mark.parametrize(
+    "environ, line",
+    [
+        ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "not started by srun"),  # sbatch's script.
+        (OMPI, r"Open MPI 5\), which JAX joins through mpi4py: pip install mpi4py"),
+        ({"PMI_SIZE": "2", "PMI_RANK": "0"}, r"MPI job \(PMI\) with 2 processes, which JAX joins"),
+        (K8S, "Indexed Job \\(pod 3\\): its process count and coordinator are unknown"),
+    ],
+)  # fmt: skip
+def test_a_job_jax_cannot_join_stops_with_what_to_do(environ, line):
+    """Without srun, mpi4py or the kubernetes client, the job is seen and refused: running
+    alone would train one process's share as if it were the whole job."""
+    job = multihost.detect_environment(environ, installed=lambda _: False)
+    assert job.problem is not None and "\n" not in job.problem
+    with pytest.raises(ValueError, match=line):
+        multihost.initialize("auto", environ=environ, installed=lambda _: False)
+    if "SLURM_JOB_ID" not in environ:
+        assert multihost.detect_environment(environ, installed=lambda _: True).problem is None
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [SRUN, {**SRUN, "SLURM_PROCID": None}, {**OMPI, "OMPI_MCA_orte_hnp_uri": "1.0;tcp://h:1"}],
+)
+def test_joinable_exactly_where_jax_own_detectors_see_the_job(environ, monkeypatch):
+    """The job kinds JAX's own cluster detection reads from variables: where ours says
+    "join with method M", JAX's detector M sees the job; where ours refuses, it does not."""
+    from jax._src import clusters
+
+    for name in [*SRUN, *OMPI, "OMPI_MCA_orte_hnp_uri", "OMPI_VERSION"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        if value is not None:
+            monkeypatch.setenv(name, value)
+    job = multihost.detect_environment(os.environ, installed=lambda _: False)
+    detector = {c.name: c for c in clusters.ClusterEnv._cluster_types}["slurm" if "SLURM_JOB_ID"
+                                                                        in environ else "ompi"]  # fmt: skip
+    assert detector.is_env_present() == (job.problem is None)
+    assert job.method in (None, detector.name)
+
+
+def test_launch_stops_in_one_line_in_a_job_it_cannot_join(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "OMPI", "PMI"))}
+    run = subprocess.run(
+        [sys.executable, "launch.py", "--config=configs/resnet.py:tiny",
+         f"--workdir={tmp_path / 'run'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=env | {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "2"},
+    )  # fmt: skip
+    assert run.returncode == 1, why_failed(run)
+    assert run.stderr.strip().splitlines()[-1] == (
+        "launch.py: SLURM job 7 with 2 tasks, but this process was not started by srun (no "
+        "SLURM_PROCID/SLURM_STEP_NODELIST): run `srun python launch.py ...` in the batch "
+        "script, or pass --distributed=off for one process."
+    )
+    assert not (tmp_path / "run").exists()  # Stopped before anything was written.
 
 
 def test_single_process_and_inconsistent_flags_start_nothing():

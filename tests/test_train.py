@@ -478,3 +478,29 @@ def test_automatic_steps_per_dispatch_keep_every_call_the_same_length(
     trainer = types.SimpleNamespace(config=config, eval_every_steps=eval_every, total_steps=total,
                                     mesh=types.SimpleNamespace(devices=devices))  # fmt: skip
     assert Trainer._auto_steps_per_dispatch(trainer) == expected
+
+
+def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp_path, dataset):
+    """launch.py --fit_check: the run's own programs are compiled for its devices first; the
+    report shows their peaks; a device smaller than the train step's peak stops the run."""
+    from imgcls_jax.aot import check
+
+    config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32})
+    train_and_evaluate(config, str(tmp_path), dataset, fit_check=True)
+    fit = json.loads((tmp_path / "report.json").read_text())["fit_check"]
+    assert fit == json.loads((tmp_path / "fit_check.json").read_text())
+    init, train, evaluate = fit["programs"]
+    assert (init["name"], train["name"], evaluate["name"]) == ("init_state", "train_step", "eval_step")
+    # The train step takes the whole (replicated) state, which the initialisation returns
+    # (XLA's buffers add a little alignment).
+    trainer = Trainer(config, dataset)
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract_state()))
+    assert state_bytes <= init["output_bytes"] < 1.05 * state_bytes
+    assert state_bytes <= train["argument_bytes"]
+    assert (fit["devices"], fit["device_kind"], fit["memory_bytes"]) == (8, "cpu", None)
+    assert "| fit check (before training) | peak GiB per device: init_state" in (
+        tmp_path / "report.md"
+    ).read_text()
+    with pytest.raises(check.DoesNotFit, match=r"^train_step does not fit: it needs 0\.\d+ GiB "
+                       r"per device, a cpu has 0\.\d+ GiB\. Lower the per-chip batch \(4;"):  # fmt: skip
+        check.check_devices(trainer, memory_bytes=train["peak_bytes"] - 1)

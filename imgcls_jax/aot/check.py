@@ -199,6 +199,35 @@ def compile_programs(trainer: Any) -> tuple[Program, Program, Program]:
     return init, train, evaluate
 
 
+def check_devices(trainer: Any, memory_bytes: int | None = None) -> dict[str, Any]:
+    """The fit check on the trainer's own devices (a real pod, before training): compiles its
+    programs and compares each one's peak with a device's memory (`memory_bytes`, else the
+    device's reported limit, else its chip's HBM; unknown on CPUs). Raises DoesNotFit."""
+    device = trainer.mesh.devices.flat[0]
+    if memory_bytes is None:
+        memory_bytes = (device.memory_stats() or {}).get("bytes_limit")
+    if memory_bytes is None and device.platform == "tpu":
+        memory_bytes = chips.chip_for(device.device_kind).hbm_bytes
+    programs = compile_programs(trainer)
+    for program in programs:
+        if memory_bytes and program.peak_bytes > memory_bytes:
+            raise DoesNotFit(
+                f"{program.name} does not fit: it needs {program.peak_bytes / chips.GIB:.2f} GiB "
+                f"per device, a {device.device_kind} has {memory_bytes / chips.GIB:.2f} GiB. "
+                f"{fit_advice(trainer.config, trainer.mesh.size)}"
+            )
+    train = programs[1]
+    batch = trainer.config.input.batch_size
+    return {
+        "device_kind": device.device_kind,
+        "devices": trainer.mesh.size,
+        "memory_bytes": memory_bytes,
+        "programs": [dataclasses.asdict(p) | {"peak_bytes": p.peak_bytes} for p in programs],
+        "train_flops_per_image": train.flops / trainer.steps_per_dispatch * trainer.mesh.size
+        / batch,
+    }  # fmt: skip
+
+
 def build_trainer(config: ml_collections.ConfigDict, shape: DatasetShape, devices: list) -> Any:
     """The run's Trainer on `devices`, over a shape-only dataset; the train split stays on the
     host (compile-only devices have no memory to place it in). Pretrained weights are not

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 
@@ -19,23 +21,70 @@ HEARTBEAT_TIMEOUT_S = 60
 DONE = "done"
 
 
-def detect_environment(environ: Mapping[str, str]) -> str | None:
-    """Names the multi-process job this process belongs to, or None for a single process.
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A multi-process job this process belongs to: what it is, how `jax.distributed` joins
+    it (`method`: a JAX cluster-detection method, None for JAX's automatic choice), or why it
+    cannot (`problem`, one line that says what to do)."""
 
-    Recognises JAX's own variables (JAX_COORDINATOR_ADDRESS), SLURM jobs with several tasks,
-    and multi-host Cloud TPU slices; `jax.distributed.initialize()` then finds the coordinator,
-    the process count and this process's index by itself.
+    description: str
+    method: str | None = None
+    problem: str | None = None
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def detect_environment(
+    environ: Mapping[str, str], installed: Callable[[str], bool] = _installed
+) -> Job | None:
+    """The multi-process job this process belongs to, from its environment; None for a single
+    process. `jax.distributed.initialize()` then finds the coordinator, the process count and
+    this process's index itself (JAX's cluster detection: jax/_src/clusters); this function
+    only decides that there is a job, and whether JAX can join it, mirroring the variables
+    JAX's detectors read.
     """
     if environ.get("JAX_COORDINATOR_ADDRESS"):
-        return f"JAX_COORDINATOR_ADDRESS={environ['JAX_COORDINATOR_ADDRESS']}"
+        return Job(f"JAX_COORDINATOR_ADDRESS={environ['JAX_COORDINATOR_ADDRESS']}")
+    workers = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
+    if environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+        return Job("Cloud TPU multislice")
+    if len(workers) > 1:  # TPU VMs, and GKE's TPU pods (its webhook sets the variable).
+        return Job(f"Cloud TPU slice with {len(workers)} workers")
     tasks = int(environ.get("SLURM_STEP_NUM_TASKS", environ.get("SLURM_NTASKS", "1")))
     if "SLURM_JOB_ID" in environ and tasks > 1:
-        return f"SLURM job {environ['SLURM_JOB_ID']} with {tasks} tasks"
-    workers = [h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]
-    if len(workers) > 1:
-        return f"Cloud TPU slice with {len(workers)} workers"
-    if environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-        return "Cloud TPU multislice"
+        job = f"SLURM job {environ['SLURM_JOB_ID']} with {tasks} tasks"
+        if all(v in environ for v in ("SLURM_STEP_NODELIST", "SLURM_PROCID", "SLURM_LOCALID")):
+            return Job(job, "slurm")
+        return Job(job, problem=f"{job}, but this process was not started by srun (no "
+                   "SLURM_PROCID/SLURM_STEP_NODELIST): run `srun python launch.py ...` in the "
+                   "batch script, or pass --distributed=off for one process.")  # fmt: skip
+    ompi_size = int(environ.get("OMPI_COMM_WORLD_SIZE", "1"))
+    if ompi_size > 1:
+        job = f"Open MPI mpirun with {ompi_size} processes"
+        # Open MPI 4 and older: JAX reads the launcher's address; 5: JAX asks mpi4py.
+        if "OMPI_MCA_orte_hnp_uri" in environ or installed("mpi4py"):
+            return Job(job, "ompi")
+        return Job(job, problem=f"{job} (Open MPI 5), which JAX joins through mpi4py: "
+                   "pip install mpi4py, or pass --coordinator_address, --num_processes and "
+                   "--process_id.")  # fmt: skip
+    pmi_size = int(environ.get("PMI_SIZE", "1"))
+    if pmi_size > 1:  # MPICH, Intel MPI and other PMI launchers.
+        job = f"MPI job (PMI) with {pmi_size} processes"
+        if installed("mpi4py"):
+            return Job(job, "mpi4py")
+        return Job(job, problem=f"{job}, which JAX joins through mpi4py: pip install mpi4py, "
+                   "or pass --coordinator_address, --num_processes and --process_id.")  # fmt: skip
+    if "JOB_COMPLETION_INDEX" in environ and "KUBERNETES_SERVICE_HOST" in environ:
+        job = f"Kubernetes Indexed Job (pod {environ['JOB_COMPLETION_INDEX']})"
+        if installed("kubernetes"):  # JAX reads the job's parallelism from the API server.
+            return Job(job)
+        return Job(job, problem=f"{job}: its process count and coordinator are unknown here. "
+                   "Pass --coordinator_address, --num_processes and --process_id (the "
+                   "manifests of `python -m imgcls_jax.kubernetes` do), or pip install "
+                   "kubernetes so JAX asks the API server (the pod's service account must read "
+                   "pods and jobs), or pass --distributed=off for one process.")  # fmt: skip
     return None
 
 
@@ -45,11 +94,13 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     environ: Mapping[str, str] = os.environ,
+    installed: Callable[[str], bool] = _installed,
 ) -> str | None:
     """Starts `jax.distributed` when the job has several processes; returns why, or None.
 
-    mode "auto": with explicit flags or a detected environment; "on": always (on Cloud TPU VMs
-    JAX discovers every worker itself); "off": never. Must run before any other JAX call.
+    mode "auto": with explicit flags or a detected environment (`detect_environment`; a job
+    JAX cannot join raises ValueError with what to do); "on": always (on Cloud TPU VMs JAX
+    discovers every worker itself); "off": never. Must run before any other JAX call.
     """
     explicit = [coordinator_address, num_processes, process_id]
     if mode not in MODES:
@@ -64,15 +115,22 @@ def initialize(
             raise ValueError("Give all of --coordinator_address, --num_processes and "
                              "--process_id, or none of them.")  # fmt: skip
         reason = f"flags (process {process_id} of {num_processes}, {coordinator_address})"
+        method = None
+    elif mode == "on":
+        reason, method = "--distributed=on", None
     else:
-        reason = "--distributed=on" if mode == "on" else detect_environment(environ)
-    if reason is None:
-        return None
+        job = detect_environment(environ, installed)
+        if job is None:
+            return None
+        if job.problem:
+            raise ValueError(job.problem)
+        reason, method = job.description, job.method
     # Cross-process collectives between CPU devices (tests, CPU clusters); TPUs/GPUs ignore it.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes,
-        process_id=process_id, heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+        process_id=process_id, cluster_detection_method=method,
+        heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
     )  # fmt: skip
     PeerWatch(PEER_TIMEOUT_S).start()  # Stopped by `finished()`.
     logging.info("jax.distributed from %s: process %d of %d, %d of %d devices local.", reason,

@@ -124,7 +124,7 @@ def check_workdir(workdir: str) -> None:
     """Every worker writes one shared checkpoint directory: it must be a bucket path."""
     if not workdir.startswith("gs://"):
         raise ValueError(
-            f"--workdir={workdir} is local to each TPU worker; use a Cloud Storage path "
+            f"--workdir={workdir} is local to each worker; use a Cloud Storage path "
             "(--workdir=gs://BUCKET/DIR) that every worker and you can read."
         )
 
