@@ -11,7 +11,6 @@ from conftest import REPO_ROOT, why_failed
 
 from imgcls_jax.clusters import cloud_tpu, multihost
 
-
 SRUN = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "n[1-4]",
         "SLURM_PROCID": "2", "SLURM_LOCALID": "0"}  # fmt: skip
 OMPI = {"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}

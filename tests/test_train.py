@@ -490,7 +490,11 @@ def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp
     fit = json.loads((tmp_path / "report.json").read_text())["fit_check"]
     assert fit == json.loads((tmp_path / "fit_check.json").read_text())
     init, train, evaluate = fit["programs"]
-    assert (init["name"], train["name"], evaluate["name"]) == ("init_state", "train_step", "eval_step")
+    assert (init["name"], train["name"], evaluate["name"]) == (
+        "init_state",
+        "train_step",
+        "eval_step",
+    )
     # The train step takes the whole (replicated) state, which the initialisation returns
     # (XLA's buffers add a little alignment).
     trainer = Trainer(config, dataset)
@@ -498,9 +502,10 @@ def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp
     assert state_bytes <= init["output_bytes"] < 1.05 * state_bytes
     assert state_bytes <= train["argument_bytes"]
     assert (fit["devices"], fit["device_kind"], fit["memory_bytes"]) == (8, "cpu", None)
-    assert "| fit check (before training) | peak GiB per device: init_state" in (
-        tmp_path / "report.md"
-    ).read_text()
+    assert (
+        "| fit check (before training) | peak GiB per device: init_state"
+        in (tmp_path / "report.md").read_text()
+    )
     with pytest.raises(check.DoesNotFit, match=r"^train_step does not fit: it needs 0\.\d+ GiB "
                        r"per device, a cpu has 0\.\d+ GiB\. Lower the per-chip batch \(4;"):  # fmt: skip
         check.check_devices(trainer, memory_bytes=train["peak_bytes"] - 1)

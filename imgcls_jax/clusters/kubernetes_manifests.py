@@ -100,14 +100,16 @@ def tpu_jobset(name: str, image: str, launch_args: list[str], tpu: TpuSlices) ->
         "metadata": {
             "name": name,
             # Each slice's Job gets a node pool of its own (a TPU slice is one node pool).
-            "annotations": {"alpha.jobset.sigs.k8s.io/exclusive-topology":
-                            "cloud.google.com/gke-nodepool"},
+            "annotations": {
+                "alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"
+            },
         },  # fmt: skip
         "spec": {
             # A failed pod restarts the whole set; the run resumes from its last checkpoint.
             "failurePolicy": {"maxRestarts": 3},
-            "replicatedJobs": [{"name": "slice", "replicas": tpu.num_slices,
-                                "template": {"spec": job}}],
+            "replicatedJobs": [
+                {"name": "slice", "replicas": tpu.num_slices, "template": {"spec": job}}
+            ],
         },  # fmt: skip
     }
 
