@@ -163,6 +163,10 @@ def base_config() -> ml_collections.ConfigDict:
     # fingerprint is in every checkpoint); the validation split may then hold former train
     # examples.
     c.training.allow_dataset_change = False
+    # Resume with another global batch (config.input.batch_size) than the checkpoints were
+    # trained with: the batches then come in another order and the schedule's epochs are
+    # counted in other steps. Any process or device count resumes without it.
+    c.training.allow_batch_change = False
     # "START:STOP" traces train steps START..STOP-1 with jax.profiler into workdir/tensorboard
     # (TensorBoard's profile tab); "" traces nothing.
     c.training.profile_steps = ""

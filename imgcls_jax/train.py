@@ -42,8 +42,9 @@ def _restore_or_init(
     trainer: Trainer, checkpointer: Checkpointer
 ) -> tuple[steps.TrainState, dict[str, Any]]:
     dataset = fingerprint.dataset_fingerprint(trainer.dataset)
+    batch = trainer.config.input.batch_size
     progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False,
-                "dataset": dataset}  # fmt: skip
+                "dataset": dataset, "global_batch": batch}  # fmt: skip
     if checkpointer.latest_step() is None:
         return trainer.create_state(), progress
     try:
@@ -56,9 +57,28 @@ def _restore_or_init(
         ) from e
     fingerprint.check_resume(saved.get("dataset"), dataset,
                              trainer.config.training.allow_dataset_change, checkpointer.directory)  # fmt: skip
-    progress.update(saved, dataset=dataset)
+    _check_global_batch(saved.get("global_batch"), batch, trainer.config, int(state.step),
+                        checkpointer.directory)  # fmt: skip
+    progress.update(saved, dataset=dataset, global_batch=batch)
     logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
     return state, progress
+
+
+def _check_global_batch(saved: int | None, batch: int, config, step: int, where: str) -> None:
+    """Stops a resume with another global batch than the checkpoints' (older checkpoints do
+    not record it), unless config.training.allow_batch_change."""
+    if saved is None or saved == batch:
+        return
+    if config.training.allow_batch_change:
+        logging.warning("Resuming step %d with global batch %d (trained with %d), as allowed.",
+                        step, batch, saved)  # fmt: skip
+        return
+    raise ValueError(
+        f"The checkpoints in {where} were trained with global batch {saved} "
+        f"(config.input.batch_size), this run has {batch}: relaunch with "
+        f"--config.input.batch_size={saved} (on any number of processes and devices), or set "
+        "--config.training.allow_batch_change=True to continue with the new batch."
+    )
 
 
 def train_and_evaluate(

@@ -192,19 +192,32 @@ def _start_two_processes(workdir):
     ]  # fmt: skip
 
 
-def test_two_processes_of_four_devices_match_one_of_eight_through_a_preemption(tmp_path, reference):
-    workdir = tmp_path / "run"
-    processes = _start_two_processes(workdir)
-    _wait_until(lambda: 3 in _complete_steps(workdir), processes, "checkpoint 3")
-    processes[1].send_signal(signal.SIGTERM)  # One worker gets the notice; both must stop.
+def _preempt_after_checkpoint(after, processes, workdir):
+    """Sends SIGTERM to the last process once a checkpoint after step `after` is complete;
+    returns the step every process saved and their logs."""
+    _wait_until(lambda: max(_complete_steps(workdir), default=0) > after, processes,
+                f"a checkpoint after step {after}")  # fmt: skip
+    processes[-1].send_signal(signal.SIGTERM)  # One worker gets the notice; all must stop.
     finished = [_finish(p) for p in processes]
-    assert [code for code, _ in finished] == [0, 0], finished[0][1][-3000:]
+    assert [code for code, _ in finished] == [0] * len(processes), finished[0][1][-3000:]
     saved = {int(log.split("Saved step ")[1].split()[0]) for _, log in finished}
-    assert len(saved) == 1 and saved.pop() < STEPS
+    assert len(saved) == 1
+    return saved.pop(), [log for _, log in finished]
 
-    finished = [_finish(p) for p in _start_two_processes(workdir)]
-    assert [code for code, _ in finished] == [0, 0], finished[0][1][-3000:]
-    assert "Resumed from step" in finished[1][1]
+
+def test_a_run_continues_on_other_process_and_device_counts(tmp_path, reference):
+    """2 processes x 4 devices -> 2 x 4 -> 1 x 4 -> 1 x 8, each stopped by a preemption: the
+    same global batch reads the same batches (their order is a function of the seed and the
+    step), so the loss curve is the uninterrupted 1 x 8 run's."""
+    workdir = tmp_path / "run"
+    saved, _ = _preempt_after_checkpoint(0, _start_two_processes(workdir), workdir)
+    for processes in (_start_two_processes, lambda w: [_start(w, 4)]):
+        resumed, logs = _preempt_after_checkpoint(saved, processes(workdir), workdir)
+        assert saved < resumed < STEPS
+        for log in logs:
+            _assert_resumed_from(saved, log)
+        saved = resumed
+    _assert_resumed_from(saved, _run(workdir, 8))
     expected, actual = _train_losses(reference), _train_losses(workdir)
     assert sorted(actual) == sorted(expected) == list(range(1, STEPS + 1))
     # Two processes sum the gradients (gloo across processes) in another order than one:

@@ -509,3 +509,15 @@ def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp
     with pytest.raises(check.DoesNotFit, match=r"^train_step does not fit: it needs 0\.\d+ GiB "
                        r"per device, a cpu has 0\.\d+ GiB\. Lower the per-chip batch \(4;"):  # fmt: skip
         check.check_devices(trainer, memory_bytes=train["peak_bytes"] - 1)
+
+
+def test_a_changed_global_batch_stops_the_resume_unless_allowed(tmp_path, dataset):
+    config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32})
+    train_and_evaluate(config, str(tmp_path), dataset)
+    longer = apply_overrides(config, {"training.num_train_steps": 6, "input.batch_size": 16})
+    with pytest.raises(ValueError, match=r"trained with global batch 32 \(config.input.batch_size"
+                       r"\), this run has 16: relaunch with --config.input.batch_size=32"):  # fmt: skip
+        train_and_evaluate(longer, str(tmp_path), dataset)
+    assert json.loads((tmp_path / "results.json").read_text())["step"] == 4  # Untouched.
+    allowed = apply_overrides(longer, {"training.allow_batch_change": True})
+    assert train_and_evaluate(allowed, str(tmp_path), dataset)["step"] == 6
