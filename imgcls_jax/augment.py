@@ -132,20 +132,29 @@ def _check_argument(part: str, name: str, value, allowed: tuple | frozenset) -> 
     raise ValueError(f"Augmentation op {part!r}: {name}={value!r} must be {what}.")
 
 
-def check_shapes(train_spec: str, eval_spec: str, image_shape: tuple) -> None:
+def check_shapes(train_spec: str, eval_spec: str, image_shape: tuple) -> tuple[int, ...]:
     """Traces both pipelines on one image of `image_shape` (no compiling, no device work), so
-    that e.g. a crop larger than the images fails before training starts."""
+    that e.g. a crop larger than the images fails before training starts; returns the shape
+    of one image as the model sees it (the evaluation pipeline's output)."""
     key = jax.eval_shape(lambda: jax.random.key(0))
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)
     pipelines = (("augment.train", train_spec, build_augment_fn, (key, images)),
                  ("augment.eval", eval_spec, build_eval_fn, (images,)))  # fmt: skip
     for name, spec, build, args in pipelines:
         try:
-            jax.eval_shape(build(spec), *args)
+            output = jax.eval_shape(build(spec), *args)
         except (ValueError, TypeError) as e:
             size = "x".join(map(str, image_shape))
             raise ValueError(f"config.{name}={spec!r} does not fit the dataset's {size} images: "
                              f"{e}") from None  # fmt: skip
+    return tuple(output.shape[1:])
+
+
+def eval_output_shape(eval_spec: str, image_shape: tuple) -> tuple[int, ...]:
+    """The shape of one image of `image_shape` after the evaluation pipeline: what the model
+    sees."""
+    images = jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)
+    return tuple(jax.eval_shape(build_eval_fn(eval_spec), images).shape[1:])
 
 
 def _ops(kind: str) -> dict[str, Op]:

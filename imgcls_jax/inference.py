@@ -116,7 +116,8 @@ class Classifier:
         use_ema = weights != "trained" and description.get("ema", False)
         chosen = _choose_step(workdir, step)
         model = _build_model(description["model"], len(description["class_names"]))
-        shape = (1, description["image_size"], description["image_size"], description["channels"])
+        stored = (description["image_size"], description["image_size"], description["channels"])
+        shape = (1, *augment.eval_output_shape(description["eval"], stored))
         shapes = jax.eval_shape(
             lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
         )

@@ -69,7 +69,11 @@ class Trainer:
         if self.dataset.num_classes < 2:
             raise ValueError(f"The dataset has {self.dataset.num_classes} class(es) "
                              f"{list(self.dataset.class_names)}; a classifier needs at least 2.")  # fmt: skip
-        augment.check_shapes(config.augment.train, config.augment.eval, self.image_shape)
+        # What the model sees: the stored images after the evaluation pipeline (a ViT's
+        # learned position embeddings are made for it).
+        self.model_input_shape = augment.check_shapes(
+            config.augment.train, config.augment.eval, self.image_shape
+        )
         self.mean, self.std = tuple(config.dataset.mean), tuple(config.dataset.std)
         self.pretrained = None  # (variables, metadata) of config.transfer.checkpoint.
         if config.transfer.checkpoint:
@@ -118,7 +122,7 @@ class Trainer:
         init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
         self.init_key = init_key
         params_shape = jax.eval_shape(
-            lambda: self.model.init(init_key, np.zeros((1, *self.image_shape)), train=False)
+            lambda: self.model.init(init_key, np.zeros((1, *self.model_input_shape)), train=False)
         )["params"]
         self.frozen = transfer.frozen_mask(
             params_shape, config.transfer.freeze, config.transfer.linear_probe
@@ -187,12 +191,15 @@ class Trainer:
         replicated = sharding.replicated(self.mesh)
         batch = sharding.batch_sharding(self.mesh)
         norm = dict(mean=self.mean, std=self.std)
-        image_shape = self.image_shape
         augment_fn = augment.build_augment_fn(self.config.augment.train)
         mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
         ema = self.config.training.ema_decay > 0
         init_state = functools.partial(
-            steps.init_state, model=self.model, tx=self.tx, image_shape=image_shape, ema=ema
+            steps.init_state,
+            model=self.model,
+            tx=self.tx,
+            image_shape=self.model_input_shape,
+            ema=ema,
         )
         # Where each array of the train state lives (sharding.state_shardings).
         self.state_sharding = state = sharding.state_shardings(

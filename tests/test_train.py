@@ -521,3 +521,20 @@ def test_a_changed_global_batch_stops_the_resume_unless_allowed(tmp_path, datase
     assert json.loads((tmp_path / "results.json").read_text())["step"] == 4  # Untouched.
     allowed = apply_overrides(longer, {"training.allow_batch_change": True})
     assert train_and_evaluate(allowed, str(tmp_path), dataset)["step"] == 6
+
+
+def test_a_vit_is_built_for_the_images_it_sees_after_the_pipeline(tmp_path, monkeypatch):
+    """Stored 8 px images resized to 16 on device: the learned position embeddings are made
+    for 16 px (2 x 2 patches of 8, plus the class token), in training and in `predict`."""
+    from imgcls_jax.inference import Classifier
+    from imgcls_jax.models import vit
+
+    monkeypatch.setitem(vit.VARIANTS, "vit_ti", (32, 2, 64, 2))  # Compiles in seconds.
+    config = tiny_config(**{"model.name": "vit_ti", "model.patch_size": 8,
+                            "augment.train": "resize(16)|flip_lr", "augment.eval": "resize(16)",
+                            "optimizer.name": "adamw", "training.num_train_steps": 2,
+                            "input.batch_size": 32})  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path), synthetic_dataset(size=8))
+    assert results["step"] == 2
+    classifier = Classifier.from_workdir(str(tmp_path), "latest")
+    assert classifier.variables["params"]["pos_embedding"].shape == (1, 2 * 2 + 1, 32)
