@@ -114,9 +114,20 @@ def main(argv):
         if FLAGS.traceback:
             raise
         # What the user can fix (config, data, workdir, divergence): one line, no traceback.
-        sys.exit(f"launch.py: {type(e).__name__}: {e}")
+        sys.exit(f"launch.py: {type(e).__name__}: {e}{_relaunch(getattr(e, 'overrides', {}))}")
     multihost.finished()
     logging.info("Results: %s", results)
+
+
+def _relaunch(overrides: dict) -> str:
+    """ " Relaunch: COMMAND", this command line with `overrides` (config keys) set; "" when
+    there are none."""
+    if not overrides:
+        return ""
+    names = {f"--config.{key}" for key in overrides}
+    kept = [a for a in sys.argv[1:] if a.split("=")[0] not in names]
+    added = [f"--config.{key}={value}" for key, value in overrides.items()]
+    return " Relaunch: " + shlex.join(["python", "launch.py", *kept, *added])
 
 
 def _use_compilation_cache(directory: str) -> None:

@@ -18,6 +18,9 @@ from jax.experimental import multihost_utils
 CHECKSUM_ALGORITHM = "uint32 sums of bits x (2i+1) and bits x (2i+1)^2, per array"
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "corrupt_checkpoints"
+SET_ASIDE_DIR = "set_aside_checkpoints"  # Steps after the one a run was sent back to.
+# What a changed optimizer leaves restorable: everything of a state but its optimizer state.
+MODEL_FIELDS = ("step", "params", "batch_stats", "ema")
 # Flax names an unnamed layer after its class: the models' batch norms are `NormAct_N`.
 # Checkpoints and converted weights in the older naming, `BatchNorm_N`, are renamed as they
 # are restored. Saved name prefix -> the current one.
@@ -128,20 +131,27 @@ def state_checksums(state: Any) -> dict[str, str]:
 
 
 class KeepLatestAndBest:
-    """Orbax preservation policy: the newest `keep` steps plus `best_step` (when set)."""
+    """Orbax preservation policy: the newest `keep` steps, `best_step` (when set), and every
+    step that is a multiple of `period` (when > 0; Orbax's keep_period)."""
 
-    def __init__(self, keep: int):
-        self.keep = keep
+    def __init__(self, keep: int, period: int = 0):
+        self.keep, self.period = keep, period
         self.best_step: int | None = None
 
     def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
         del context
         newest = {info.step for info in list(checkpoints)[-self.keep :]}
-        return [info.step in newest or info.step == self.best_step for info in checkpoints]
+        return [
+            info.step in newest
+            or info.step == self.best_step
+            or (self.period > 0 and info.step % self.period == 0)
+            for info in checkpoints
+        ]
 
 
 class Checkpointer:
-    """`workdir/checkpoints` keeps the last `keep` saves and the best one (by validation).
+    """`workdir/checkpoints` keeps the last `keep` saves, the best one (by validation) and
+    every multiple of `keep_period` steps (when > 0).
 
     Each save holds the train state, a small JSON `progress` dict (best metric and its step,
     evaluations without improvement, whether training stopped early) and the state's
@@ -151,11 +161,11 @@ class Checkpointer:
     cut short by a crash is never restored (and is cleaned up on the next start).
     """
 
-    def __init__(self, workdir: str, keep: int):
+    def __init__(self, workdir: str, keep: int, keep_period: int = 0):
         if keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1 to resume a run, got {keep}.")
         self.workdir = epath.Path(workdir)
-        self._policy = KeepLatestAndBest(keep)
+        self._policy = KeepLatestAndBest(keep, keep_period)
         self.manager = ocp.CheckpointManager(
             self._directory(CHECKPOINT_DIR),
             options=ocp.CheckpointManagerOptions(
@@ -176,6 +186,27 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """The saved steps, oldest first."""
+        return sorted(self.manager.all_steps())
+
+    def set_aside_after(self, step: int) -> list[int]:
+        """Moves every saved step after `step` to `workdir/set_aside_checkpoints` (kept, not
+        deleted), so that a run sent back to `step` saves its new steps in their place;
+        returns the steps moved."""
+        later = [s for s in self.all_steps() if s > step]
+        if later and jax.process_index() == 0:
+            target = self.workdir / SET_ASIDE_DIR / f"after_step_{step}_{int(time.time())}"
+            target.mkdir(parents=True, exist_ok=True)
+            for s in later:
+                (self.directory / str(s)).rename(target / str(s))
+            logging.warning("Moved steps %s to %s (the run goes back to %s).",
+                            ", ".join(map(str, later)), target, step or "the start")  # fmt: skip
+        if later and jax.process_count() > 1:
+            multihost_utils.sync_global_devices("imgcls_jax checkpoint set aside")
+        self.manager.reload()
+        return later
 
     def save(self, step: int, state: Any, progress: dict) -> None:
         """Saves `state` at `step` asynchronously; `progress["best_step"]` is kept too.
@@ -200,9 +231,9 @@ class Checkpointer:
         )
         self.manager.save(step, args=args, force=True)
 
-    def restore(self, abstract_state: Any) -> tuple[Any, dict] | None:
-        """Restores the newest intact step into the shape and sharding of `abstract_state`;
-        None when there is none.
+    def restore(self, abstract_state: Any, newest: int | None = None) -> tuple[Any, dict] | None:
+        """Restores the newest intact step (no newer than `newest`, when given) into the shape
+        and sharding of `abstract_state`; None when there is none.
 
         A step that cannot be read (metadata or arrays), whose checksums differ or whose
         arrays are not finite is logged and skipped for the next older one; once an intact
@@ -212,6 +243,8 @@ class Checkpointer:
         """
         failures: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
+            if newest is not None and step > newest:
+                continue
             problem, restored = self._restore_step(step, abstract_state)
             if problem:
                 logging.error("Checkpoint step %d in %s is unusable: %s", step, self.directory,
@@ -265,6 +298,29 @@ class Checkpointer:
             return f"inf or NaN in {', '.join(nonfinite)}", None
         return None, (rename_modules(restored["state"], RENAMED_MODULES), progress)
 
+    def restore_model(self, abstract_state: Any, newest: int | None = None) -> tuple[dict, dict]:
+        """The newest step's (no newer than `newest`) step, parameters, batch statistics and
+        EMA (`MODEL_FIELDS`: all but the optimizer state), verified against its checksums,
+        with its progress: for a config whose optimizer no longer fits the saved optimizer
+        state. A field the step did not save (an EMA newly asked for) is left out. Raises
+        CheckpointRestoreError when no step has them intact."""
+        failures = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            if newest is not None and step > newest:
+                continue
+            try:
+                saved = json.loads(
+                    (self.directory / str(step) / "integrity" / "metadata").read_text()
+                )["checksums"]
+                wanted = {k: getattr(abstract_state, k) for k in MODEL_FIELDS
+                          if getattr(abstract_state, k) is not None
+                          and any(p.startswith(f".{k}") for p in saved)}  # fmt: skip
+                model = restore_variables(str(self.workdir), step, wanted)
+                return model, read_progress(str(self.workdir), step)
+            except (CheckpointRestoreError, OSError, ValueError, KeyError) as e:
+                failures.append(f"step {step}: {e}")
+        raise CheckpointRestoreError("; ".join(failures) or f"no step in {self.directory}")
+
     def _quarantine(self, steps: list[int]) -> None:
         """Moves damaged steps out of the checkpoint directory (kept for inspection)."""
         if jax.process_index() == 0:
@@ -302,9 +358,9 @@ def read_progress(workdir: str, step: int) -> dict:
 
 
 def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict:
-    """Only the `params` and `batch_stats` of saved `step` (no optimizer state), on the
-    shardings of `abstract_variables`, verified against the step's checksums; raises
-    CheckpointRestoreError when they are missing, damaged or not finite."""
+    """Only the fields of the saved state that `abstract_variables` names (e.g. `params` and
+    `batch_stats`, no optimizer state), on its shardings, verified against the step's
+    checksums; raises CheckpointRestoreError when they are missing, damaged or not finite."""
     step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
     try:
         saved = json.loads((step_dir / "integrity" / "metadata").read_text())["checksums"]

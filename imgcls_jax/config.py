@@ -139,6 +139,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.eval_every_epochs = 1.0
     c.training.checkpoint_every_steps = 0  # 0: checkpoint at every evaluation only.
     c.training.keep_checkpoints = 3
+    # > 0: every step that is a multiple of this is also kept for good (Orbax's keep_period),
+    # so that a run that diverged later can go back to one (training.restore_step).
+    c.training.keep_checkpoint_period = 0
+    # Which saved step a relaunch continues from: -1 the newest intact one; N > 0 step N; 0
+    # the start. Steps after it are moved to workdir/set_aside_checkpoints (kept). Applied
+    # once: a later relaunch of the same command continues from its newest step.
+    c.training.restore_step = -1
     # Split each batch into this many micro-batches inside the step and average their
     # gradients: the memory of a smaller batch, the update of the whole one. Batch norm
     # normalises each micro-batch by itself (see steps._loss_and_grads).
@@ -279,6 +286,8 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.eval_every_epochs": (1e-9, None),
     "training.checkpoint_every_steps": (0, None),
     "training.keep_checkpoints": (1, None),
+    "training.keep_checkpoint_period": (0, None),
+    "training.restore_step": (-1, None),
     "training.early_stopping_patience": (0, None),
 }
 

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 from clu import parameter_overview
 from etils import epath
+from jax.experimental import multihost_utils
 
 from imgcls_jax import (
     data,
@@ -28,7 +29,7 @@ from imgcls_jax import (
     validation,
     visualize,
 )
-from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
+from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, read_progress
 from imgcls_jax.config import flat_items
 from imgcls_jax.data import fingerprint
 from imgcls_jax.preemption import PreemptionWatch
@@ -36,6 +37,9 @@ from imgcls_jax.trainer import Trainer
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
+# Written when a non-finite update stops the run; a relaunch with training.restore_step then
+# goes back even if the newest step was itself sent back to that step.
+DIVERGED_FILE = "diverged.json"
 
 
 def _restore_or_init(
@@ -45,23 +49,74 @@ def _restore_or_init(
     batch = trainer.config.input.batch_size
     progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False,
                 "dataset": dataset, "global_batch": batch}  # fmt: skip
+    newest = _send_back(trainer.config.training.restore_step, checkpointer)
+    if newest is not None:  # Saved with every later step: a relaunch does not send it back.
+        progress["sent_back_to"] = newest
     if checkpointer.latest_step() is None:
         return trainer.create_state(), progress
+    abstract = trainer.abstract_state()
     try:
-        state, saved = checkpointer.restore(trainer.abstract_state())
+        state, saved = checkpointer.restore(abstract, newest)
     except CheckpointRestoreError as e:
-        raise CheckpointRestoreError(
-            f"The checkpoints do not fit this config's model/optimizer or are damaged: {e}. "
-            "Use a new --workdir for a different model, or the config the checkpoints were "
-            "trained with; nothing was changed in the workdir."
-        ) from e
+        state, saved = _restore_model_only(trainer, checkpointer, abstract, newest, e)
     fingerprint.check_resume(saved.get("dataset"), dataset,
                              trainer.config.training.allow_dataset_change, checkpointer.directory)  # fmt: skip
     _check_global_batch(saved.get("global_batch"), batch, trainer.config, int(state.step),
                         checkpointer.directory)  # fmt: skip
     progress.update(saved, dataset=dataset, global_batch=batch)
+    if newest is not None:
+        progress["sent_back_to"] = newest
     logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
     return state, progress
+
+
+def _send_back(restore_step: int, checkpointer: Checkpointer) -> int | None:
+    """Applies config.training.restore_step: sets aside the saved steps after it (all of
+    them for 0) and returns it. None for -1, and for a relaunch of the same command after an
+    interruption: the newest step already continues from it and no divergence stopped the run
+    since (DIVERGED_FILE)."""
+    steps_saved = checkpointer.all_steps()
+    marker = epath.Path(checkpointer.workdir, DIVERGED_FILE)
+    diverged = marker.exists()
+    if restore_step < 0 or not steps_saved:
+        return None
+    newest_progress = read_progress(str(checkpointer.workdir), steps_saved[-1])
+    if newest_progress.get("sent_back_to") == restore_step and not diverged:
+        logging.info("training.restore_step=%d was applied before; continuing from step %d.",
+                     restore_step, steps_saved[-1])  # fmt: skip
+        return None
+    if restore_step and restore_step not in steps_saved:
+        raise ValueError(f"config.training.restore_step={restore_step} is not a saved step of "
+                         f"{checkpointer.directory}; saved: "
+                         f"{', '.join(map(str, steps_saved))} (0 starts over).")  # fmt: skip
+    checkpointer.set_aside_after(restore_step)
+    if jax.process_count() > 1:  # Every process has read the marker.
+        multihost_utils.sync_global_devices("imgcls_jax restore_step")
+    if diverged and jax.process_index() == 0:
+        marker.unlink()
+    return restore_step
+
+
+def _restore_model_only(trainer, checkpointer, abstract, newest, error) -> tuple[Any, dict]:
+    """The newest step's parameters, batch statistics and EMA with a fresh optimizer state,
+    when the saved optimizer state no longer fits the config's optimizer (its settings
+    changed); re-raises `error` (with what to do) when the model does not fit either."""
+    try:
+        model, saved = checkpointer.restore_model(abstract, newest)
+    except CheckpointRestoreError:
+        raise CheckpointRestoreError(
+            f"The checkpoints do not fit this config's model/optimizer or are damaged: {error}. "
+            "Use a new --workdir for a different model, or the config the checkpoints were "
+            "trained with; nothing was changed in the workdir."
+        ) from error
+    state = trainer.replace_variables(model)  # A fresh optimizer state for these parameters.
+    state = state.replace(step=model["step"], ema=model.get("ema", state.ema))
+    logging.warning(
+        "Step %d: the parameters, batch statistics and weight average were restored; the "
+        "saved optimizer state does not fit this config's optimizer (its settings changed) "
+        "and starts afresh.", int(state.step),
+    )  # fmt: skip
+    return state, saved
 
 
 def _check_global_batch(saved: int | None, batch: int, config, step: int, where: str) -> None:
@@ -105,7 +160,8 @@ def train_and_evaluate(
     if jax.process_index() == 0:  # For `predict` (inference.Classifier.from_workdir).
         inference.write_description(workdir, inference.describe(
             config, trainer.dataset.class_names, trainer.image_shape, trainer.mean, trainer.std))  # fmt: skip
-    checkpointer = Checkpointer(workdir, config.training.keep_checkpoints)
+    checkpointer = Checkpointer(workdir, config.training.keep_checkpoints,
+                                config.training.keep_checkpoint_period)  # fmt: skip
     try:
         state, progress = _restore_or_init(trainer, checkpointer)
         if int(state.step) == 0:
@@ -122,8 +178,16 @@ def train_and_evaluate(
         if not progress["stopped_early"] and int(state.step) < trainer.total_steps:
             if trainer.mesh.devices.flat[0].platform != "cpu":
                 trainer.compile_eval_step_in_background()
-            state, preempted, last_validation = _train(trainer, state, progress, writer,
-                                                       checkpointer)  # fmt: skip
+            try:
+                state, preempted, last_validation = _train(trainer, state, progress, writer,
+                                                           checkpointer)  # fmt: skip
+            except DivergedError as e:
+                writer.flush()
+                checkpointer.wait()
+                if jax.process_index() == 0:
+                    with epath.Path(workdir, DIVERGED_FILE).open("w") as f:
+                        json.dump({"step": e.step}, f)
+                raise _with_recovery(e, trainer, checkpointer, progress) from None
             if preempted:
                 checkpointer.wait()
                 logging.warning("Saved step %d after a preemption notice; relaunch the same "
@@ -317,7 +381,8 @@ def _final_results(
     has_validation = trainer.dataset.validation is not None
     results: dict[str, Any] = {"step": int(state.step)}
     if has_validation:  # The best metric, its step and early stopping; not the fingerprint.
-        results.update({k: v for k, v in progress.items() if k != "dataset"})
+        results.update({k: v for k, v in progress.items()
+                        if k not in ("dataset", "global_batch", "sent_back_to")})  # fmt: skip
         if last_validation is not None and last_validation[0] == int(state.step):
             _, val, matrix = last_validation
         else:
@@ -344,6 +409,62 @@ def _final_results(
     return results, matrix, split
 
 
+class DivergedError(FloatingPointError):
+    """A non-finite loss, gradient or state stopped the run at `step`; `overrides` are the
+    config changes of a relaunch that recovers (launch.py prints that command)."""
+
+    def __init__(self, message: str, step: int, overrides: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.step, self.overrides = step, overrides or {}
+
+
+# A saved step is taken for sane when the train loss logged up to it stayed within this
+# factor of the run's first logged loss (a diverging run's loss climbs by orders of magnitude).
+SANE_LOSS_FACTOR = 1.5
+
+
+def sane_steps(saved: list[int], before: int, metrics_path: str) -> list[int]:
+    """The saved steps before `before` whose weights gave a sane train loss: the first loss
+    logged after the step (computed with those weights) finite and within SANE_LOSS_FACTOR
+    of the run's first logged loss; oldest first."""
+    if not os.path.exists(metrics_path):
+        return []
+    logged = [(r["step"], r["train/loss"]) for r in reporting.read_metrics(metrics_path)
+              if "train/loss" in r]  # fmt: skip
+    if not logged:
+        return []
+    limit = SANE_LOSS_FACTOR * logged[0][1]
+    sane = []
+    for step in saved:
+        after = [loss for at, loss in logged if at > step]
+        if step < before and after and math.isfinite(after[0]) and after[0] <= limit:
+            sane.append(step)
+    return sane
+
+
+def _with_recovery(
+    error: DivergedError, trainer: Trainer, checkpointer: Checkpointer, progress: dict
+) -> DivergedError:
+    """`error` with the saved steps and the relaunch that recovers: back to the best step by
+    validation when it is sane, else the newest sane step, else the start, with a 10x lower
+    learning rate."""
+    saved = checkpointer.all_steps()
+    sane = sane_steps(saved, error.step, str(checkpointer.workdir / "metrics.jsonl"))
+    best = progress.get("best_step")
+    back = best if best in sane else (sane[-1] if sane else 0)
+    why = ("the best by validation" if back == best else
+           "the newest whose logged loss was sane" if back else "the start")  # fmt: skip
+    lr = trainer.config.optimizer.learning_rate / 10
+    overrides = {"training.restore_step": back, "optimizer.learning_rate": lr}
+    listing = ", ".join(map(str, saved)) or "none"
+    return DivergedError(
+        f"{error} Saved steps: {listing}. To go back to step {back} ({why}) with a 10x lower "
+        f"learning rate, relaunch with --config.training.restore_step={back} "
+        f"--config.optimizer.learning_rate={lr:g} (the later steps are set aside, not deleted).",
+        error.step, overrides,
+    )  # fmt: skip
+
+
 def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
     """Stops the run at a non-finite loss, gradient or new state
     (config.training.on_nonfinite="stop"), or at a log window that skipped every update;
@@ -351,20 +472,17 @@ def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
     count, first = (int(x) for x in nonfinite)
     if count == 0:
         return 0
-    fix = ("Lower config.optimizer.learning_rate, set config.optimizer.grad_clip_norm, or check "
-           "the data, then relaunch.")  # fmt: skip
-    kept = ("Its update was not applied and no checkpoint was written after it; the last good "
-            "one stays in the workdir.")  # fmt: skip
     if cfg.on_nonfinite == "stop":
-        raise FloatingPointError(
-            f"Non-finite loss, gradient or new state at step {first}. {kept} {fix} To skip "
-            "such updates instead, set config.training.on_nonfinite=skip."
-        )
+        raise DivergedError(
+            f"Non-finite loss, gradient or new state at step {first}; its update was not "
+            "applied and no checkpoint was written after it (to skip such updates instead, "
+            "set config.training.on_nonfinite=skip).", first,
+        )  # fmt: skip
     if count == window:
-        raise FloatingPointError(
+        raise DivergedError(
             f"Every update of steps {step - window + 1}-{step} had a non-finite loss, "
-            f"gradient or new state and was skipped. {fix}"
-        )
+            "gradient or new state and was skipped.", step - window + 1,
+        )  # fmt: skip
     logging.warning("Skipped %d update(s) with a non-finite loss, gradient or new state in "
                     "steps %d-%d (first: step %d).", count, step - window + 1, step,
                     first)  # fmt: skip

@@ -185,7 +185,7 @@ def test_nan_loss_raises_and_keeps_good_checkpoint(tmp_path, dataset):
     poisoned = tiny_config(**{"training.num_train_steps": 6, "input.batch_size": 32,
                               "optimizer.learning_rate": 1e30})  # fmt: skip
     with pytest.raises(
-        FloatingPointError, match=r"Non-finite loss, gradient or new state at step [3-6]\."
+        FloatingPointError, match=r"Non-finite loss, gradient or new state at step [3-6];"
     ):
         train_and_evaluate(poisoned, str(tmp_path), dataset)
     skipping = apply_overrides(poisoned, {"training.on_nonfinite": "skip"})
@@ -538,3 +538,69 @@ def test_a_vit_is_built_for_the_images_it_sees_after_the_pipeline(tmp_path, monk
     assert results["step"] == 2
     classifier = Classifier.from_workdir(str(tmp_path), "latest")
     assert classifier.variables["params"]["pos_embedding"].shape == (1, 2 * 2 + 1, 32)
+
+
+def test_a_run_diverging_late_goes_back_to_its_best_step_and_finishes(tmp_path, dataset):
+    """A sane run evaluated every 4 steps, then lr=1e4 with a checkpoint every step: the
+    newest saved steps hold diverging weights and the good ones rotated out, except the best
+    one. The error names it; relaunched with its overrides, the run finishes."""
+    from imgcls_jax.train import DivergedError
+
+    common = {"input.batch_size": 32, "training.log_every_steps": 1,
+              "training.eval_every_epochs": 0.5, "training.keep_checkpoints": 2}  # fmt: skip
+    train_and_evaluate(tiny_config(**common, **{"training.num_train_steps": 8}), str(tmp_path),
+                       dataset)  # fmt: skip
+    spiked = tiny_config(**common, **{"training.num_train_steps": 40, "optimizer.learning_rate": 1e4,
+                                      "training.checkpoint_every_steps": 1})  # fmt: skip
+    with pytest.raises(DivergedError) as stopped:
+        train_and_evaluate(spiked, str(tmp_path), dataset)
+    best = json.loads((tmp_path / "results.json").read_text())["best_step"]
+    assert stopped.value.overrides == {"training.restore_step": best,
+                                       "optimizer.learning_rate": 1e3}  # fmt: skip
+    assert f"go back to step {best} (the best by validation)" in str(stopped.value)
+    saved_before = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints"))
+    relaunch = apply_overrides(spiked, stopped.value.overrides)
+    for _ in range(8):  # Each stop prints the next relaunch, 10x lower again.
+        try:
+            results = train_and_evaluate(relaunch, str(tmp_path), dataset)
+            break
+        except DivergedError as e:
+            assert e.overrides["training.restore_step"] == best
+            relaunch = apply_overrides(relaunch, e.overrides)
+    assert results["step"] == 40 and np.isfinite(results["test/loss"])
+    first_aside = sorted(os.listdir(tmp_path / "set_aside_checkpoints"))[0]
+    assert sorted(int(n) for n in os.listdir(tmp_path / "set_aside_checkpoints" / first_aside)) == [
+        s for s in saved_before if s > best
+    ]
+    asides = len(os.listdir(tmp_path / "set_aside_checkpoints"))
+    # Relaunching the same command again continues from the newest step; it does not go back.
+    again = apply_overrides(relaunch, {"training.num_train_steps": 44})
+    assert train_and_evaluate(again, str(tmp_path), dataset)["step"] == 44
+    assert len(os.listdir(tmp_path / "set_aside_checkpoints")) == asides
+
+
+def test_changed_optimizer_settings_keep_the_trained_weights(tmp_path, dataset, caplog):
+    """Gradient clipping added on resume changes the optimizer state's structure: the
+    parameters, batch statistics and weight average are restored, the optimizer state starts
+    afresh, and training continues."""
+    config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32,
+                            "training.ema_decay": 0.9})  # fmt: skip
+    train_and_evaluate(config, str(tmp_path), dataset)
+    saved, _ = trainer_restore(Trainer(config, dataset), tmp_path)
+    clipped = apply_overrides(config, {"optimizer.grad_clip_norm": 1.0,
+                                       "training.num_train_steps": 6})  # fmt: skip
+    trainer = Trainer(clipped, dataset)
+    from imgcls_jax.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(str(tmp_path), 10)
+    model, _ = checkpointer.restore_model(trainer.abstract_state())
+    checkpointer.close()
+    for name in ("params", "batch_stats", "ema"):
+        for a, b in zip(jax.tree.leaves(model[name]), jax.tree.leaves(getattr(saved, name)),
+                        strict=True):  # fmt: skip
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(model["step"]) == 4
+    with caplog.at_level("WARNING"):
+        results = train_and_evaluate(clipped, str(tmp_path), dataset)
+    assert results["step"] == 6
+    assert "saved optimizer state does not fit this config's optimizer" in caplog.text
