@@ -165,7 +165,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
     # A non-finite loss, gradient or new state: "stop" the run naming the step, or "skip" that
     # update (the run still stops when every update between two logs was skipped).
+    # "rewind": go back to the weights of the newest saved step whose loss was sane and
+    # continue with step D + rewind_skip_steps + 1 after a failure at step D (the steps and
+    # batches in between are skipped), at most max_rewinds times (counted in the
+    # checkpoints); then stop as "stop" does.
     c.training.on_nonfinite = "stop"
+    c.training.rewind_skip_steps = 100
+    c.training.max_rewinds = 3
     # Resume even when the dataset differs from the one the checkpoints were trained on (its
     # fingerprint is in every checkpoint); the validation split may then hold former train
     # examples.
@@ -288,6 +294,8 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.keep_checkpoints": (1, None),
     "training.keep_checkpoint_period": (0, None),
     "training.restore_step": (-1, None),
+    "training.rewind_skip_steps": (0, None),
+    "training.max_rewinds": (0, None),
     "training.early_stopping_patience": (0, None),
 }
 
@@ -312,7 +320,7 @@ def check_rules(config: ml_collections.ConfigDict) -> None:
     Names of registered parts (models, optimizers, ...) are checked by building them
     (`imgcls_jax.validation.validate`)."""
     check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
-    check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip"))
+    check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip", "rewind"))
     check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))
     if len(config.dataset.mean) != len(config.dataset.std):
         raise ValueError("config.dataset.mean and config.dataset.std must have the same length.")

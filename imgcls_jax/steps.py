@@ -210,6 +210,16 @@ def replace_variables(
     return with_ema(state, ema)
 
 
+def jump_to_step(state: TrainState, step: jax.Array) -> TrainState:
+    """`state` moved on to `step` without training: its step and every optimizer-state
+    counter (schedules, bias corrections) set to `step`, the weights unchanged. A rewind
+    uses it to skip the batches (and the schedule) of the steps in between."""
+    opt_state = state.opt_state
+    if optax.tree_utils.tree_get_all_with_path(opt_state, "count"):
+        opt_state = optax.tree_utils.tree_set(opt_state, count=jnp.asarray(step, jnp.int32))
+    return state.replace(step=jnp.asarray(step, state.step.dtype), opt_state=opt_state)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainStepParts:
     """What a train step needs besides (state, batch, key), built once by the Trainer."""

@@ -281,6 +281,59 @@ def _train(
     writer: reporting.MetricWriter,
     checkpointer: Checkpointer,
 ) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
+    """The loop (`_train_from`), started again after each rewind
+    (config.training.on_nonfinite="rewind")."""
+    while True:
+        try:
+            return _train_from(trainer, state, progress, writer, checkpointer)
+        except DivergedError as error:
+            if trainer.config.training.on_nonfinite != "rewind":
+                raise
+            state = _rewind(error, trainer, progress, writer, checkpointer)
+
+
+def _rewind(
+    error: DivergedError,
+    trainer: Trainer,
+    progress: dict[str, Any],
+    writer: reporting.MetricWriter,
+    checkpointer: Checkpointer,
+) -> steps.TrainState:
+    """After a non-finite update at step D: the weights of the newest saved step whose loss
+    was sane, continuing with step D + rewind_skip_steps + 1 (the steps in between skipped);
+    re-raises `error` after max_rewinds rewinds or without a sane step."""
+    cfg = trainer.config.training
+    rewinds = progress.get("rewinds", 0)
+    writer.flush()
+    checkpointer.wait()
+    sane = sane_steps(checkpointer.all_steps(), error.step,
+                      str(checkpointer.workdir / "metrics.jsonl"))  # fmt: skip
+    if rewinds >= cfg.max_rewinds or not sane:
+        raise DivergedError(f"{error} No rewind left ({rewinds} of training.max_rewinds="
+                            f"{cfg.max_rewinds} made; sane saved steps: {sane or 'none'}).",
+                            error.step) from None  # fmt: skip
+    back = sane[-1]
+    state, saved = checkpointer.restore(trainer.abstract_state(), back)
+    checkpointer.set_aside_after(back)
+    resume = min(error.step + cfg.rewind_skip_steps, trainer.total_steps)
+    state = trainer.jump_to_step(state, resume)
+    progress.update(saved, rewinds=rewinds + 1)
+    logging.warning(
+        "Rewind %d of %d: non-finite update at step %d; the weights of step %d (the newest "
+        "saved step whose loss was sane) continue with step %d; steps %d-%d and their batches "
+        "are skipped.", rewinds + 1, cfg.max_rewinds, error.step, back, resume + 1, back + 1,
+        resume,
+    )  # fmt: skip
+    return state
+
+
+def _train_from(
+    trainer: Trainer,
+    state: steps.TrainState,
+    progress: dict[str, Any],
+    writer: reporting.MetricWriter,
+    checkpointer: Checkpointer,
+) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
     """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
 
     Returns the state, whether a preemption notice stopped it (after saving), and the last
@@ -472,7 +525,7 @@ def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
     count, first = (int(x) for x in nonfinite)
     if count == 0:
         return 0
-    if cfg.on_nonfinite == "stop":
+    if cfg.on_nonfinite in ("stop", "rewind"):
         raise DivergedError(
             f"Non-finite loss, gradient or new state at step {first}; its update was not "
             "applied and no checkpoint was written after it (to skip such updates instead, "

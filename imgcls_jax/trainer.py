@@ -270,6 +270,7 @@ class Trainer:
             in_shardings=(replicated, replicated, batch),
             out_shardings=replicated,
         )
+        self.jump_to_step = jax.jit(steps.jump_to_step, out_shardings=state, donate_argnums=0)
         self.replace_variables = jax.jit(
             functools.partial(steps.replace_variables, tx=self.tx, ema=ema),
             out_shardings=state,

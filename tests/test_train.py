@@ -604,3 +604,34 @@ def test_changed_optimizer_settings_keep_the_trained_weights(tmp_path, dataset, 
         results = train_and_evaluate(clipped, str(tmp_path), dataset)
     assert results["step"] == 6
     assert "saved optimizer state does not fit this config's optimizer" in caplog.text
+
+
+def test_rewind_skips_a_learning_rate_spike_and_finishes_like_the_uninterrupted_run(
+    tmp_path, dataset, monkeypatch
+):
+    """on_nonfinite=rewind: a learning rate of 1e30 at steps 21-25 breaks the run there; it
+    goes back to step 20 (saved, sane), skips past the spike and finishes within 1 point of
+    the accuracy of the same run without the spike."""
+    from imgcls_jax import optim
+
+    overrides = {"training.num_train_steps": 60, "input.batch_size": 32, "model.width": 8,
+                 "optimizer.learning_rate": 0.05, "training.checkpoint_every_steps": 5,
+                 "training.keep_checkpoints": 2, "training.on_nonfinite": "rewind",
+                 "training.rewind_skip_steps": 10}  # fmt: skip
+    calm = train_and_evaluate(tiny_config(**overrides), str(tmp_path / "calm"), dataset)
+    build_schedule = optim.build_schedule
+
+    def spiked(*args, **kwargs):
+        schedule = build_schedule(*args, **kwargs)
+        return lambda step: jnp.where((step >= 20) & (step < 25), 1e30, schedule(step))
+
+    monkeypatch.setattr(optim, "build_schedule", spiked)
+    results = train_and_evaluate(tiny_config(**overrides), str(tmp_path / "spiked"), dataset)
+    assert results["step"] == 60 and results["rewinds"] == 1
+    assert results["test/accuracy"] == pytest.approx(calm["test/accuracy"], abs=0.01)
+    logged = [r["step"] for r in reporting.read_metrics(str(tmp_path / "spiked" / "metrics.jsonl"))
+              if "train/loss" in r]  # fmt: skip
+    failed = next(s for s in range(1, 61) if s not in logged)  # Not logged: it raised.
+    assert 21 <= failed <= 25  # The first spiked step, or one after it.
+    # Its update and the next 10 steps were skipped; the weights of step 20 went on.
+    assert logged == [*range(1, failed), *range(failed + 11, 61)]
