@@ -3,6 +3,7 @@ content checksum and a finiteness check, falling back to an older step when one 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -125,6 +126,11 @@ def _checksums_and_nonfinite(state: Any) -> tuple[dict[str, str], list[str]]:
     return checksums, [jax.tree_util.keystr(path) for path, ok in flags if not ok]
 
 
+def _progress_digest(progress: dict) -> str:
+    """SHA-256 of the progress record as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(progress, sort_keys=True).encode()).hexdigest()
+
+
 def state_checksums(state: Any) -> dict[str, str]:
     """{array path: hex checksum} of a (possibly sharded, multi-host) state pytree."""
     return _checksums_and_nonfinite(state)[0]
@@ -224,10 +230,12 @@ class Checkpointer:
                 f"{', '.join(nonfinite[:5])}{' ...' if len(nonfinite) > 5 else ''}. The last "
                 f"good checkpoint stays in {self.directory}."
             )
+        integrity = {"algorithm": CHECKSUM_ALGORITHM, "checksums": checksums,
+                     "progress_sha256": _progress_digest(progress)}  # fmt: skip
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             progress=ocp.args.JsonSave(progress),
-            integrity=ocp.args.JsonSave({"algorithm": CHECKSUM_ALGORITHM, "checksums": checksums}),
+            integrity=ocp.args.JsonSave(integrity),
         )
         self.manager.save(step, args=args, force=True)
 
@@ -277,8 +285,10 @@ class Checkpointer:
         """(None, (state, progress)) for an intact step, else (what is wrong, None). A step
         saved with older module names (`RENAMED_MODULES`) is read as saved, then renamed."""
         try:
-            integrity = self.directory / str(step) / "integrity" / "metadata"
-            saved = json.loads(integrity.read_text())["checksums"]
+            integrity = json.loads(
+                (self.directory / str(step) / "integrity" / "metadata").read_text()
+            )
+            saved = integrity["checksums"]
             args = ocp.args.Composite(
                 state=ocp.args.StandardRestore(rename_modules(abstract_state, _as_saved(saved))),
                 progress=ocp.args.JsonRestore(),
@@ -296,6 +306,9 @@ class Checkpointer:
             return f"content checksum mismatch in {', '.join(damaged) or 'the array list'}", None
         if nonfinite:
             return f"inf or NaN in {', '.join(nonfinite)}", None
+        digest = integrity.get("progress_sha256")  # Older checkpoints have none.
+        if digest is not None and digest != _progress_digest(progress):
+            return "content checksum mismatch in the progress record", None
         return None, (rename_modules(restored["state"], RENAMED_MODULES), progress)
 
     def restore_model(self, abstract_state: Any, newest: int | None = None) -> tuple[dict, dict]:
@@ -352,9 +365,21 @@ def saved_steps(workdir: str) -> list[int]:
 
 
 def read_progress(workdir: str, step: int) -> dict:
-    """The `progress` dict (best step and metric, ...) saved with `step`."""
-    path = epath.Path(workdir) / CHECKPOINT_DIR / str(step) / "progress" / "metadata"
-    return json.loads(path.read_text())
+    """The `progress` dict (best step and metric, ...) saved with `step`, checked against its
+    checksum; raises CheckpointRestoreError when it is damaged or unreadable."""
+    step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
+    try:
+        progress = json.loads((step_dir / "progress" / "metadata").read_text())
+        digest = json.loads((step_dir / "integrity" / "metadata").read_text()).get(
+            "progress_sha256"
+        )
+    except (OSError, ValueError) as e:
+        raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: unreadable progress "
+                                     f"record ({type(e).__name__}: {e})") from e  # fmt: skip
+    if digest is not None and digest != _progress_digest(progress):
+        raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: content checksum "
+                                     "mismatch in the progress record")  # fmt: skip
+    return progress
 
 
 def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict:

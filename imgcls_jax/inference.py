@@ -216,7 +216,14 @@ def _choose_step(workdir: str, step: str) -> int:
     if step not in STEPS:
         raise ValueError(f"--step={step!r} must be 'best', 'latest' or a saved step {saved}.")
     if step == "best":
-        best = checkpoint.read_progress(workdir, saved[-1]).get("best_step")
+        for newest in reversed(saved):  # The newest step whose progress record is intact.
+            try:
+                best = checkpoint.read_progress(workdir, newest).get("best_step")
+                break
+            except checkpoint.CheckpointRestoreError as e:
+                logging.error("%s", e)
+        else:
+            raise ValueError(f"No intact progress record in {workdir}; use --step=latest.")
         if best in saved:
             return best
         logging.info("%s has no best step (no validation split); using the latest.", workdir)

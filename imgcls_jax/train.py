@@ -80,8 +80,11 @@ def _send_back(restore_step: int, checkpointer: Checkpointer) -> int | None:
     diverged = marker.exists()
     if restore_step < 0 or not steps_saved:
         return None
-    newest_progress = read_progress(str(checkpointer.workdir), steps_saved[-1])
-    if newest_progress.get("sent_back_to") == restore_step and not diverged:
+    try:
+        sent_back_to = read_progress(str(checkpointer.workdir), steps_saved[-1]).get("sent_back_to")
+    except CheckpointRestoreError:  # Damaged: the restore falls back past it anyway.
+        sent_back_to = None
+    if sent_back_to == restore_step and not diverged:
         logging.info("training.restore_step=%d was applied before; continuing from step %d.",
                      restore_step, steps_saved[-1])  # fmt: skip
         return None

@@ -250,3 +250,63 @@ def test_restore_into_another_mesh_shape_is_identical(tmp_path, dataset):
             wanted = Trainer(other_config, dataset, devices[:other_count]).state_sharding
             assert kernel.sharding.spec == jax.tree.leaves(wanted.params)[0].spec
             _assert_trees_equal(saved, restored)
+
+
+def test_one_changed_byte_in_any_file_of_a_step_falls_back_or_is_harmless(tmp_path, dataset):
+    """Every file of the newest step in turn, one byte changed (the middle one, and the
+    first): the restore either falls back to the older step, or returns exactly what was
+    saved. The progress record is checksummed too: an edited best_metric is refused."""
+    config = tiny_config(**CONFIG)
+    train_and_evaluate(config, str(tmp_path / "run"), dataset)
+    expected, expected_progress = _restore(tmp_path / "run", config, dataset)
+    step_dir = tmp_path / "run" / "checkpoints" / "4"
+    files = sorted(os.path.relpath(os.path.join(root, name), step_dir)
+                   for root, _, names in os.walk(step_dir) for name in names)  # fmt: skip
+    assert "progress/metadata" in files and len(files) >= 8
+    trainer = Trainer(config, dataset)
+    outcomes = {}
+    for name in files:
+        for where in ("middle", "first"):
+            work = tmp_path / "copy"
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.copytree(tmp_path / "run", work)
+            path = work / "checkpoints" / "4" / name
+            data = bytearray(path.read_bytes())
+            if not data:
+                continue
+            data[len(data) // 2 if where == "middle" else 0] ^= 0x01
+            path.write_bytes(bytes(data))
+            checkpointer = Checkpointer(str(work), 10)
+            try:
+                state, progress = checkpointer.restore(trainer.abstract_state())
+            finally:
+                checkpointer.close()
+            if int(state.step) == 2:
+                outcomes[name, where] = "fell back"
+                continue
+            outcomes[name, where] = "harmless"
+            assert int(state.step) == 4, name
+            _assert_trees_equal(state, expected)
+            assert progress == expected_progress, name
+    assert outcomes["progress/metadata", "middle"] == "fell back"
+    assert all(v == "fell back" for (n, _), v in outcomes.items() if n.startswith("state/d/"))
+
+
+def test_an_edited_best_step_is_not_followed_by_predict(tmp_path, dataset):
+    import json
+
+    from imgcls_jax import inference
+
+    config = tiny_config(**{**CONFIG, "training.eval_every_epochs": 0.25})
+    train_and_evaluate(config, str(tmp_path), dataset)
+    progress_file = tmp_path / "checkpoints" / "4" / "progress" / "metadata"
+    progress = json.loads(progress_file.read_text())
+    best = progress["best_step"]
+    progress["best_step"] = 2 if best != 2 else 4
+    progress_file.write_text(json.dumps(progress))
+    with pytest.raises(CheckpointRestoreError, match="checksum mismatch in the progress record"):
+        checkpoint.read_progress(str(tmp_path), 4)
+    # The newest intact record (step 2's) names the best step instead.
+    assert inference._choose_step(str(tmp_path), "best") == checkpoint.read_progress(
+        str(tmp_path), 2
+    ).get("best_step", 2)
