@@ -107,7 +107,6 @@ def main(argv):
     _use_compilation_cache(FLAGS.compilation_cache)
     from imgcls_jax.train import train_and_evaluate
 
-    logging.info("Config:\n%s", FLAGS.config)
     try:
         results = train_and_evaluate(FLAGS.config, FLAGS.workdir, fit_check=FLAGS.fit_check)
     except USER_ERRORS as e:

@@ -45,6 +45,21 @@ def expand(paths: Sequence[str]) -> list[str]:
     return files
 
 
+def output_problem(path: str) -> str | None:
+    """Why `path` cannot be written (a missing or read-only folder, a read-only file, a
+    folder in its place), or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist; create it or choose another path."
+    if os.path.isdir(path):
+        return "is a folder; give a file name ending in .csv or .json."
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return "the file is read-only; choose another path."
+    if not os.path.exists(path) and not os.access(folder, os.W_OK):
+        return f"the folder {folder} is read-only; choose another path."
+    return None
+
+
 def write_output(path: str, results: list) -> None:  # list[inference.Prediction]
     """CSV (one row per image and rank) or JSON (one object per image), by extension."""
     if path.endswith(".json"):
@@ -75,6 +90,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if FLAGS.output and not FLAGS.output.endswith((".csv", ".json")):
         raise app.UsageError(f"--output={FLAGS.output} must end in .csv or .json.")
+    if FLAGS.output and (problem := output_problem(FLAGS.output)):
+        sys.exit(f"predict: --output={FLAGS.output}: {problem}")  # Before any image is read.
     if FLAGS.top < 1 or FLAGS.batch_size < 1:
         raise app.UsageError("--top and --batch_size must be positive.")
     paths = expand(argv[1:])

@@ -16,11 +16,18 @@ from collections.abc import Callable, Iterable
 _ENTRIES: dict[str, dict[str, Callable]] = {}
 
 
+# Below this similarity (difflib's ratio, its own default cut-off) nothing is suggested.
+SIMILARITY_CUTOFF = 0.6
+
+
 def closest(name: str, choices: Iterable[str]) -> str:
-    """Formats a 'did you mean' hint naming the closest valid choice."""
+    """Formats a 'did you mean' hint naming the closest valid choices (every one equally
+    close; none below SIMILARITY_CUTOFF), then all of them."""
     choices = sorted(choices)
-    match = difflib.get_close_matches(name, choices, n=1, cutoff=0.0)
-    hint = f" Did you mean {match[0]!r}?" if match else ""
+    ratios = {c: difflib.SequenceMatcher(None, name, c).ratio() for c in choices}
+    best = max(ratios.values(), default=0.0)
+    matches = [c for c in choices if ratios[c] == best] if best >= SIMILARITY_CUTOFF else []
+    hint = f" Did you mean {' or '.join(map(repr, matches))}?" if matches else ""
     return f"{hint} Valid choices: {', '.join(choices)}."
 
 

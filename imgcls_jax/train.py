@@ -156,6 +156,7 @@ def train_and_evaluate(
     """
     timer = timing.RunTimer()
     validation.validate(config)  # Before the workdir is made (Trainer validates Python callers).
+    logging.info("Config:\n%s", config)  # Once valid: an error is the log's last line.
     reporting.check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
     fit = _check_fit(trainer, workdir) if fit_check else None

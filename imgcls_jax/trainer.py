@@ -38,6 +38,17 @@ from imgcls_jax.models import build_for_devices
 AUTO_STEPS_PER_DISPATCH = 8
 
 
+def _check_normalisation(channels: int, mean: tuple) -> None:
+    """One mean (and std) per image channel."""
+    if len(mean) != channels:
+        raise ValueError(
+            f"The images have {channels} channel(s) but config.dataset.mean/std have "
+            f"{len(mean)} entries: give one per channel, or set "
+            f"config.dataset.channels={len(mean)} (image folders, streamed TFDS) to "
+            "convert the images."
+        )
+
+
 class Trainer:
     """Everything built from a config: model, optimizer, jitted steps, data, mesh."""
 
@@ -61,6 +72,12 @@ class Trainer:
         """The dataset and its normalisation (a pretrained checkpoint's, when asked), the train
         order (and the train split on device), class weights and the run's step counts."""
         config = self.config
+        if dataset is None:  # Decoding a large folder takes long: check its channels first.
+            channels = data.image_folder_channels(config.dataset)
+            if channels is not None and not (
+                config.transfer.checkpoint and config.transfer.pretrained_preprocessing
+            ):  # (A checkpoint's normalisation adapts to any channels.)
+                _check_normalisation(channels, config.dataset.mean)
         self.dataset = dataset if dataset is not None else data.load_dataset(config.dataset)
         if self.dataset.validation is None and self.dataset.test is None:
             raise ValueError("The dataset has neither a validation nor a test split: nothing to "
@@ -172,13 +189,7 @@ class Trainer:
                 f"{self.channels}; only image folders and streamed TFDS datasets convert. Set "
                 f"config.dataset.channels=0."
             )
-        if len(self.mean) != self.channels:
-            raise ValueError(
-                f"The images have {self.channels} channel(s) but config.dataset.mean/std have "
-                f"{len(self.mean)} entries: give one per channel, or set "
-                f"config.dataset.channels={len(self.mean)} (image folders, streamed TFDS) to "
-                "convert the images."
-            )
+        _check_normalisation(self.channels, self.mean)
 
     def _log_frozen(self) -> None:
         flat = jax.tree_util.tree_leaves_with_path(self.frozen)

@@ -2,6 +2,7 @@
 every missing, unused and misshapen tensor."""
 
 import os
+import subprocess
 import sys
 
 import jax.numpy as jnp
@@ -254,3 +255,19 @@ def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path,
     assert results["val/loss"] < np.log(10) and results["val/accuracy"] > 0.3, (
         results
     )  # Chance: 0.1.
+
+
+@pytest.mark.parametrize(
+    "output, problem",
+    [("missing_dir/out.csv", "does not exist; create it"), ("folder_as.csv", "is a folder")],
+)
+def test_predict_checks_its_output_path_before_reading_anything(tmp_path, output, problem):
+    (tmp_path / "folder_as.csv").mkdir()
+    run = subprocess.run(
+        [sys.executable, "-m", "imgcls_jax.predict", f"--checkpoint={tmp_path / 'no_model'}",
+         f"--output={tmp_path / output}", str(tmp_path / "no_image.png")],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"predict: --output={tmp_path / output}: ") and problem in last

@@ -203,7 +203,9 @@ def test_float_and_32_bit_pixels_are_refused_by_name() -> None:
     assert np.asarray(small).min() == 255
 
 
-def test_channels_are_inferred_and_checked_against_the_normalisation(root: pathlib.Path) -> None:
+def test_channels_are_inferred_and_checked_against_the_normalisation(
+    root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import jax
     from conftest import tiny_config
 
@@ -221,8 +223,30 @@ def test_channels_are_inferred_and_checked_against_the_normalisation(root: pathl
     folder = {"dataset.name": "image_folder", "dataset.data_dir": str(root),
               "dataset.image_size": SIZE, "dataset.validation_size": 1, "dataset.test_split": "",
               "dataset.train_size": 0, "input.batch_size": 4, "model.kernels": "xla"}  # fmt: skip
-    with pytest.raises(ValueError, match=r"images have 3 channel\(s\) but config.dataset.mean/std "
-                                         r"have 1 entries.*config.dataset.channels=1"):  # fmt: skip
-        Trainer(tiny_config(**folder), devices=jax.devices()[:1])
+    from imgcls_jax.data import image_folder
+
+    with monkeypatch.context() as patched:  # Found from the headers, before any decoding.
+        patched.setattr(image_folder, "load_image_folder", None)
+        with pytest.raises(ValueError, match=r"images have 3 channel\(s\) but config.dataset."
+                           r"mean/std have 1 entries.*config.dataset.channels=1"):  # fmt: skip
+            Trainer(tiny_config(**folder), devices=jax.devices()[:1])
     trainer = Trainer(tiny_config(**folder, **{"dataset.channels": 1}), devices=jax.devices()[:1])
     assert trainer.image_shape == (SIZE, SIZE, 1)
+
+
+def test_every_format_pillow_reads_is_taken_and_other_files_are_named(
+    tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        PIL.Image.new("RGB", (6, 6), RED).save(tmp_path / name / "0.tif")
+        PIL.Image.new("RGB", (6, 6), RED).save(tmp_path / name / "1.webp", lossless=True)
+        PIL.Image.new("RGB", (6, 6), RED).save(tmp_path / name / "2.bmp")
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"\0")
+    with caplog.at_level(logging.WARNING):
+        folder = load_image_folder(str(tmp_path), SIZE)
+    assert len(folder.labels) == 6 and folder.skipped == ()
+    assert (folder.images[..., 0] == 255).all()  # Every one decoded (red).
+    assert "Skipped 1 file(s)" in caplog.text and "a/notes.txt" in caplog.text
+    assert ".DS_Store" not in caplog.text  # Hidden files are not images, and not news.

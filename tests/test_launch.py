@@ -84,6 +84,8 @@ def test_user_mistakes_end_in_one_line_without_a_traceback(tmp_path, config, fla
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert message in run.stderr.strip().splitlines()[-1]
     assert workdir.is_file() or not workdir.exists()  # Nothing made for a bad config.
+    if "workdir" not in message:  # The config is logged once it is valid.
+        assert "Config:" not in run.stderr
 
 
 def test_render_augmentations_script_writes_the_grid(tmp_path):

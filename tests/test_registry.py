@@ -85,3 +85,13 @@ def test_a_model_registered_outside_the_package_trains_by_name(monkeypatch):
     assert int(new_state.step) == 1 and np.isfinite(float(metrics.compute()["loss"]))
     changed = jax.tree.map(lambda a, b: bool(np.any(a != b)), before, new_state.params)
     assert all(jax.tree.leaves(changed))
+
+
+def test_did_you_mean_names_every_equally_close_choice_and_nothing_far():
+    choices = ["resnet20", "resnet50", "resnet56", "fashion_mnist_speed"]
+    assert registry.closest("resnet5O", choices).startswith(
+        " Did you mean 'resnet50' or 'resnet56'? Valid choices:"
+    )
+    assert registry.closest("nope", choices) == (
+        " Valid choices: fashion_mnist_speed, resnet20, resnet50, resnet56."
+    )

@@ -62,6 +62,19 @@ def check_dataset_name(dataset_config: ml_collections.ConfigDict) -> None:
         )
 
 
+def image_folder_channels(dataset_config: ml_collections.ConfigDict) -> int | None:
+    """For an image folder, the channels its train images will have (from the config or the
+    files' headers, before any decoding); None for other sources."""
+    if resolve_source(dataset_config) != "image_folder":
+        return None
+    from imgcls_jax.data import image_folder
+
+    c = dataset_config
+    folders = image_folder.split_folders(c.data_dir, c.train_split, c.validation_split,
+                                         c.test_split) or {"train": c.data_dir}  # fmt: skip
+    return image_folder.peek_channels(folders["train"], c.channels)
+
+
 def resolve_source(dataset_config: ml_collections.ConfigDict) -> str:
     """Resolves source="auto": image folders by name, Debian files for Fashion-MNIST, else TFDS."""
     if dataset_config.source != "auto":

@@ -13,10 +13,19 @@ import PIL.Image
 from imgcls_jax.data.decode import DECODE_ERRORS, GRAY_MODES, decode_named
 from imgcls_jax.data.encoded import EncodedImages
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+def _readable_extensions() -> tuple[str, ...]:
+    """The file extensions of every image format Pillow can read (.png, .jpg, .tif, .webp,
+    .bmp, .gif, ...)."""
+    PIL.Image.init()
+    return tuple(sorted(ext for ext, fmt in PIL.Image.registered_extensions().items()
+                        if fmt in PIL.Image.OPEN))  # fmt: skip
+
+
+IMAGE_EXTENSIONS = _readable_extensions()
 LAYOUT_HINT = (
-    "Expected one subfolder per class holding .png/.jpg/.jpeg files, "
-    "e.g. ROOT/cat/0001.jpg and ROOT/dog/0002.png."
+    "Expected one subfolder per class holding image files (any format Pillow reads: .png, "
+    ".jpg, .tif, .webp, .bmp, ...), e.g. ROOT/cat/0001.jpg and ROOT/dog/0002.png."
 )
 
 
@@ -79,13 +88,21 @@ def _list_files(
             raise ValueError(f"Class folder(s) {unknown} under {root!r} are not train classes "
                              f"{list(class_names)}: rename or remove them.")  # fmt: skip
     names = found if class_names is None else class_names
-    files = []
+    files, others = [], []
     for label, name in enumerate(names):
         if name not in found:
             continue
         for entry in sorted(os.scandir(os.path.join(root, name)), key=lambda e: e.name):
-            if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            if not entry.is_file() or entry.name.startswith("."):
+                continue
+            if entry.name.lower().endswith(IMAGE_EXTENSIONS):
                 files.append((os.path.join(name, entry.name), label))
+            else:
+                others.append(os.path.join(name, entry.name))
+    if others:
+        logging.warning("Skipped %d file(s) under %s that are not in an image format Pillow "
+                        "reads: %s%s", len(others), root, ", ".join(others[:5]),
+                        " ..." if len(others) > 5 else "")  # fmt: skip
     if not files:
         raise ValueError(
             f"Image folder {root!r} has class subfolders {list(found)} but no image files "
@@ -139,6 +156,13 @@ def split_folders(root: str, train: str, validation: str, test: str) -> dict[str
             f"dataset.validation_split or dataset.test_split to use them, or move them away."
         )
     return {key: os.path.join(root, name) for key, name in named.items() if name}
+
+
+def peek_channels(root: str, channels: int) -> int:
+    """The channels the images under `root` (one folder of classes) will be decoded to:
+    `channels`, or with 0 those read from the files' headers; nothing is decoded."""
+    _, files = _list_files(root)
+    return _check_channels(channels, [os.path.join(root, rel) for rel, _ in files])
 
 
 def load_image_folder(
