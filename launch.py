@@ -105,10 +105,17 @@ def main(argv):
     except ValueError as e:  # A job JAX cannot join, or contradicting flags.
         sys.exit(f"launch.py: {e}")
     _use_compilation_cache(FLAGS.compilation_cache)
+    import jax
+
     from imgcls_jax.train import train_and_evaluate
 
     try:
         results = train_and_evaluate(FLAGS.config, FLAGS.workdir, fit_check=FLAGS.fit_check)
+    except jax.errors.JaxRuntimeError:
+        # With several processes, a failed collective usually means a dead peer: its one line
+        # (from the peer watch) instead of the collective's traceback.
+        multihost.explain_collective_failure()
+        raise
     except USER_ERRORS as e:
         if FLAGS.traceback:
             raise

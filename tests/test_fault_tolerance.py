@@ -274,6 +274,7 @@ def test_the_survivor_of_a_killed_peer_stops_with_one_line(tmp_path):
     assert code == 1, log[-3000:]
     last = log.strip().splitlines()[-1]
     assert "Stopping: process 1 of 2 has shown no sign of life for 20 s" in last, log[-3000:]
+    assert "Traceback (most recent call last)" not in log, log[-3000:]  # Only the line.
 
 
 def test_the_survivor_of_a_killed_coordinator_stops_within_30_s(tmp_path):

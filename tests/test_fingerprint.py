@@ -1,6 +1,7 @@
 """Dataset fingerprints: equal for equal data, and a resume on changed data stops with the fix."""
 
 import dataclasses
+import os
 
 import PIL.Image
 import pytest
@@ -32,9 +33,20 @@ def test_fingerprints_tell_equal_from_changed_data(tmp_path, dataset):
     assert describe_change(dataset_fingerprint(dataset), dataset_fingerprint(changed)) == (
         "train holds other examples (same count, 256)"
     )
-    # Streamed image folders: identified by their file names, relative to the data folder.
+    # Streamed image folders: identified by their file names, relative to the data folder,
+    # and the files' sizes and modification times (a copy keeping them, e.g. cp -p or rsync -a,
+    # is the same data).
     a, b = _streamed(tmp_path / "a" / "root", 6), _streamed(tmp_path / "b" / "root", 6)
+    for path in (tmp_path / "a" / "root").rglob("*.png"):
+        twin = tmp_path / "b" / "root" / path.relative_to(tmp_path / "a" / "root")
+        os.utime(twin, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
     assert dataset_fingerprint(a) == dataset_fingerprint(b)
+    rewritten = tmp_path / "b" / "root" / "c1" / "3.png"
+    PIL.Image.new("L", (5, 4), 3).save(rewritten)  # Same name, other pixels.
+    assert describe_change(dataset_fingerprint(a), dataset_fingerprint(b)) == (
+        "train: the same files, but some were rewritten (size or modification time); test: "
+        "the same files, but some were rewritten (size or modification time)"
+    )
     fewer = _streamed(tmp_path / "c" / "root", 5)
     assert describe_change(dataset_fingerprint(a), dataset_fingerprint(fewer)) == (
         "train 6 -> 5 examples; test 6 -> 5 examples"

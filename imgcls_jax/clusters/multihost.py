@@ -139,6 +139,15 @@ def initialize(
     return reason
 
 
+def explain_collective_failure() -> None:
+    """Called when a cross-process operation failed: waits for the peer watch to name the
+    dead peer (it ends the process with its one line), so that the line comes without the
+    collective's traceback; returns when no peer was found dead (the error is another)."""
+    watch = PeerWatch.current
+    if watch is not None and not watch._stop.is_set():
+        time.sleep(watch._timeout_s + 3 * watch._poll_s)
+
+
 def finished() -> None:
     """Marks this process's work as done, so that its exit is not taken for a crash."""
     if PeerWatch.current is not None:

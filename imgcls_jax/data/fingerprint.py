@@ -1,5 +1,6 @@
 """A dataset's fingerprint: split sizes, class names and a hash of which examples each split
-holds, stored in every checkpoint so that a resume on changed data is caught."""
+holds (for files streamed from a folder, also of their sizes and modification times), stored
+in every checkpoint so that a resume on changed data is caught."""
 
 from __future__ import annotations
 
@@ -32,12 +33,30 @@ def _update_with_images(digest, images) -> None:
     digest.update(np.ascontiguousarray(images.items, np.int64).data)
 
 
+def _files_digest(images) -> str | None:
+    """For images streamed from files: a hash of every file's size and modification time
+    (what changes when a file is rewritten in place); None for other images."""
+    if not isinstance(images, EncodedImages) or images.reader is not None:
+        return None
+    digest = hashlib.sha256()
+    for path in images.items:
+        try:
+            stat = os.stat(path)
+            digest.update(f"{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+        except OSError:  # Gone: that is a change too.
+            digest.update(b"missing\n")
+    return digest.hexdigest()[:16]
+
+
 def _split_fingerprint(split: Split | None) -> dict | None:
     if split is None:
         return None
     digest = hashlib.sha256(np.ascontiguousarray(split.labels, np.int32).data)
     _update_with_images(digest, split.images)
-    return {"examples": len(split), "sha256": digest.hexdigest()[:16]}
+    fingerprint = {"examples": len(split), "sha256": digest.hexdigest()[:16]}
+    if (files := _files_digest(split.images)) is not None:
+        fingerprint["files_sha256"] = files
+    return fingerprint
 
 
 def dataset_fingerprint(dataset: Dataset) -> dict:
@@ -65,8 +84,12 @@ def describe_change(saved: dict, current: dict) -> str:
             continue
         if before is None or now is None or before["examples"] != now["examples"]:
             changes.append(f"{split} {_count(before)} -> {_count(now)} examples")
-        else:
+        elif before["sha256"] != now["sha256"]:
             changes.append(f"{split} holds other examples (same count, {now['examples']})")
+        elif before.get("files_sha256", now.get("files_sha256")) != now.get("files_sha256"):
+            # Older checkpoints hold no file hash: not a change.
+            changes.append(f"{split}: the same files, but some were rewritten (size or "
+                           "modification time)")  # fmt: skip
     return "; ".join(changes)
 
 
