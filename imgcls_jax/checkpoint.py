@@ -126,6 +126,19 @@ def _checksums_and_nonfinite(state: Any) -> tuple[dict[str, str], list[str]]:
     return checksums, [jax.tree_util.keystr(path) for path, ok in flags if not ok]
 
 
+def _check_array_index(state_dir: epath.Path) -> None:
+    """Reads the index of a saved state's array store (TensorStore's OCDBT manifest and
+    B-tree, each with its own checksum) and raises when it is damaged or empty. Cheap, and
+    done before Orbax's restore: a damaged index found inside it fails one of many concurrent
+    reads, whose siblings then report into a closed event loop (dozens of tracebacks)."""
+    import tensorstore as ts
+
+    location = str(state_dir) if "://" in str(state_dir) else f"file://{state_dir}"
+    store = ts.KvStore.open({"driver": "ocdbt", "base": location.rstrip("/") + "/"}).result()
+    if not store.list().result():
+        raise ValueError(f"no arrays indexed in {state_dir}")
+
+
 def _progress_digest(progress: dict) -> str:
     """SHA-256 of the progress record as canonical JSON (sorted keys)."""
     return hashlib.sha256(json.dumps(progress, sort_keys=True).encode()).hexdigest()
@@ -285,6 +298,7 @@ class Checkpointer:
         """(None, (state, progress)) for an intact step, else (what is wrong, None). A step
         saved with older module names (`RENAMED_MODULES`) is read as saved, then renamed."""
         try:
+            _check_array_index(self.directory / str(step) / "state")
             integrity = json.loads(
                 (self.directory / str(step) / "integrity" / "metadata").read_text()
             )

@@ -310,3 +310,19 @@ def test_an_edited_best_step_is_not_followed_by_predict(tmp_path, dataset):
     assert inference._choose_step(str(tmp_path), "best") == checkpoint.read_progress(
         str(tmp_path), 2
     ).get("best_step", 2)
+
+
+def test_a_damaged_array_index_falls_back_quietly(tmp_path, dataset, capfd, caplog):
+    """A changed byte in the OCDBT manifest is found before Orbax's concurrent reads start,
+    so none of them reports into a closed event loop."""
+    config = tiny_config(**CONFIG)
+    train_and_evaluate(config, str(tmp_path), dataset)
+    manifest = tmp_path / "checkpoints" / "4" / "state" / "manifest.ocdbt"
+    data = bytearray(manifest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    manifest.write_bytes(bytes(data))
+    capfd.readouterr()
+    state, _ = _restore(tmp_path, config, dataset)
+    assert int(state.step) == 2
+    assert 'manifest.ocdbt": Error decoding manifest: CRC-32C checksum' in caplog.text
+    assert "Event loop is closed" not in capfd.readouterr().err
