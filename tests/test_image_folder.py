@@ -93,8 +93,9 @@ def test_bad_files_skipped_and_logged(root: pathlib.Path, caplog: pytest.LogCapt
         data = load_image_folder(str(root), SIZE)
     assert data.skipped == BAD_FILES
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "2" in warnings[0] and all(path in warnings[0] for path in BAD_FILES)
+    assert len(warnings) == 2  # Files that are not images, then images that cannot be read.
+    assert "Skipped 1 file(s)" in warnings[0] and "apple/notes.txt" in warnings[0]
+    assert "2" in warnings[1] and all(path in warnings[1] for path in BAD_FILES)
 
 
 def test_strict_raises_naming_bad_files(root: pathlib.Path) -> None:
