@@ -28,6 +28,7 @@ def v5e_report():
     return check.check(_small_config(), "v5e:2x2")
 
 
+@pytest.mark.slow
 def test_reports_the_topology_the_state_and_the_flops(v5e_report):
     report = v5e_report
     assert (report["devices"], report["chip"]["name"], report["per_device_batch"]) == (4, "v5e", 8)
@@ -74,6 +75,7 @@ def test_a_program_larger_than_a_chip_is_refused_with_what_would_fit():
     assert "config.training.grad_accum_steps" in line
 
 
+@pytest.mark.slow
 def test_command_writes_the_report_and_a_bad_topology_is_one_line(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     command = [sys.executable, "-m", "imgcls_jax.aot", "--config=configs/resnet.py:tiny",
@@ -125,6 +127,7 @@ def test_every_topology_generation_has_its_chip():
         chips.chip_for("TPU v9")
 
 
+@pytest.mark.slow
 def test_two_slices_and_a_sharded_state_hold_less_per_chip(v5e_report):
     """Two slices of v5e:2x2 are 8 devices on 2 hosts; splitting the state over groups of 4
     leaves each chip about a quarter of the replicated state's arguments."""

@@ -27,6 +27,7 @@ def _run(script: str, *flags: str) -> subprocess.CompletedProcess:
     return run
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_script_times_both_steps_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     run = _run("bench_gpu.py", "--model=resnet8", "--image_size=32", "--batch_size=8",
@@ -43,6 +44,7 @@ def test_gpu_benchmark_script_times_both_steps_at_tiny_size(tmp_path):
     assert "ours / PyTorch" in run.stdout
 
 
+@pytest.mark.slow
 def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     run = _run("bench_input.py", "--images=60", "--image_size=32", "--model=resnet8",
@@ -63,6 +65,7 @@ def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     assert "share of step waiting" in run.stdout
 
 
+@pytest.mark.slow
 def test_step_profile_attributes_the_step_to_its_operations(tmp_path):
     out = tmp_path / "profile.json"
     run = _run("profile_step.py", "--config=configs/resnet.py:tiny", "--config.input.batch_size=16",
@@ -77,6 +80,7 @@ def test_step_profile_attributes_the_step_to_its_operations(tmp_path):
     assert "ms per step" in run.stdout
 
 
+@pytest.mark.slow
 def test_cpu_options_benchmark_times_a_preset_and_both_paths_compute_one_loss(tmp_path):
     out = tmp_path / "options.json"
     variants = "our oneDNN kernels (f32; the default),baseline f32"
@@ -94,6 +98,7 @@ def test_cpu_options_benchmark_times_a_preset_and_both_paths_compute_one_loss(tm
     assert typo.returncode != 0 and "Did you mean 'baseline f32'" in typo.stderr
 
 
+@pytest.mark.slow
 def test_compile_benchmark_reports_the_presets_step(tmp_path):
     from conftest import tiny_config
 

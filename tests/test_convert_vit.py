@@ -49,6 +49,7 @@ def _images(seed, size, count=3):
     return np.random.default_rng(seed).normal(size=(count, 3, size, size)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(TIMM_NAMES))
 def test_every_converted_vit_matches_the_timm_layout(arch):
     """At 32 px (a 2x2 patch grid) to stay fast: every tensor is still converted and used."""
@@ -69,6 +70,7 @@ def test_the_patch_size_is_read_off_the_weights():
     assert _relative_error(got, _theirs(reference, images)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_fine_tuning_takes_every_tensor_but_the_head(tmp_path):
     """A converted ViT under a new 4-class head, on 1-channel 32 px images: the encoder's
     variables are the checkpoint's (the stem summed over its input channels), the head is
@@ -161,6 +163,7 @@ print(json.dumps({"timm": timm.__version__, "shim": shim, "errors": errors}))
 """
 
 
+@pytest.mark.slow
 def test_the_reference_is_timms_vision_transformer_and_resize():
     """timm's models, loaded with the twin's state dict, compute its function (1e-5); weights
     for a 3x3 grid (48 px) run at 80 px (5x5) as timm's checkpoint filter resizes them

@@ -113,6 +113,7 @@ def reference(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notice", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_saves_exits_cleanly_and_the_relaunch_resumes_exactly(tmp_path, reference, notice):
     """SIGTERM: a preemption notice; SIGHUP: the SSH session that started the run dropped."""
@@ -132,6 +133,7 @@ def test_sigterm_saves_exits_cleanly_and_the_relaunch_resumes_exactly(tmp_path, 
     assert _results(workdir) == _results(reference)
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_even_mid_save_resumes_from_the_last_complete_checkpoint(
     tmp_path, reference
 ):
@@ -205,6 +207,7 @@ def _preempt_after_checkpoint(after, processes, workdir):
     return saved.pop(), [log for _, log in finished]
 
 
+@pytest.mark.slow
 def test_a_run_continues_on_other_process_and_device_counts(tmp_path, reference):
     """2 processes x 4 devices -> 2 x 4 -> 1 x 4 -> 1 x 8, each stopped by a preemption: the
     same global batch reads the same batches (their order is a function of the seed and the
@@ -253,6 +256,7 @@ def _final_params(workdir):
     return jax.device_get(state.params)
 
 
+@pytest.mark.slow
 def test_two_processes_saving_every_step_and_the_best_do_not_hang(tmp_path):
     """The short version of experiments/soak_two_process.py, with its hard timeout."""
     sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
@@ -264,6 +268,7 @@ def test_two_processes_saving_every_step_and_the_best_do_not_hang(tmp_path):
     assert row["checkpoints"][-2:] == ["7", "8"]
 
 
+@pytest.mark.slow
 def test_the_survivor_of_a_killed_peer_stops_with_one_line(tmp_path):
     workdir = tmp_path / "run"
     processes = _start_two_processes(workdir)
@@ -277,6 +282,7 @@ def test_the_survivor_of_a_killed_peer_stops_with_one_line(tmp_path):
     assert "Traceback (most recent call last)" not in log, log[-3000:]  # Only the line.
 
 
+@pytest.mark.slow
 def test_the_survivor_of_a_killed_coordinator_stops_within_30_s(tmp_path):
     """Process 0 hosts JAX's coordination service; when it dies, JAX's client ends the others
     at once (with its own message and a stack dump, which no Python hook can replace:

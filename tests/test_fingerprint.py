@@ -53,6 +53,7 @@ def test_fingerprints_tell_equal_from_changed_data(tmp_path, dataset):
     )
 
 
+@pytest.mark.slow
 def test_resuming_on_a_changed_dataset_stops_unless_allowed(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 2, "input.batch_size": 32})
     train_and_evaluate(config, str(tmp_path), dataset)

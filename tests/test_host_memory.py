@@ -33,6 +33,7 @@ def _faults_per_call(mode: str) -> float:
     return float(run.stdout.split()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_reused_memory_is_not_page_faulted_in_on_every_call():
     system, reused = _faults_per_call("system"), _faults_per_call("reuse")

@@ -119,6 +119,7 @@ def test_one_folder_of_classes_holds_out_validation_and_test(tmp_path):
     assert len(np.unique(all_rows, axis=0)) == 30  # Disjoint: every image in exactly one split.
 
 
+@pytest.mark.slow
 def test_train_on_split_folders_then_predict_new_files_with_the_workdir(tmp_path):
     """The whole user path: class-ordered train/val/test folders -> launch-style training ->
     `predict` on the test files with the trained workdir, which must agree exactly with the

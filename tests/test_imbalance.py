@@ -40,6 +40,7 @@ def test_balanced_class_weights_equalise_each_class_total():
     assert weights[labels].mean() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_class_weighted_loss_is_the_weighted_mean_and_reaches_the_step():
     labels = jnp.array([0, 1, 1, 2])
     soft = jax.nn.one_hot(labels, 3) * 0.5 + jax.nn.one_hot(jnp.array([1, 1, 0, 0]), 3) * 0.5

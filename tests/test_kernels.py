@@ -358,6 +358,7 @@ def test_bfloat16_batch_norm_matches_flax(act):
         _assert_close_to_bfloat16(got, want)
 
 
+@pytest.mark.slow
 def test_resnet_training_step_matches_xla():
     """A whole ResNet-8 step (forward in train mode, loss, gradients, new BN statistics) with
     oneDNN's convolutions and batch norm equals the same step with XLA's; in bfloat16, it is
@@ -424,6 +425,7 @@ def test_auto_takes_onednn_only_on_one_cpu_device():
         kernels.check_name("onedn")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not fashion_mnist_files.available(), reason="needs dataset-fashion-mnist")
 def test_one_cpu_device_launch_trains_on_onednn_and_resumes_exactly(tmp_path):
     """The default on a one-device CPU machine: launch.py picks the oneDNN kernels, and a run

@@ -30,6 +30,7 @@ def _launch(workdir, *overrides, devices=2):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_launch_trains_checkpoints_and_resumes(tmp_path):
     run = _launch(tmp_path)
     assert run.returncode == 0, why_failed(run)
@@ -103,6 +104,7 @@ def test_render_augmentations_script_writes_the_grid(tmp_path):
     assert grid[1:29, 1:29].std() > 0  # A real image, not blank.
 
 
+@pytest.mark.slow
 def test_a_diverged_run_recovers_through_the_command_it_prints(tmp_path):
     """lr=1e6 from the start: every saved step already holds diverging weights, so the
     printed relaunch starts over in the same workdir (the saved steps set aside, not deleted)
@@ -150,6 +152,7 @@ def _assert_every_checkpoint_is_finite(workdir, steps):
         checkpointer.close()
 
 
+@pytest.mark.slow
 def test_a_relaunch_loads_its_programs_from_the_compilation_cache(tmp_path, monkeypatch):
     """--compilation_cache (on by default): the first run writes every program it compiles,
     a second run of the same config (another workdir) finds them all and writes none."""

@@ -16,6 +16,7 @@ def _config(name, **kw):
                            "bn_momentum": 0.9, "kernels": "auto", **kw})  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", names())
 def test_every_model_maps_images_to_logits(name):
     stem = (
@@ -40,6 +41,7 @@ SHALLOWER = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, stem", [("resnet8", "small"), ("resnet18", "imagenet"),
                                         ("resnet50", "imagenet"), ("efficientnet_lite0", ""),
                                         ("airbench", ""), ("vit_ti", "")])  # fmt: skip
@@ -110,6 +112,7 @@ def test_bfloat16_compute_keeps_float32_params():
     assert apply(variables).dtype == jnp.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("shape, window, strides, padding", [
     ((3, 9, 9, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),  # ResNet's stem pool; odd side
@@ -153,6 +156,7 @@ def test_vit_sizes_match_the_published_models(name, expected):
     assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected
 
 
+@pytest.mark.slow
 def test_vit_options_small_patches_pooling_and_fixed_position_embeddings():
     from imgcls_jax.config import apply_overrides
 
@@ -184,6 +188,7 @@ def test_drop_path_drops_whole_examples_and_keeps_the_mean():
     np.testing.assert_array_equal(layer.apply({}, x, False), x)  # Evaluation: identity.
 
 
+@pytest.mark.slow
 def test_resnet_drop_path_changes_training_only():
     from imgcls_jax.config import apply_overrides
 

@@ -221,6 +221,7 @@ def test_queued_capacity_is_requested_waited_for_and_deleted():
     assert not any(c[3:5] == ["tpu-vm", "create"] for c in commands)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("gcloud") is None, reason="needs the gcloud client")
 @pytest.mark.parametrize("mode", [("--tpu_type=v4-32",), ("--tpu_type=v6e-16", "--tpu_spot"),
                                   ("--tpu_type=v5p-16", "--tpu_queued")])  # fmt: skip

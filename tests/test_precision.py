@@ -89,6 +89,7 @@ def _train(flags, monkeypatch, dataset):
     return trainer, trainer.evaluate(state, dataset.test, "test")
 
 
+@pytest.mark.slow
 def test_auto_trains_the_same_function_in_either_dtype(monkeypatch):
     """The same run with "auto" resolved on a CPU with AMX (bfloat16) and without (float32):
     the model is built in the chosen dtype and both learn the task to the same tolerance."""

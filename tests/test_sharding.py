@@ -41,6 +41,7 @@ def _train(fsdp: int, steps: int) -> tuple[list[float], Trainer, object]:
     return losses, trainer, state
 
 
+@pytest.mark.slow
 def test_sharded_state_trains_the_same_function_as_data_parallel():
     """50 steps with AdamW, an EMA and 2 micro-batches: the state split over 4 devices in
     each of 2 groups gives the losses, parameters and EMA of the replicated state."""

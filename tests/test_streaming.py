@@ -91,6 +91,7 @@ def test_streamed_splits_and_batches_equal_the_in_memory_ones(folder):
     assert not device_data.use_device_resident("auto", streamed.train, mesh)
 
 
+@pytest.mark.slow
 def test_streamed_training_equals_in_memory_training(folder, tmp_path):
     overrides = {"input.device_resident": "off", "input.prefetch": 3}
     memory = train_and_evaluate(_config(folder, False, **overrides), str(tmp_path / "memory"))
@@ -181,6 +182,7 @@ def test_worker_batches_close_every_block_of_shared_memory_once(folder, monkeypa
     assert len(opened) >= 8 and closed_here() == collections.Counter(opened)
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_stops_the_run_naming_it(folder, tmp_path):
     broken = tmp_path / "folder"
     for name in CLASSES:
@@ -309,6 +311,7 @@ def tfds_pngs(folder, tmp_path_factory) -> pathlib.Path:
     return data_dir
 
 
+@pytest.mark.slow
 def test_tfds_streamed_training_equals_in_memory_training(tfds_pngs, tmp_path):
     overrides = {"dataset.image_size": 0, "input.device_resident": "off", "input.prefetch": 3}
     memory_config = _tfds_config(tfds_pngs, "stream_pngs", False, **overrides)
@@ -398,6 +401,7 @@ def _wait(process) -> str:
     return process.log.read()
 
 
+@pytest.mark.slow
 def test_two_processes_with_grain_workers_train_what_one_process_trains(folder, tmp_path):
     """2 processes x 4 devices, each reading its own rows of every batch in a Grain worker,
     train what 1 process x 8 devices with 2 workers trains."""

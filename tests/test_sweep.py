@@ -88,6 +88,7 @@ def test_parse_assignments_reads_literals_and_strings():
         sweep.parse_assignments(["novalue"])
 
 
+@pytest.mark.slow
 def test_real_sweep_resumes_without_rerunning_finished_runs(tmp_path, dataset):
     from imgcls_jax.train import train_and_evaluate
 

@@ -41,6 +41,7 @@ def _train_losses(workdir):
     ]
 
 
+@pytest.mark.slow
 def test_one_device_matches_eight(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32})
     assert len(jax.devices()) == 8
@@ -59,6 +60,7 @@ def test_one_device_matches_eight(tmp_path, dataset):
     assert one["val/accuracy"] == pytest.approx(eight["val/accuracy"])
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, dataset):
     k = 5  # Not an epoch boundary: 256 examples / batch 32 = 8 steps per epoch.
     config = tiny_config(**{"training.num_train_steps": 2 * k, "input.batch_size": 32,
@@ -78,6 +80,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, dataset):
     jax.tree.map(np.testing.assert_array_equal, a.batch_stats, b.batch_stats)
 
 
+@pytest.mark.slow
 def test_device_resident_and_host_fed_training_end_identical(tmp_path, dataset):
     runs = {}
     for mode in ("on", "off"):
@@ -91,6 +94,7 @@ def test_device_resident_and_host_fed_training_end_identical(tmp_path, dataset):
     jax.tree.map(np.testing.assert_array_equal, runs["on"], runs["off"])
 
 
+@pytest.mark.slow
 def test_overfits_one_batch_and_compiles_once():
     dataset = synthetic_dataset(num_train=16, num_classes=4)
     config = tiny_config(**{"input.batch_size": 16, "optimizer.name": "adamw",
@@ -134,6 +138,7 @@ def test_eval_counts_every_example_once(dataset):
     assert trainer.eval_step._cache_size() == 1  # The empty metrics are placed as results.
 
 
+@pytest.mark.slow
 def test_end_to_end_learns_synthetic_task(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 40, "input.batch_size": 32,
                             "optimizer.learning_rate": 0.05, "model.width": 8,
@@ -147,6 +152,7 @@ def test_end_to_end_learns_synthetic_task(tmp_path, dataset):
     assert compiled["train_steps"]["compiles"] == compiled["eval_step"]["compiles"] == 1
 
 
+@pytest.mark.slow
 def test_without_validation_training_is_the_same_and_only_test_is_evaluated(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 16, "input.batch_size": 32,
                             "training.eval_every_epochs": 1.0})  # fmt: skip
@@ -168,6 +174,7 @@ def test_without_validation_training_is_the_same_and_only_test_is_evaluated(tmp_
         Trainer(no_validation, dataclasses.replace(unvalidated, test=None))
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_stays_stopped(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 200, "input.batch_size": 32,
                             "optimizer.learning_rate": 0.0, "training.eval_every_epochs": 0.125,
@@ -179,6 +186,7 @@ def test_early_stopping_stops_and_stays_stopped(tmp_path, dataset):
     assert again["step"] == 3
 
 
+@pytest.mark.slow
 def test_nan_loss_raises_and_keeps_good_checkpoint(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 2, "input.batch_size": 32})
     train_and_evaluate(config, str(tmp_path), dataset)
@@ -198,6 +206,7 @@ def test_nan_loss_raises_and_keeps_good_checkpoint(tmp_path, dataset):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
 
+@pytest.mark.slow
 def test_nonfinite_update_is_skipped_and_recorded(dataset):
     trainer = Trainer(tiny_config(**{"input.batch_size": 32}), dataset)
     state = trainer.create_state()
@@ -218,6 +227,7 @@ def test_nonfinite_update_is_skipped_and_recorded(dataset):
     assert float(summary["loss"]) == pytest.approx(float(good_metrics.compute()["loss"]))
 
 
+@pytest.mark.slow
 def test_skip_mode_trains_through_a_poisoned_batch(tmp_path, dataset, monkeypatch):
     from imgcls_jax.data import batch_rows
 
@@ -249,6 +259,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, dataset):
     assert os.path.isdir(tmp_path / "checkpoints" / "1")  # The old checkpoint is untouched.
 
 
+@pytest.mark.slow
 def test_mixup_cutmix_train_and_compose_with_label_smoothing(dataset):
     from imgcls_jax import steps
 
@@ -338,6 +349,7 @@ def test_image_grid_places_images_row_by_row():
     assert grid[0].min() == 255 and grid[:, 0].min() == 255
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["2:4", "3:9"])  # The second runs past the last step (4).
 def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, dataset, spec):
     config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32,
@@ -356,6 +368,7 @@ def test_bad_profile_steps_are_refused_with_the_format(spec):
         validation.validate(tiny_config(**{"training.profile_steps": spec}))
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_the_whole_batch_without_batch_norm(dataset, monkeypatch):
     """A ViT has no batch statistics: 4 micro-batches of 8 give the update of 32 at once."""
     from imgcls_jax.models import vit
@@ -374,6 +387,7 @@ def test_gradient_accumulation_equals_the_whole_batch_without_batch_norm(dataset
     assert not np.allclose(jax.device_get(whole.params["head"]["kernel"]), 0)  # It trained.
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_with_batch_norm_updates_the_statistics_per_micro_batch(dataset):
     overrides = {"input.batch_size": 32, "training.grad_accum_steps": 2}
     trainer = Trainer(tiny_config(**overrides), dataset)
@@ -395,6 +409,7 @@ def test_ema_decay_warms_up_as_timm_does():
     assert float(steps.ema_decay_at(jnp.int32(1), 0.99, False)) == pytest.approx(0.99)
 
 
+@pytest.mark.slow
 def test_the_weight_average_follows_its_recurrence_and_is_evaluated(tmp_path, dataset):
     from imgcls_jax import input_pipeline, steps
 
@@ -429,6 +444,7 @@ def _final_checksums(workdir):
         return json.load(f)["checksums"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("devices", [8, 1])  # 1: oneDNN's kernels inside the scan.
 def test_several_steps_per_dispatch_equal_one_step_per_dispatch(tmp_path, dataset, devices):
     overrides = {"training.num_train_steps": 16, "input.batch_size": 32,
@@ -444,6 +460,7 @@ def test_several_steps_per_dispatch_equal_one_step_per_dispatch(tmp_path, datase
     assert results[3] == results[1]
 
 
+@pytest.mark.slow
 def test_a_preempted_run_with_several_steps_per_dispatch_resumes_exactly(
     tmp_path, dataset, monkeypatch
 ):
@@ -480,6 +497,7 @@ def test_automatic_steps_per_dispatch_keep_every_call_the_same_length(
     assert Trainer._auto_steps_per_dispatch(trainer) == expected
 
 
+@pytest.mark.slow
 def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp_path, dataset):
     """launch.py --fit_check: the run's own programs are compiled for its devices first; the
     report shows their peaks; a device smaller than the train step's peak stops the run."""
@@ -511,6 +529,7 @@ def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp
         check.check_devices(trainer, memory_bytes=train["peak_bytes"] - 1)
 
 
+@pytest.mark.slow
 def test_a_changed_global_batch_stops_the_resume_unless_allowed(tmp_path, dataset):
     config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32})
     train_and_evaluate(config, str(tmp_path), dataset)
@@ -523,6 +542,7 @@ def test_a_changed_global_batch_stops_the_resume_unless_allowed(tmp_path, datase
     assert train_and_evaluate(allowed, str(tmp_path), dataset)["step"] == 6
 
 
+@pytest.mark.slow
 def test_a_vit_is_built_for_the_images_it_sees_after_the_pipeline(tmp_path, monkeypatch):
     """Stored 8 px images resized to 16 on device: the learned position embeddings are made
     for 16 px (2 x 2 patches of 8, plus the class token), in training and in `predict`."""
@@ -540,6 +560,7 @@ def test_a_vit_is_built_for_the_images_it_sees_after_the_pipeline(tmp_path, monk
     assert classifier.variables["params"]["pos_embedding"].shape == (1, 2 * 2 + 1, 32)
 
 
+@pytest.mark.slow
 def test_a_run_diverging_late_goes_back_to_its_best_step_and_finishes(tmp_path, dataset):
     """A sane run evaluated every 4 steps, then lr=1e4 with a checkpoint every step: the
     newest saved steps hold diverging weights and the good ones rotated out, except the best
@@ -579,6 +600,7 @@ def test_a_run_diverging_late_goes_back_to_its_best_step_and_finishes(tmp_path, 
     assert len(os.listdir(tmp_path / "set_aside_checkpoints")) == asides
 
 
+@pytest.mark.slow
 def test_changed_optimizer_settings_keep_the_trained_weights(tmp_path, dataset, caplog):
     """Gradient clipping added on resume changes the optimizer state's structure: the
     parameters, batch statistics and weight average are restored, the optimizer state starts
@@ -606,6 +628,7 @@ def test_changed_optimizer_settings_keep_the_trained_weights(tmp_path, dataset, 
     assert "saved optimizer state does not fit this config's optimizer" in caplog.text
 
 
+@pytest.mark.slow
 def test_rewind_skips_a_learning_rate_spike_and_finishes_like_the_uninterrupted_run(
     tmp_path, dataset, monkeypatch
 ):

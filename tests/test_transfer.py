@@ -39,6 +39,7 @@ def _flat(tree):
     }
 
 
+@pytest.mark.slow
 def test_backbone_loads_head_is_reinitialised_and_gray_input_adapts(tmp_path, dataset):
     pretrained = _pretrained(
         tmp_path / "ckpt", num_classes=10
@@ -74,6 +75,7 @@ def test_adapted_gray_model_computes_what_the_rgb_model_computes_on_gray_images(
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_or_shape_is_an_error_naming_it(tmp_path, dataset):
     _pretrained(tmp_path / "wide", num_classes=4, width=8)
     config = tiny_config(**{"model.width": WIDTH, "transfer.checkpoint": str(tmp_path / "wide")})
@@ -103,6 +105,7 @@ def _train_steps(trainer, steps=3):
     return start, jax.device_get(state)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze, linear_probe", [("^(stem|BasicBlock_0/)", False), ("", True)])
 def test_frozen_parameters_and_their_statistics_stay_bit_identical(
     tmp_path, dataset, caplog, freeze, linear_probe
@@ -157,6 +160,7 @@ def test_frozen_batchnorm_layers_compute_in_inference_mode_during_training(tmp_p
     assert not np.allclose(plain, evaluated, atol=1e-3)  # Batch statistics differ.
 
 
+@pytest.mark.slow
 def test_layer_decay_scales_each_layers_update(dataset):
     overrides = {"model.width": WIDTH, "input.batch_size": 32, "optimizer.momentum": 0.0,
                  "optimizer.weight_decay": 0.0, "schedule.name": "constant"}  # fmt: skip

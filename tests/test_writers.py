@@ -31,6 +31,7 @@ print("RESULTS", results["test/accuracy"])
 """
 
 
+@pytest.mark.slow
 def test_a_run_without_tensorflow_writes_tensorboard_metrics_and_report(tmp_path):
     from tensorboard.backend.event_processing import event_accumulator
 
