@@ -133,6 +133,8 @@ def _check_array_index(state_dir: epath.Path) -> None:
     reads, whose siblings then report into a closed event loop (dozens of tracebacks)."""
     import tensorstore as ts
 
+    if not (state_dir / "manifest.ocdbt").exists():  # Not an OCDBT store: Orbax reads it.
+        return
     location = str(state_dir) if "://" in str(state_dir) else f"file://{state_dir}"
     store = ts.KvStore.open({"driver": "ocdbt", "base": location.rstrip("/") + "/"}).result()
     if not store.list().result():
