@@ -7,7 +7,7 @@ Presets run at their own global batch, raised to the next multiple of the chip c
 is smaller (a pod needs at least one image per chip). The goal rows add ResNet-50 at 16,384,
 ViT-B/16 at 4,096 on every topology, and ViT-L/16 and ViT-g/14 at 4,096 on v5e:16x16 (ViT-g
 data parallel, and with its state sharded over 16 chips). Writes table.json (every report,
-with the command and its time) and README.md (the tables). Takes about an hour on 2 cores.
+with the command and its time) and tables.md (the tables). Takes about an hour on 2 cores.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out", "experiments/results/aot", "Folder for table.json and README.md.")
+flags.DEFINE_string("out", "experiments/results/aot", "Folder for table.json and tables.md.")
 flags.DEFINE_list("topologies", ["v5e:16x16", "v5p:4x4x8", "v6e:16x16", "v5e:16x16x2"],
                   "Topologies; a trailing xN (after the shape) means N slices.")  # fmt: skip
 flags.DEFINE_string("only", "", "Run only rows whose name contains this.")
