@@ -46,8 +46,12 @@ def render(report: dict[str, Any]) -> str:
         f"compute {estimate['compute_s'] * 1e3:.1f} ms at peak, HBM traffic "
         f"{estimate['hbm_s'] * 1e3:.1f} ms, collectives {estimate['collectives_s'] * 1e3:.1f} ms "
         f"-> {estimate['step_s'] * 1e3:.1f} ms per step, {estimate['images_per_s']:,.0f} images/s, "
-        f"{estimate['epoch_s']:,.0f} s per epoch of {report['train_examples']:,} images.",
-    ]
+        f"{estimate['epoch_s']:,.0f} s per epoch of {report['train_examples']:,} images."
+        + (" With several slices the collectives inside a slice are charged at the data-centre "
+           "network's bandwidth and the reductions between slices (Megascale operations, not "
+           "HLO collectives) are not counted: a rough figure." if report["num_slices"] > 1
+           else ""),
+    ]  # fmt: skip
     return "\n".join(lines)
 
 
