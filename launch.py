@@ -126,8 +126,8 @@ def main(argv):
 
 
 def _relaunch(overrides: dict) -> str:
-    """ " Relaunch: COMMAND", this command line with `overrides` (config keys) set; "" when
-    there are none."""
+    """The end of a divergence's message: this command line with `overrides` (config keys)
+    set, after "Relaunch:"; "" when there are none."""
     if not overrides:
         return ""
     names = {f"--config.{key}" for key in overrides}

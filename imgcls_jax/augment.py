@@ -140,14 +140,15 @@ def check_shapes(train_spec: str, eval_spec: str, image_shape: tuple) -> tuple[i
     images = jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)
     pipelines = (("augment.train", train_spec, build_augment_fn, (key, images)),
                  ("augment.eval", eval_spec, build_eval_fn, (images,)))  # fmt: skip
+    outputs = {}
     for name, spec, build, args in pipelines:
         try:
-            output = jax.eval_shape(build(spec), *args)
+            outputs[name] = jax.eval_shape(build(spec), *args)
         except (ValueError, TypeError) as e:
             size = "x".join(map(str, image_shape))
             raise ValueError(f"config.{name}={spec!r} does not fit the dataset's {size} images: "
                              f"{e}") from None  # fmt: skip
-    return tuple(output.shape[1:])
+    return tuple(outputs["augment.eval"].shape[1:])
 
 
 def eval_output_shape(eval_spec: str, image_shape: tuple) -> tuple[int, ...]:

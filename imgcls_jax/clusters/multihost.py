@@ -82,7 +82,7 @@ def detect_environment(
             return Job(job)
         return Job(job, problem=f"{job}: its process count and coordinator are unknown here. "
                    "Pass --coordinator_address, --num_processes and --process_id (the "
-                   "manifests of `python -m imgcls_jax.kubernetes` do), or pip install "
+                   "manifests of `launch.py --k8s` do), or pip install "
                    "kubernetes so JAX asks the API server (the pod's service account must read "
                    "pods and jobs), or pass --distributed=off for one process.")  # fmt: skip
     return None
@@ -143,9 +143,8 @@ def explain_collective_failure() -> None:
     """Called when a cross-process operation failed: waits for the peer watch to name the
     dead peer (it ends the process with its one line), so that the line comes without the
     collective's traceback; returns when no peer was found dead (the error is another)."""
-    watch = PeerWatch.current
-    if watch is not None and not watch._stop.is_set():
-        time.sleep(watch._timeout_s + 3 * watch._poll_s)
+    if PeerWatch.current is not None:
+        PeerWatch.current.wait_for_verdict()
 
 
 def finished() -> None:
@@ -179,6 +178,11 @@ class PeerWatch:
     def start(self) -> None:
         threading.Thread(target=self._run, name="imgcls_jax-peer-watch", daemon=True).start()
         PeerWatch.current = self
+
+    def wait_for_verdict(self) -> None:
+        """Sleeps as long as the watch needs to find a dead peer (it then ends the process)."""
+        if not self._stop.is_set():
+            time.sleep(self._timeout_s + 3 * self._poll_s)
 
     def finish(self) -> None:
         """Tells the other processes that this one is done (not dead), and stops watching."""
