@@ -2,8 +2,7 @@
 
 The mesh has three axes: `slice` (TPU slices of a multislice job, joined over the data-centre
 network; 1 elsewhere), `data` and `fsdp` (config.mesh.fsdp devices in each group, within a
-slice). Batches are split over all three; the only traffic between slices is the data-parallel
-gradient reduction. Arrays of the train state (parameters, optimizer state, EMA, batch
+slice). Batches are split over all three; the state's gathers stay inside a slice. Arrays of the train state (parameters, optimizer state, EMA, batch
 statistics) of at least config.mesh.fsdp_min_bytes are split over `fsdp` along their largest
 dimension that it divides (big_vision's "fsdp" rule); the rest is replicated. With fsdp=1 the
 run is plain data parallelism.
