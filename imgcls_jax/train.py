@@ -15,13 +15,13 @@ import ml_collections
 import numpy as np
 from clu import parameter_overview
 from etils import epath
-from jax.experimental import multihost_utils
 
 from imgcls_jax import (
     data,
     inference,
     input_pipeline,
     profiling,
+    recovery,
     reporting,
     run_report,
     steps,
@@ -29,7 +29,7 @@ from imgcls_jax import (
     validation,
     visualize,
 )
-from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, read_progress
+from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
 from imgcls_jax.config import flat_items
 from imgcls_jax.data import fingerprint
 from imgcls_jax.preemption import PreemptionWatch
@@ -37,9 +37,6 @@ from imgcls_jax.trainer import Trainer
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
-# Written when a non-finite update stops the run; a relaunch with training.restore_step then
-# goes back even if the newest step was itself sent back to that step.
-DIVERGED_FILE = "diverged.json"
 
 
 def _restore_or_init(
@@ -49,7 +46,7 @@ def _restore_or_init(
     batch = trainer.config.input.batch_size
     progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False,
                 "dataset": dataset, "global_batch": batch}  # fmt: skip
-    newest = _send_back(trainer.config.training.restore_step, checkpointer)
+    newest = recovery.send_back(trainer.config.training.restore_step, checkpointer)
     if newest is not None:  # Saved with every later step: a relaunch does not send it back.
         progress["sent_back_to"] = newest
     if checkpointer.latest_step() is None:
@@ -58,85 +55,16 @@ def _restore_or_init(
     try:
         state, saved = checkpointer.restore(abstract, newest)
     except CheckpointRestoreError as e:
-        state, saved = _restore_model_only(trainer, checkpointer, abstract, newest, e)
+        state, saved = recovery.restore_model_only(trainer, checkpointer, abstract, newest, e)
     fingerprint.check_resume(saved.get("dataset"), dataset,
                              trainer.config.training.allow_dataset_change, checkpointer.directory)  # fmt: skip
-    _check_global_batch(saved.get("global_batch"), batch, trainer.config, int(state.step),
+    recovery.check_global_batch(saved.get("global_batch"), batch, trainer.config, int(state.step),
                         checkpointer.directory)  # fmt: skip
     progress.update(saved, dataset=dataset, global_batch=batch)
     if newest is not None:
         progress["sent_back_to"] = newest
     logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
     return state, progress
-
-
-def _send_back(restore_step: int, checkpointer: Checkpointer) -> int | None:
-    """Applies config.training.restore_step: sets aside the saved steps after it (all of
-    them for 0) and returns it. None for -1, and for a relaunch of the same command after an
-    interruption: the newest step already continues from it and no divergence stopped the run
-    since (DIVERGED_FILE)."""
-    steps_saved = checkpointer.all_steps()
-    marker = epath.Path(checkpointer.workdir, DIVERGED_FILE)
-    diverged = marker.exists()
-    if restore_step < 0 or not steps_saved:
-        return None
-    try:
-        sent_back_to = read_progress(str(checkpointer.workdir), steps_saved[-1]).get("sent_back_to")
-    except CheckpointRestoreError:  # Damaged: the restore falls back past it anyway.
-        sent_back_to = None
-    if sent_back_to == restore_step and not diverged:
-        logging.info("training.restore_step=%d was applied before; continuing from step %d.",
-                     restore_step, steps_saved[-1])  # fmt: skip
-        return None
-    if restore_step and restore_step not in steps_saved:
-        raise ValueError(f"config.training.restore_step={restore_step} is not a saved step of "
-                         f"{checkpointer.directory}; saved: "
-                         f"{', '.join(map(str, steps_saved))} (0 starts over).")  # fmt: skip
-    checkpointer.set_aside_after(restore_step)
-    if jax.process_count() > 1:  # Every process has read the marker.
-        multihost_utils.sync_global_devices("imgcls_jax restore_step")
-    if diverged and jax.process_index() == 0:
-        marker.unlink()
-    return restore_step
-
-
-def _restore_model_only(trainer, checkpointer, abstract, newest, error) -> tuple[Any, dict]:
-    """The newest step's parameters, batch statistics and EMA with a fresh optimizer state,
-    when the saved optimizer state no longer fits the config's optimizer (its settings
-    changed); re-raises `error` (with what to do) when the model does not fit either."""
-    try:
-        model, saved = checkpointer.restore_model(abstract, newest)
-    except CheckpointRestoreError:
-        raise CheckpointRestoreError(
-            f"The checkpoints do not fit this config's model/optimizer or are damaged: {error}. "
-            "Use a new --workdir for a different model, or the config the checkpoints were "
-            "trained with; nothing was changed in the workdir."
-        ) from error
-    state = trainer.replace_variables(model)  # A fresh optimizer state for these parameters.
-    state = state.replace(step=model["step"], ema=model.get("ema", state.ema))
-    logging.warning(
-        "Step %d: the parameters, batch statistics and weight average were restored; the "
-        "saved optimizer state does not fit this config's optimizer (its settings changed) "
-        "and starts afresh.", int(state.step),
-    )  # fmt: skip
-    return state, saved
-
-
-def _check_global_batch(saved: int | None, batch: int, config, step: int, where: str) -> None:
-    """Stops a resume with another global batch than the checkpoints' (older checkpoints do
-    not record it), unless config.training.allow_batch_change."""
-    if saved is None or saved == batch:
-        return
-    if config.training.allow_batch_change:
-        logging.warning("Resuming step %d with global batch %d (trained with %d), as allowed.",
-                        step, batch, saved)  # fmt: skip
-        return
-    raise ValueError(
-        f"The checkpoints in {where} were trained with global batch {saved} "
-        f"(config.input.batch_size), this run has {batch}: relaunch with "
-        f"--config.input.batch_size={saved} (on any number of processes and devices), or set "
-        "--config.training.allow_batch_change=True to continue with the new batch."
-    )
 
 
 def train_and_evaluate(
@@ -185,13 +113,11 @@ def train_and_evaluate(
             try:
                 state, preempted, last_validation = _train(trainer, state, progress, writer,
                                                            checkpointer)  # fmt: skip
-            except DivergedError as e:
+            except recovery.DivergedError as e:
                 writer.flush()
                 checkpointer.wait()
-                if jax.process_index() == 0:
-                    with epath.Path(workdir, DIVERGED_FILE).open("w") as f:
-                        json.dump({"step": e.step}, f)
-                raise _with_recovery(e, trainer, checkpointer, progress) from None
+                recovery.mark_diverged(workdir, e.step)
+                raise recovery.with_recovery(e, trainer, checkpointer, progress) from None
             if preempted:
                 checkpointer.wait()
                 logging.warning("Saved step %d after a preemption notice; relaunch the same "
@@ -290,45 +216,10 @@ def _train(
     while True:
         try:
             return _train_from(trainer, state, progress, writer, checkpointer)
-        except DivergedError as error:
+        except recovery.DivergedError as error:
             if trainer.config.training.on_nonfinite != "rewind":
                 raise
-            state = _rewind(error, trainer, progress, writer, checkpointer)
-
-
-def _rewind(
-    error: DivergedError,
-    trainer: Trainer,
-    progress: dict[str, Any],
-    writer: reporting.MetricWriter,
-    checkpointer: Checkpointer,
-) -> steps.TrainState:
-    """After a non-finite update at step D: the weights of the newest saved step whose loss
-    was sane, continuing with step D + rewind_skip_steps + 1 (the steps in between skipped);
-    re-raises `error` after max_rewinds rewinds or without a sane step."""
-    cfg = trainer.config.training
-    rewinds = progress.get("rewinds", 0)
-    writer.flush()
-    checkpointer.wait()
-    sane = sane_steps(checkpointer.all_steps(), error.step,
-                      str(checkpointer.workdir / "metrics.jsonl"))  # fmt: skip
-    if rewinds >= cfg.max_rewinds or not sane:
-        raise DivergedError(f"{error} No rewind left ({rewinds} of training.max_rewinds="
-                            f"{cfg.max_rewinds} made; sane saved steps: {sane or 'none'}).",
-                            error.step) from None  # fmt: skip
-    back = sane[-1]
-    state, saved = checkpointer.restore(trainer.abstract_state(), back)
-    checkpointer.set_aside_after(back)
-    resume = min(error.step + cfg.rewind_skip_steps, trainer.total_steps)
-    state = trainer.jump_to_step(state, resume)
-    progress.update(saved, rewinds=rewinds + 1)
-    logging.warning(
-        "Rewind %d of %d: non-finite update at step %d; the weights of step %d (the newest "
-        "saved step whose loss was sane) continue with step %d; steps %d-%d and their batches "
-        "are skipped.", rewinds + 1, cfg.max_rewinds, error.step, back, resume + 1, back + 1,
-        resume,
-    )  # fmt: skip
-    return state
+            state = recovery.rewind(error, trainer, progress, writer, checkpointer)
 
 
 def _train_from(
@@ -466,62 +357,6 @@ def _final_results(
     return results, matrix, split
 
 
-class DivergedError(FloatingPointError):
-    """A non-finite loss, gradient or state stopped the run at `step`; `overrides` are the
-    config changes of a relaunch that recovers (launch.py prints that command)."""
-
-    def __init__(self, message: str, step: int, overrides: dict[str, Any] | None = None):
-        super().__init__(message)
-        self.step, self.overrides = step, overrides or {}
-
-
-# A saved step is taken for sane when the train loss logged up to it stayed within this
-# factor of the run's first logged loss (a diverging run's loss climbs by orders of magnitude).
-SANE_LOSS_FACTOR = 1.5
-
-
-def sane_steps(saved: list[int], before: int, metrics_path: str) -> list[int]:
-    """The saved steps before `before` whose weights gave a sane train loss: the first loss
-    logged after the step (computed with those weights) finite and within SANE_LOSS_FACTOR
-    of the run's first logged loss; oldest first."""
-    if not os.path.exists(metrics_path):
-        return []
-    logged = [(r["step"], r["train/loss"]) for r in reporting.read_metrics(metrics_path)
-              if "train/loss" in r]  # fmt: skip
-    if not logged:
-        return []
-    limit = SANE_LOSS_FACTOR * logged[0][1]
-    sane = []
-    for step in saved:
-        after = [loss for at, loss in logged if at > step]
-        if step < before and after and math.isfinite(after[0]) and after[0] <= limit:
-            sane.append(step)
-    return sane
-
-
-def _with_recovery(
-    error: DivergedError, trainer: Trainer, checkpointer: Checkpointer, progress: dict
-) -> DivergedError:
-    """`error` with the saved steps and the relaunch that recovers: back to the best step by
-    validation when it is sane, else the newest sane step, else the start, with a 10x lower
-    learning rate."""
-    saved = checkpointer.all_steps()
-    sane = sane_steps(saved, error.step, str(checkpointer.workdir / "metrics.jsonl"))
-    best = progress.get("best_step")
-    back = best if best in sane else (sane[-1] if sane else 0)
-    why = ("the best by validation" if back == best else
-           "the newest whose logged loss was sane" if back else "the start")  # fmt: skip
-    lr = trainer.config.optimizer.learning_rate / 10
-    overrides = {"training.restore_step": back, "optimizer.learning_rate": lr}
-    listing = ", ".join(map(str, saved)) or "none"
-    return DivergedError(
-        f"{error} Saved steps: {listing}. To go back to step {back} ({why}) with a 10x lower "
-        f"learning rate, relaunch with --config.training.restore_step={back} "
-        f"--config.optimizer.learning_rate={lr:g} (the later steps are set aside, not deleted).",
-        error.step, overrides,
-    )  # fmt: skip
-
-
 def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
     """Stops the run at a non-finite loss, gradient or new state
     (config.training.on_nonfinite="stop"), or at a log window that skipped every update;
@@ -530,13 +365,13 @@ def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:
     if count == 0:
         return 0
     if cfg.on_nonfinite in ("stop", "rewind"):
-        raise DivergedError(
+        raise recovery.DivergedError(
             f"Non-finite loss, gradient or new state at step {first}; its update was not "
             "applied and no checkpoint was written after it (to skip such updates instead, "
             "set config.training.on_nonfinite=skip).", first,
         )  # fmt: skip
     if count == window:
-        raise DivergedError(
+        raise recovery.DivergedError(
             f"Every update of steps {step - window + 1}-{step} had a non-finite loss, "
             "gradient or new state and was skipped.", step - window + 1,
         )  # fmt: skip

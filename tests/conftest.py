@@ -97,3 +97,12 @@ def train_steps(trainer, count):
         state, metrics = trainer.train_step(state, batch, trainer.train_key)
         losses.append(float(metrics.compute()["loss"]))
     return state, losses
+
+
+def trainer_restore(trainer, workdir):
+    from imgcls_jax.checkpoint import Checkpointer
+
+    checkpointer = Checkpointer(str(workdir), 10)
+    restored = checkpointer.restore(trainer.abstract_state())
+    checkpointer.close()
+    return restored
