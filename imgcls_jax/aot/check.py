@@ -216,16 +216,19 @@ def check_devices(trainer: Any, memory_bytes: int | None = None) -> dict[str, An
                 f"per device, a {device.device_kind} has {memory_bytes / chips.GIB:.2f} GiB. "
                 f"{fit_advice(trainer.config, trainer.mesh.size)}"
             )
-    train = programs[1]
-    batch = trainer.config.input.batch_size
     return {
         "device_kind": device.device_kind,
         "devices": trainer.mesh.size,
         "memory_bytes": memory_bytes,
         "programs": [dataclasses.asdict(p) | {"peak_bytes": p.peak_bytes} for p in programs],
-        "train_flops_per_image": train.flops / trainer.steps_per_dispatch * trainer.mesh.size
-        / batch,
-    }  # fmt: skip
+        "train_flops_per_image": _flops_per_image(programs[1], trainer),
+    }
+
+
+def _flops_per_image(train: Program, trainer: Any) -> float:
+    """The train step's FLOPs (XLA's count for one device and one call) per image."""
+    return (train.flops / trainer.steps_per_dispatch * trainer.mesh.size
+            / trainer.config.input.batch_size)  # fmt: skip
 
 
 def build_trainer(config: ml_collections.ConfigDict, shape: DatasetShape, devices: list) -> Any:
@@ -287,7 +290,7 @@ def check(
         "steps_per_dispatch": steps,
         "train_examples": shape.train_examples,
         "programs": [dataclasses.asdict(p) | {"peak_bytes": p.peak_bytes} for p in programs],
-        "train_flops_per_image": train.flops / steps * len(devices) / batch,
+        "train_flops_per_image": _flops_per_image(train, trainer),
         "estimate": timing | {"images_per_s": images_per_s,
                               "epoch_s": shape.train_examples / images_per_s if images_per_s else 0},
     }  # fmt: skip

@@ -69,10 +69,16 @@ def image_folder_channels(dataset_config: ml_collections.ConfigDict) -> int | No
         return None
     from imgcls_jax.data import image_folder
 
-    c = dataset_config
-    folders = image_folder.split_folders(c.data_dir, c.train_split, c.validation_split,
-                                         c.test_split) or {"train": c.data_dir}  # fmt: skip
-    return image_folder.peek_channels(folders["train"], c.channels)
+    return image_folder.peek_channels(_image_folders(dataset_config)["train"],
+                                      dataset_config.channels)  # fmt: skip
+
+
+def _image_folders(c: ml_collections.ConfigDict) -> dict[str, str]:
+    """{split: folder} of an image-folder dataset: its split folders, or the one folder."""
+    from imgcls_jax.data import image_folder
+
+    return image_folder.split_folders(c.data_dir, c.train_split, c.validation_split,
+                                      c.test_split) or {"train": c.data_dir}  # fmt: skip
 
 
 def resolve_source(dataset_config: ml_collections.ConfigDict) -> str:
@@ -170,8 +176,7 @@ def _load_debian(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
 def _load_image_folder(c: ml_collections.ConfigDict) -> tuple[dict, tuple[str, ...]]:
     from imgcls_jax.data import image_folder
 
-    folders = image_folder.split_folders(c.data_dir, c.train_split, c.validation_split,
-                                         c.test_split) or {"train": c.data_dir}  # fmt: skip
+    folders = _image_folders(c)
     splits, class_names, channels = {}, None, c.channels
     for key in ("train", "validation", "test"):  # Train first: it fixes classes and channels.
         if key not in folders:
