@@ -49,7 +49,7 @@ flags.DEFINE_string("k8s_out", "", "Write the manifests to this file ('' prints 
 flags.DEFINE_bool(
     "reuse_host_memory", True,
     "glibc: keep freed host memory in the process, so XLA:CPU's step buffers are not "
-    "page-faulted in again every step (imgcls_jax/host_memory.py). CPU runs only.",
+    "page-faulted in again every step (imgcls_jax/runtime/host_memory.py). CPU runs only.",
 )  # fmt: skip
 flags.DEFINE_string(
     "compilation_cache", "~/.cache/imgcls_jax/jax_compilation_cache",
@@ -57,7 +57,7 @@ flags.DEFINE_string(
     "compiled steps instead of compiling again. '' disables it; JAX_COMPILATION_CACHE_DIR wins.",
 )  # fmt: skip
 flags.DEFINE_bool("fit_check", False, "Before training, compile the run's programs and check "
-                  "them against the devices' memory (python -m imgcls_jax.aot does it without "
+                  "them against the devices' memory (python -m imgcls_jax.runtime.aot does it without "
                   "the devices); a run that does not fit stops in one line.")  # fmt: skip
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config, data or workdir error.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -85,14 +85,14 @@ def main(argv):
     if FLAGS.k8s:
         return write_kubernetes_manifests()
     _quiet_library_info_logs()
-    from imgcls_jax import host_memory
-    from imgcls_jax.clusters import multihost
+    from imgcls_jax.runtime import host_memory
+    from imgcls_jax.runtime.clusters import multihost
 
     on_cpus = host_memory.devices_are_cpus()
     if on_cpus and not os.environ.get("JAX_PLATFORMS"):
         import jax
 
-        # No accelerator: JAX need not start libtpu (installed for imgcls_jax.aot) to find none.
+        # No accelerator: JAX need not start libtpu (installed for imgcls_jax.runtime.aot) to find none.
         jax.config.update("jax_platforms", "cpu")
     reuse = FLAGS.reuse_host_memory and on_cpus
     if reuse and host_memory.reuse_freed_memory():  # Before JAX's threads.
@@ -107,7 +107,7 @@ def main(argv):
     _use_compilation_cache(FLAGS.compilation_cache)
     import jax
 
-    from imgcls_jax.train import train_and_evaluate
+    from imgcls_jax.training.loop import train_and_evaluate
 
     try:
         results = train_and_evaluate(FLAGS.config, FLAGS.workdir, fit_check=FLAGS.fit_check)
@@ -167,15 +167,15 @@ def write_kubernetes_manifests() -> None:
     """Prints (or writes to --k8s_out) the manifests that run this job on Kubernetes."""
     import yaml
 
-    from imgcls_jax import validation
-    from imgcls_jax.clusters import cloud_tpu, kubernetes_manifests, kubernetes_schema
+    from imgcls_jax.runtime.clusters import cloud_tpu, kubernetes_manifests, kubernetes_schema
+    from imgcls_jax.training import config_check
 
     if not FLAGS.k8s_image or (FLAGS.k8s_tpu is None) == (FLAGS.k8s_gpus is None):
         raise app.UsageError("--k8s needs --k8s_image and one of --k8s_tpu or --k8s_gpus.")
     args = _without_flags(sys.argv[1:], "k8s")
     try:
         cloud_tpu.check_workdir(FLAGS.workdir)
-        validation.validate(FLAGS.config)
+        config_check.validate(FLAGS.config)
         if FLAGS.k8s_tpu:
             slices = kubernetes_manifests.TpuSlices(FLAGS.k8s_tpu, FLAGS.k8s_slices)
             manifests = [kubernetes_manifests.tpu_jobset(FLAGS.k8s, FLAGS.k8s_image, args, slices)]
@@ -204,15 +204,15 @@ def write_kubernetes_manifests() -> None:
 
 def launch_on_tpu() -> None:
     """Prints (or runs) the commands that train this job on every worker of a TPU VM."""
-    from imgcls_jax.clusters import cloud_tpu
+    from imgcls_jax.runtime.clusters import cloud_tpu
 
     if not (FLAGS.tpu_zone and FLAGS.tpu_type):
         raise app.UsageError("--tpu needs --tpu_zone and --tpu_type.")
-    from imgcls_jax import validation
+    from imgcls_jax.training import config_check
 
     try:
         cloud_tpu.check_workdir(FLAGS.workdir)
-        validation.validate(FLAGS.config)  # Here, before anything is created or paid for.
+        config_check.validate(FLAGS.config)  # Here, before anything is created or paid for.
     except ValueError as e:
         sys.exit(f"launch.py: {e}")
     vm = cloud_tpu.TpuVm(FLAGS.tpu, FLAGS.tpu_zone, FLAGS.tpu_type, FLAGS.tpu_version,

@@ -16,7 +16,7 @@ import numpy as np
 from absl import app
 from run_sweep import FLAGS, main_for
 
-from imgcls_jax import markdown
+from imgcls_jax.reporting import markdown
 
 FIXED = {
     "dataset.train_size": 10000,

@@ -17,8 +17,8 @@ from absl import app, flags
 from run_sweep import FLAGS, main_for  # Puts the repository root on sys.path.
 
 from configs import resnet, vit
-from imgcls_jax import sweep
 from imgcls_jax.config import apply_overrides, overrides_between
+from imgcls_jax.training import sweep
 
 flags.DEFINE_float("budget_fraction", 1.0, "Fraction of each preset's steps that runs train.")
 

@@ -1,4 +1,4 @@
-"""Every preset compiled for TPU pods on this machine (no TPU): `python -m imgcls_jax.aot` once
+"""Every preset compiled for TPU pods on this machine (no TPU): `python -m imgcls_jax.runtime.aot` once
 per (config, topology), each in its own process; one table per topology.
 
     JAX_PLATFORMS=cpu python experiments/aot_table.py --out=experiments/results/aot
@@ -96,7 +96,7 @@ def command(row: Row, topology: str, out: str) -> list[str]:
 
     batch = row.batch or at_least(config.input.batch_size)
     eval_batch = row.batch or at_least(config.input.eval_batch_size)
-    return [sys.executable, "-m", "imgcls_jax.aot", f"--config={row.config}", *row.overrides,
+    return [sys.executable, "-m", "imgcls_jax.runtime.aot", f"--config={row.config}", *row.overrides,
             f"--config.input.batch_size={batch}", f"--config.input.eval_batch_size={eval_batch}",
             f"--topology={base}", f"--num_slices={slices}", f"--out={out}"]  # fmt: skip
 
@@ -117,7 +117,7 @@ def run(row: Row, topology: str) -> dict:
 
 
 def table(results: list[dict], topology: str) -> str:
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     lines = []
     for r in results:
@@ -151,7 +151,6 @@ def table(results: list[dict], topology: str) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    from imgcls_jax import markdown  # noqa: F401  (fails early outside the repo)
 
     os.makedirs(FLAGS.out, exist_ok=True)
     results = []

@@ -62,9 +62,10 @@ def main(argv):
     import jax
     import numpy as np
 
-    from imgcls_jax import input_pipeline, markdown
+    from imgcls_jax.data import input_pipeline
     from imgcls_jax.data.synthetic import random_dataset
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.reporting import markdown
+    from imgcls_jax.training.builder import Trainer
 
     base = FLAGS.config
     batch_size = base.input.batch_size

@@ -58,8 +58,10 @@ def measure(module: str, preset: str, size: int, channels: int) -> dict:
     import jax
     from step_timing import OurStep
 
-    from imgcls_jax import checkpoint, precision, timing
+    from imgcls_jax import checkpoint
     from imgcls_jax.config import apply_overrides
+    from imgcls_jax.reporting import timing
+    from imgcls_jax.runtime import precision
 
     config = importlib.import_module(f"configs.{module}").get_config(preset)
     if FLAGS.batch_size:
@@ -90,7 +92,7 @@ def main(argv):
     del argv
     import jax
 
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     cases = [parse_case(case) for case in FLAGS.cases]  # Every case checked before compiling.
     rows = []

@@ -81,7 +81,7 @@ def main(argv):
     import jax.numpy as jnp
     import numpy as np
 
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     rows, results = [], []
     for dtype in (jnp.float32, jnp.bfloat16):

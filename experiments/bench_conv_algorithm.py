@@ -115,8 +115,9 @@ def measure_layer(batch: int, side: int, cin: int, cout: int) -> dict:
 
 def main(argv):
     del argv
-    from imgcls_jax import markdown, precision
     from imgcls_jax.kernels import onednn
+    from imgcls_jax.reporting import markdown
+    from imgcls_jax.runtime import precision
 
     onednn.load()
     if not onednn.avx512():

@@ -40,7 +40,7 @@ flags.DEFINE_string("out", "experiments/results/bench_cpu_options.json", "Where 
 
 # name -> (XLA flags, model dtype, model.kernels, host memory reused). "onednn_conv" (this
 # script only) takes oneDNN's convolutions but XLA's batch norm, to show what each kernel
-# adds. Host memory reused is what launch.py does by default (imgcls_jax/host_memory.py).
+# adds. Host memory reused is what launch.py does by default (imgcls_jax/runtime/host_memory.py).
 VARIANTS = {
     "baseline f32": ("", "float32", "xla", True),
     "bf16": ("", "bfloat16", "xla", True),
@@ -62,7 +62,7 @@ VARIANTS = {
 
 def measure(dtype: str, kernels: str, reuse_host_memory: bool) -> dict:
     """Times our step in this process; returns seconds per step and the first step's loss."""
-    from imgcls_jax import host_memory
+    from imgcls_jax.runtime import host_memory
 
     if reuse_host_memory:
         host_memory.reuse_freed_memory()  # Before JAX starts its threads, as launch.py does.
@@ -115,7 +115,8 @@ def main(argv):
         print(json.dumps(measure(*VARIANTS[FLAGS.measure][1:])))
         return
     from configs.resnet import get_config
-    from imgcls_jax import markdown, registry
+    from imgcls_jax import registry
+    from imgcls_jax.reporting import markdown
 
     names = FLAGS.variants or list(VARIANTS)
     for name in names:

@@ -5,7 +5,7 @@ Question: does our step reach >= 6,000 img/s on an H200 and beat torchvision? Bo
 the same synthetic uint8 batch, resident on the device (normalisation included, no
 augmentation), with SGD + Nesterov momentum and label smoothing 0.1; PyTorch eager (cuDNN's
 autotuner on) and under `torch.compile`. Model-FLOPs utilisation (MFU) = the train step's
-convolution and matmul FLOPs per image, counted from its program (imgcls_jax.flops; 24.3
+convolution and matmul FLOPs per image, counted from its program (imgcls_jax.reporting.flops; 24.3
 GFLOP for ResNet-50 at 224 px: 3 x 2 x its 4.09 G multiply-adds forward, less the first
 convolution's input gradient) x images/s / the
 device's peak bf16 FLOP/s. XLA's own cost analysis is printed beside it: on GPUs it leaves

@@ -153,8 +153,7 @@ def decode_rate(source: str, roots: dict, threads: int) -> float:
 def worker_rate(source: str, roots: dict, workers: int) -> float:
     """Images/s of train batches read by Grain in `workers` processes (one decode thread
     each), once the batches read ahead during the workers' start are consumed."""
-    from imgcls_jax import input_pipeline
-    from imgcls_jax.data import batch_rows
+    from imgcls_jax.data import batch_rows, input_pipeline
 
     split = stream(source, roots, 1)
     order = batch_rows.TrainOrder(len(split), FLAGS.batch_size, seed=0)
@@ -175,9 +174,10 @@ def training_loop(source: str | None, roots: dict) -> dict:
     import jax
 
     from configs.resnet import get_config
-    from imgcls_jax import data, input_pipeline
+    from imgcls_jax import data
     from imgcls_jax.config import apply_overrides
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.data import input_pipeline
+    from imgcls_jax.training.builder import Trainer
 
     name = TFDS_NAME if source == "tfds" else "image_folder"
     data_dir = roots["tfds"] if source == "tfds" else roots["folder"]
@@ -234,7 +234,7 @@ def main(argv):
         return
     import jax
 
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     cores = os.cpu_count() or 1
     threads = FLAGS.threads or cores

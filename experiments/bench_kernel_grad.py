@@ -101,7 +101,7 @@ def main(argv):
     if FLAGS.worker:
         print(json.dumps(measure_kind()))
         return
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     results = {}
     for kind in FLAGS.kinds:

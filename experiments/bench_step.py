@@ -52,7 +52,7 @@ def loop_images_per_sec(config, dataset, steps: int, per_dispatch: int) -> float
     compiling, set-up and the final evaluation cancel out. (CLU's steps_per_sec times the
     host's dispatches, which run ahead of the device.)"""
     from imgcls_jax.config import apply_overrides
-    from imgcls_jax.train import TIMING_FILE, train_and_evaluate
+    from imgcls_jax.training.loop import TIMING_FILE, train_and_evaluate
 
     seconds = []
     for total in (steps, 2 * steps):
@@ -80,8 +80,8 @@ def main(argv):
     del argv
     import jax
 
-    from imgcls_jax import markdown
     from imgcls_jax.data.synthetic import random_dataset
+    from imgcls_jax.reporting import markdown
 
     config = FLAGS.config
     dataset = random_dataset(
@@ -91,7 +91,7 @@ def main(argv):
     bare = bare_step_images_per_sec(config, FLAGS.steps)
     loops = {int(k): loop_images_per_sec(config, dataset, FLAGS.steps, int(k))
              for k in FLAGS.steps_per_dispatch}  # fmt: skip
-    from imgcls_jax import precision
+    from imgcls_jax.runtime import precision
 
     dtype = precision.resolve(config.model.dtype, jax.devices())
     result = {

@@ -9,7 +9,7 @@ included, no augmentation.
 Each side runs in its own worker process (two frameworks in one process share one heap and
 two OpenMP runtimes, which slows both), and the workers are timed in interleaved rounds
 (background load hits all alike); the median round counts. Ours runs as launch.py runs it,
-with freed host memory kept for reuse (imgcls_jax/host_memory.py); PyTorch is timed as
+with freed host memory kept for reuse (imgcls_jax/runtime/host_memory.py); PyTorch is timed as
 shipped and, for comparison, with the same malloc settings.
 
     python experiments/bench_torch.py                       # all cases below
@@ -52,7 +52,7 @@ NUM_CLASSES = 10
 
 def build_step(side: str, name: str, option: str):
     """Our step (option: model.kernels) or PyTorch's (option: "reuse" or "system" malloc)."""
-    from imgcls_jax import host_memory
+    from imgcls_jax.runtime import host_memory
 
     if side == "ours" or option == "reuse":
         host_memory.reuse_freed_memory()  # Before any library starts its threads.
@@ -151,7 +151,7 @@ def main(argv):
         return serve(FLAGS.worker)
     import torch
 
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     results = [row for name in FLAGS.cases for row in time_case(name)]
     print(markdown.table(

@@ -39,7 +39,7 @@ flags.DEFINE_string("out", "experiments/results/profile_step.json", "Where to wr
 flags.DEFINE_bool(
     "reuse_host_memory",
     True,
-    "Keep freed host memory for reuse, as launch.py does by default (imgcls_jax/host_memory.py).",
+    "Keep freed host memory for reuse, as launch.py does by default (imgcls_jax/runtime/host_memory.py).",
 )
 
 
@@ -83,14 +83,14 @@ def category(name: str, calls: dict) -> str:
 
 def main(argv):
     del argv
-    from imgcls_jax import host_memory
+    from imgcls_jax.runtime import host_memory
 
     if FLAGS.reuse_host_memory:
         host_memory.reuse_freed_memory()  # Before JAX starts its threads, as launch.py does.
     import jax
     from step_timing import OurStep
 
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     step = OurStep(FLAGS.config, FLAGS.image_size, FLAGS.channels, FLAGS.num_classes)
     trainer = step.trainer

@@ -30,12 +30,12 @@ flags.DEFINE_integer("columns", 0, "Grid columns; 0 makes it square.")
 
 def main(argv):
     del argv
-    from imgcls_jax import visualize
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.reporting import plots
+    from imgcls_jax.training.builder import Trainer
 
     trainer = Trainer(FLAGS.config)
     images = trainer.augmented_images(FLAGS.step, FLAGS.count)
-    visualize.save_png(FLAGS.out, visualize.image_grid(images, FLAGS.columns))
+    plots.save_png(FLAGS.out, plots.image_grid(images, FLAGS.columns))
     print(f"Wrote {len(images)} images of step {FLAGS.step} "
           f"({FLAGS.config.augment.train or 'no augmentation'}) to {FLAGS.out}")  # fmt: skip
 

@@ -39,8 +39,8 @@ def main_for(grid, fixed: Mapping[str, Any] = {}, metrics: Sequence[str] | None 
 
     def main(argv):
         del argv
-        from imgcls_jax import sweep
         from imgcls_jax.config import apply_overrides
+        from imgcls_jax.training import sweep
 
         if not FLAGS.root:
             raise app.UsageError("--root is required.")

@@ -45,7 +45,7 @@ def evaluate_repeatedly(pattern: str, passes: int) -> None:
     sys.path.insert(0, ROOT)
     from configs.resnet import get_config
     from imgcls_jax.config import apply_overrides
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.training.builder import Trainer
 
     trainer = Trainer(apply_overrides(get_config("tiny"), {"augment.grid_images": 0}))
     state = trainer.create_state()
@@ -55,7 +55,7 @@ def evaluate_repeatedly(pattern: str, passes: int) -> None:
         if pattern == "merged":
             trainer.evaluate(state, test, "test")
         else:
-            from imgcls_jax import input_pipeline
+            from imgcls_jax.data import input_pipeline
 
             total = None
             for batch in input_pipeline.eval_batches(

@@ -38,8 +38,8 @@ GOAL_ACCURACY, GOAL_SECONDS = 0.94, 300.0
 def cpu_kind() -> str:
     """The CPU features that decide the speed here: AMX, AVX-512 (with BF16) or AVX2, as this
     process may use them (an ISA cap in XLA_FLAGS or ONEDNN_MAX_CPU_ISA counts), and the
-    vendor (bfloat16 without AMX is fast on AMD's CPUs only: imgcls_jax/precision.py)."""
-    from imgcls_jax import precision
+    vendor (bfloat16 without AMX is fast on AMD's CPUs only: imgcls_jax/runtime/precision.py)."""
+    from imgcls_jax.runtime import precision
 
     flags = precision.cpu_flags()
     amx = precision.AMX_FLAGS <= flags and not precision.amx_capped(os.environ)
@@ -53,7 +53,7 @@ def cpu_kind() -> str:
 
 
 def run_seed(seed: int) -> dict:
-    from imgcls_jax import reporting
+    from imgcls_jax.reporting import writers
 
     workdir = os.path.join(FLAGS.workdir, f"seed{seed}")
     summary_file = os.path.join(workdir, "speed.json")
@@ -73,7 +73,7 @@ def run_seed(seed: int) -> dict:
         timing = json.load(f)
     with open(os.path.join(workdir, "report.json"), encoding="utf-8") as f:
         compute = json.load(f)["compute"]
-    rates = [r["steps_per_sec"] for r in reporting.read_metrics(
+    rates = [r["steps_per_sec"] for r in writers.read_metrics(
         os.path.join(workdir, "metrics.jsonl")) if "steps_per_sec" in r]  # fmt: skip
     summary = {"seed": seed, "test_accuracy": results["test/accuracy"],
                "wall_s": round(wall_s, 1), "compile_s": timing["compile_s"],
@@ -87,7 +87,7 @@ def run_seed(seed: int) -> dict:
 
 def main(argv):
     del argv
-    from imgcls_jax import markdown
+    from imgcls_jax.reporting import markdown
 
     runs = [run_seed(seed) for seed in range(FLAGS.seeds)]
     accuracy = [100 * r["test_accuracy"] for r in runs]

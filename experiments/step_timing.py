@@ -7,10 +7,10 @@ import time
 
 import jax
 
-from imgcls_jax import input_pipeline
 from imgcls_jax.config import apply_overrides
+from imgcls_jax.data import input_pipeline
 from imgcls_jax.data.synthetic import random_dataset
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.training.builder import Trainer
 
 
 class OurStep:
@@ -38,8 +38,8 @@ class OurStep:
 
     def train_flops_per_image(self) -> float:
         """The convolution and matrix-product FLOPs of one whole train step (forward and
-        backward), counted from its program (imgcls_jax.flops), per image."""
-        from imgcls_jax import flops
+        backward), counted from its program (imgcls_jax.reporting.flops), per image."""
+        from imgcls_jax.reporting import flops
 
         count = flops.flops(self.trainer.train_step, self.state, self.batch, self.trainer.train_key)
         return count / self.batch_size

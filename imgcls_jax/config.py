@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.width = 64  # Channels of the first stage.
     # Compute dtype (parameters stay float32): float32, bfloat16, float16, or auto: bfloat16 on
     # GPUs, TPUs, CPUs with AMX and AMD CPUs with AVX-512-BF16, float32 on other CPUs
-    # (imgcls_jax/precision.py).
+    # (imgcls_jax/runtime/precision.py).
     c.model.dtype = "float32"
     c.model.bn_momentum = 0.9
     # Stochastic depth (ResNets, ViT): the residual-branch drop rate rises linearly over the
@@ -318,7 +318,7 @@ def _check_ranges(config: ml_collections.ConfigDict) -> None:
 def check_rules(config: ml_collections.ConfigDict) -> None:
     """Checks the config's own rules: value ranges, plain choices and rules across fields.
     Names of registered parts (models, optimizers, ...) are checked by building them
-    (`imgcls_jax.validation.validate`)."""
+    (`imgcls_jax.training.config_check.validate`)."""
     check_choice("input.sampling", config.input.sampling, ("uniform", "class_balanced"))
     check_choice("training.on_nonfinite", config.training.on_nonfinite, ("stop", "skip", "rewind"))
     check_choice("loss.class_weighting", config.loss.class_weighting, ("none", "balanced"))

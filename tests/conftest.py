@@ -19,7 +19,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-from imgcls_jax import host_memory  # noqa: E402
+from imgcls_jax.runtime import host_memory
 
 host_memory.reuse_freed_memory()  # As launch.py does, before any library starts threads.
 
@@ -88,7 +88,7 @@ def dataset():
 
 def train_steps(trainer, count):
     """`count` train steps from a fresh state, batches as the loop reads them: (state, losses)."""
-    from imgcls_jax import input_pipeline
+    from imgcls_jax.data import input_pipeline
 
     state = trainer.create_state()
     losses = []

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, tiny_config
 
-from imgcls_jax.aot import chips, collectives
+from imgcls_jax.runtime.aot import chips, collectives
 
 pytest.importorskip("libtpu", reason="the fit check compiles with libtpu (pip install '.[tpu]')")
 
-from imgcls_jax.aot import check  # noqa: E402
+from imgcls_jax.runtime.aot import check  # noqa: E402
 
 
 def _small_config(**overrides):
@@ -46,7 +46,7 @@ def test_reports_the_topology_the_state_and_the_flops(v5e_report):
                                    + train["code_bytes"])  # fmt: skip
     # XLA's count of the train step agrees with ours from the jaxpr (convolutions and matrix
     # products, forward and backward) within what elementwise work adds.
-    from imgcls_jax import flops
+    from imgcls_jax.reporting import flops
 
     state = trainer.abstract_state()
     batch = {"image": jax.ShapeDtypeStruct((32, 28, 28, 1), np.uint8),
@@ -78,7 +78,7 @@ def test_a_program_larger_than_a_chip_is_refused_with_what_would_fit():
 @pytest.mark.slow
 def test_command_writes_the_report_and_a_bad_topology_is_one_line(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "imgcls_jax.aot", "--config=configs/resnet.py:tiny",
+    command = [sys.executable, "-m", "imgcls_jax.runtime.aot", "--config=configs/resnet.py:tiny",
                "--topology=v5e:2x2", f"--out={tmp_path}"]  # fmt: skip
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -88,12 +88,16 @@ def test_command_writes_the_report_and_a_bad_topology_is_one_line(tmp_path):
     command[4] = "--topology=v5e:3x7"
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 1
-    assert run.stderr.strip().splitlines()[-1].startswith("imgcls_jax.aot: --topology='v5e:3x7'")
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .startswith("imgcls_jax.runtime.aot: --topology='v5e:3x7'")
+    )
     command[4] = "--config.mesh.fsdb=2"  # A misspelt override: one line naming the key.
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
     assert run.stderr.startswith(
-        "imgcls_jax.aot: bad config override: 'fsdb' Did you mean \"fsdp\""
+        "imgcls_jax.runtime.aot: bad config override: 'fsdb' Did you mean \"fsdp\""
     )
 
 

@@ -103,7 +103,7 @@ def test_compile_benchmark_reports_the_presets_step(tmp_path):
     from conftest import tiny_config
 
     from imgcls_jax.data.synthetic import random_dataset
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.training.builder import Trainer
 
     out = tmp_path / "compile.json"
     run = _run("bench_compile.py", "--cases=resnet:tiny@28x1", "--batch_size=8", f"--out={out}")

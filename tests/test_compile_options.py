@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset, tiny_config
 
-from imgcls_jax import compile_options
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.runtime import compile_options
+from imgcls_jax.training.builder import Trainer
 
 MODELS = {
     "resnet8": {"model.name": "resnet8", "model.width": 4},

@@ -4,7 +4,7 @@ import jax
 import pytest
 from conftest import synthetic_dataset, tiny_config
 
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.training.builder import Trainer
 
 
 @pytest.mark.slow

@@ -4,8 +4,8 @@ import pytest
 from conftest import tiny_config
 
 from configs import resnet, transfer, vit
-from imgcls_jax import validation
 from imgcls_jax.config import apply_overrides, overrides_between
+from imgcls_jax.training import config_check
 
 
 @pytest.mark.parametrize(
@@ -16,7 +16,7 @@ from imgcls_jax.config import apply_overrides, overrides_between
 )
 def test_every_preset_loads_and_validates(module, preset):
     config = module.get_config(preset)
-    validation.validate(config)
+    config_check.validate(config)
     assert config.is_locked
 
 
@@ -70,7 +70,7 @@ def test_locked_config_rejects_new_attribute():
 def test_unknown_name_names_closest_choice(key, value, hint):
     c = tiny_config(**{key: value, "dataset.source": "auto"})
     with pytest.raises(ValueError, match=f"Did you mean '{hint}'"):
-        validation.validate(c)
+        config_check.validate(c)
 
 
 def test_unknown_preset_names_closest():
@@ -86,9 +86,9 @@ def test_unknown_preset_names_closest():
     ],
 )
 def test_no_validation_split_refuses_what_needs_one(overrides, message):
-    validation.validate(tiny_config(**{"dataset.validation_size": 0}))
+    config_check.validate(tiny_config(**{"dataset.validation_size": 0}))
     with pytest.raises(ValueError, match=message):
-        validation.validate(tiny_config(**{"dataset.validation_size": 0, **overrides}))
+        config_check.validate(tiny_config(**{"dataset.validation_size": 0, **overrides}))
 
 
 @pytest.mark.parametrize(
@@ -112,11 +112,11 @@ def test_no_validation_split_refuses_what_needs_one(overrides, message):
 )  # fmt: skip
 def test_values_out_of_range_fail_validation_naming_the_key(overrides, message):
     with pytest.raises(ValueError, match=message):
-        validation.validate(tiny_config(**overrides))
+        config_check.validate(tiny_config(**overrides))
 
 
 def test_crops_larger_than_the_images_fail_before_training(dataset):
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.training.builder import Trainer
 
     for key, spec in (("augment.eval", "center_crop(64)"), ("augment.train", "resize(4)|random_crop(1)|center_crop(9)")):  # fmt: skip
         with pytest.raises(

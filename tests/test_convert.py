@@ -205,7 +205,7 @@ def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
     Image.fromarray(skimage_data.coffee()).save(tmp_path / "coffee.png")
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")  # Reported; the others still classified.
     run = subprocess.run(
-        [sys.executable, "-m", "imgcls_jax.predict", f"--checkpoint={tmp_path / 'lite0'}",
+        [sys.executable, "-m", "imgcls_jax.inference.predict", f"--checkpoint={tmp_path / 'lite0'}",
          str(tmp_path / "chelsea.jpg"), str(tmp_path / "broken.jpg"), str(tmp_path / "coffee.png")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -231,9 +231,9 @@ def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path,
 
     from conftest import REPO_ROOT
 
-    from imgcls_jax import reporting
     from imgcls_jax.config import apply_overrides
-    from imgcls_jax.train import train_and_evaluate
+    from imgcls_jax.reporting import writers
+    from imgcls_jax.training.loop import train_and_evaluate
 
     variables, _, _, path = lite0
     size, mean, std = convert.default_preprocessing("efficientnet_lite0")
@@ -253,7 +253,7 @@ def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path,
         "augment.grid_images": 0,
     })  # fmt: skip
     results = train_and_evaluate(config, str(tmp_path / "run"))
-    records = reporting.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
+    records = writers.read_metrics(str(tmp_path / "run" / "metrics.jsonl"))
     train = [r["train/loss_no_smoothing"] for r in records if "train/loss" in r]
     assert train[-1] < train[0], train
     assert results["val/loss"] < np.log(10) and results["val/accuracy"] > 0.3, (
@@ -268,7 +268,7 @@ def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path,
 def test_predict_checks_its_output_path_before_reading_anything(tmp_path, output, problem):
     (tmp_path / "folder_as.csv").mkdir()
     run = subprocess.run(
-        [sys.executable, "-m", "imgcls_jax.predict", f"--checkpoint={tmp_path / 'no_model'}",
+        [sys.executable, "-m", "imgcls_jax.inference.predict", f"--checkpoint={tmp_path / 'no_model'}",
          f"--output={tmp_path / output}", str(tmp_path / "no_image.png")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip

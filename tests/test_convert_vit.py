@@ -75,7 +75,7 @@ def test_fine_tuning_takes_every_tensor_but_the_head(tmp_path):
     """A converted ViT under a new 4-class head, on 1-channel 32 px images: the encoder's
     variables are the checkpoint's (the stem summed over its input channels), the head is
     new."""
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.training.builder import Trainer
 
     reference = torch_vit.randomize(torch_vit.VisionTransformer("vit_ti", 32, 16, 10))
     variables, _ = convert.convert_model("vit_ti", _state_dict(reference), 0, "", 32)

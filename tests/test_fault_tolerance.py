@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, tiny_config
 
-from imgcls_jax import reporting
 from imgcls_jax.checkpoint import Checkpointer
 from imgcls_jax.data import fashion_mnist_files
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.reporting import writers
+from imgcls_jax.training.builder import Trainer
 
 pytestmark = pytest.mark.skipif(
     not fashion_mnist_files.available(), reason="needs Debian's dataset-fashion-mnist"
@@ -95,7 +95,7 @@ def _checksums(workdir, step=STEPS):
 
 
 def _train_losses(workdir):
-    records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    records = writers.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     steps = [r["step"] for r in records if "train/loss" in r]
     assert len(steps) == len(set(steps)), "a step was logged twice"
     return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}

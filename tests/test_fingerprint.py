@@ -11,7 +11,7 @@ from imgcls_jax import data
 from imgcls_jax.config import apply_overrides
 from imgcls_jax.data.fingerprint import DatasetChangedError, dataset_fingerprint, describe_change
 from imgcls_jax.data.image_folder import list_image_folder
-from imgcls_jax.train import train_and_evaluate
+from imgcls_jax.training.loop import train_and_evaluate
 
 
 def _streamed(root, count):

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imgcls_jax import flops, models
+from imgcls_jax import models
+from imgcls_jax.reporting import flops
 
 
 def _variables(model, shape):

@@ -6,13 +6,13 @@ import sys
 import pytest
 from conftest import REPO_ROOT, why_failed
 
-from imgcls_jax import host_memory
+from imgcls_jax.runtime import host_memory
 
 # Calls a jitted function whose 16 MB buffers XLA allocates and frees on every call; prints
 # the page faults per call.
 SCRIPT = """
 import resource, sys
-from imgcls_jax import host_memory
+from imgcls_jax.runtime import host_memory
 if sys.argv[1] == "reuse":
     assert host_memory.reuse_freed_memory()
 import jax, jax.numpy as jnp

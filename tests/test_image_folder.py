@@ -211,7 +211,7 @@ def test_channels_are_inferred_and_checked_against_the_normalisation(
     from conftest import tiny_config
 
     from imgcls_jax.data.image_folder import list_image_folder
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.training.builder import Trainer
 
     assert load_image_folder(str(root), SIZE, channels=0).images.shape[-1] == 3
     assert list_image_folder(str(root), SIZE, channels=0)[0].shape[-1] == 3

@@ -130,7 +130,7 @@ def test_train_on_split_folders_then_predict_new_files_with_the_workdir(tmp_path
 
     from conftest import REPO_ROOT
 
-    from imgcls_jax.train import train_and_evaluate
+    from imgcls_jax.training.loop import train_and_evaluate
 
     root = split_layout(tmp_path / "images", (("train", 16), ("val", 4), ("test", 6)))
     config = tiny_config(**{
@@ -149,7 +149,7 @@ def test_train_on_split_folders_then_predict_new_files_with_the_workdir(tmp_path
 
     (root / "test" / "square" / "broken.png").write_bytes(b"not a png")
     run = subprocess.run(
-        [sys.executable, "-m", "imgcls_jax.predict", f"--checkpoint={workdir}", "--top=3",
+        [sys.executable, "-m", "imgcls_jax.inference.predict", f"--checkpoint={workdir}", "--top=3",
          "--batch_size=5", f"--output={tmp_path / 'predictions.csv'}", str(root / "test")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -170,7 +170,7 @@ def test_train_on_split_folders_then_predict_new_files_with_the_workdir(tmp_path
     losses = [-np.log(true_class[(r["path"], t)]) for r, t in zip(first, truth, strict=True)]
     assert np.mean(losses) == pytest.approx(results["best_test_ema/loss"], rel=1e-4)
     # The trained weights, in process: the run's best_test numbers.
-    from imgcls_jax.inference import Classifier
+    from imgcls_jax.inference.classifier import Classifier
 
     trained = Classifier.from_workdir(str(workdir), "best", weights="trained")
     paths = [r["path"] for r in first]

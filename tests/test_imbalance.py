@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset, tiny_config
 
-from imgcls_jax import data, imbalance, steps
+from imgcls_jax import data
+from imgcls_jax.data import class_balance
 from imgcls_jax.data.batch_rows import TrainOrder
-from imgcls_jax.trainer import Trainer
-from imgcls_jax.validation import validate
+from imgcls_jax.training import steps
+from imgcls_jax.training.builder import Trainer
+from imgcls_jax.training.config_check import validate
 
 
 def _imbalanced_dataset():
@@ -33,7 +35,7 @@ def test_reduce_classes_keeps_the_asked_fraction_of_each_class():
 
 def test_balanced_class_weights_equalise_each_class_total():
     labels = np.array([0] * 90 + [1] * 10 + [3] * 20)
-    weights = imbalance.balanced_class_weights(labels, 4)
+    weights = class_balance.balanced_class_weights(labels, 4)
     np.testing.assert_allclose(weights, [120 / (3 * 90), 120 / (3 * 10), 0.0, 120 / (3 * 20)])
     totals = weights[labels] @ np.eye(4)[labels]
     np.testing.assert_allclose(totals[[0, 1, 3]], 40.0)  # Same total weight per present class.
@@ -56,7 +58,7 @@ def test_class_weighted_loss_is_the_weighted_mean_and_reaches_the_step():
                                       "loss.class_weighting": "balanced"}), dataset)  # fmt: skip
     np.testing.assert_allclose(
         weighted.class_weights,
-        imbalance.balanced_class_weights(dataset.train.labels, 4),
+        class_balance.balanced_class_weights(dataset.train.labels, 4),
     )
     assert plain.class_weights is None
     batch = {"image": jnp.asarray(dataset.train.images[:32]),
@@ -72,7 +74,7 @@ def test_class_weighted_loss_is_the_weighted_mean_and_reaches_the_step():
 def test_class_balanced_sampling_draws_every_class_equally_and_deterministically():
     dataset, _ = _imbalanced_dataset()
     labels = dataset.train.labels
-    order = imbalance.BalancedOrder(labels, 64, seed=3)
+    order = class_balance.BalancedOrder(labels, 64, seed=3)
     uniform = TrainOrder(len(labels), 64, seed=3)
     steps_ = range(5 * order.steps_per_epoch)
     drawn = np.concatenate([labels[order.indices(s)] for s in steps_])
@@ -80,14 +82,14 @@ def test_class_balanced_sampling_draws_every_class_equally_and_deterministically
     assert np.bincount(plain, minlength=4)[0] / len(plain) < 0.06  # Imbalanced as stored.
     np.testing.assert_allclose(np.bincount(drawn, minlength=4) / len(drawn), 0.25, atol=0.03)
     # A pure function of (seed, step): a fresh order, asked out of sequence, agrees.
-    again = imbalance.BalancedOrder(labels, 64, seed=3)
+    again = class_balance.BalancedOrder(labels, 64, seed=3)
     for s in (7, 0, 12, 7):
         np.testing.assert_array_equal(again.indices(s), order.indices(s))
     assert order.steps_per_epoch == len(labels) // 64
 
     trainer = Trainer(tiny_config(**{"input.batch_size": 32,
                                      "input.sampling": "class_balanced"}), dataset)  # fmt: skip
-    assert isinstance(trainer.order, imbalance.BalancedOrder)
+    assert isinstance(trainer.order, class_balance.BalancedOrder)
 
 
 def test_imbalance_options_are_validated():

@@ -3,8 +3,9 @@
 import jax
 import numpy as np
 
-from imgcls_jax import data, input_pipeline, sharding
-from imgcls_jax.data import batch_rows
+from imgcls_jax import data
+from imgcls_jax.data import batch_rows, input_pipeline
+from imgcls_jax.runtime import sharding
 
 
 def test_train_order_is_a_function_of_seed_and_step():
@@ -70,15 +71,15 @@ def test_batch_size_must_divide_over_devices():
 
 
 def test_device_resident_batches_equal_host_fed_ones():
-    from imgcls_jax import device_data, imbalance
+    from imgcls_jax.data import class_balance, device_resident
 
     mesh = sharding.make_mesh()
     rng = np.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (100, 3, 3, 1), dtype=np.uint8),
                        rng.integers(0, 4, 100).astype(np.int32))  # fmt: skip
     for order in (batch_rows.TrainOrder(100, 16, seed=2),
-                  imbalance.BalancedOrder(split.labels, 16, seed=2)):  # fmt: skip
-        resident = device_data.DeviceResidentTrain(split, order, mesh)
+                  class_balance.BalancedOrder(split.labels, 16, seed=2)):  # fmt: skip
+        resident = device_resident.DeviceResidentTrain(split, order, mesh)
         batches = resident.batches(start_step=4)  # 6 steps per epoch: crosses an epoch.
         for step in range(4, 14):
             on_device, host_fed = (
@@ -91,16 +92,16 @@ def test_device_resident_batches_equal_host_fed_ones():
 
 
 def test_auto_places_only_splits_that_fit():
-    from imgcls_jax import device_data
+    from imgcls_jax.data import device_resident
 
     mesh = sharding.make_mesh()
     small = data.Split(np.zeros((10, 4, 4, 1), np.uint8), np.zeros(10, np.int32))
     huge = data.Split(np.broadcast_to(np.zeros((1, 1, 1, 1), np.uint8), (2**31, 1, 1, 1)),
                       np.broadcast_to(np.zeros(1, np.int32), (2**31,)))  # fmt: skip
-    assert device_data.use_device_resident("auto", small, mesh)
-    assert not device_data.use_device_resident("auto", huge, mesh)
-    assert not device_data.use_device_resident("off", small, mesh)
-    assert device_data.use_device_resident("on", small, mesh)
+    assert device_resident.use_device_resident("auto", small, mesh)
+    assert not device_resident.use_device_resident("auto", huge, mesh)
+    assert not device_resident.use_device_resident("off", small, mesh)
+    assert device_resident.use_device_resident("on", small, mesh)
 
 
 def test_closing_the_batches_stops_the_device_thread_and_the_worker_processes():

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from conftest import REPO_ROOT, why_failed
 
-from imgcls_jax.clusters import kubernetes_manifests as manifests
+from imgcls_jax.runtime.clusters import kubernetes_manifests as manifests
 
-schema = pytest.importorskip("imgcls_jax.clusters.kubernetes_schema")
+schema = pytest.importorskip("imgcls_jax.runtime.clusters.kubernetes_schema")
 pytest.importorskip("kubernetes", reason="schema checks need pip install '.[k8s]'")
 pytest.importorskip("jsonschema", reason="schema checks need pip install '.[k8s]'")
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, why_failed
 
-from imgcls_jax import reporting
 from imgcls_jax.data import fashion_mnist_files
+from imgcls_jax.reporting import writers
 
 pytestmark = pytest.mark.skipif(
     not fashion_mnist_files.available(), reason="needs Debian's dataset-fashion-mnist"
@@ -39,7 +39,7 @@ def test_launch_trains_checkpoints_and_resumes(tmp_path):
     assert os.path.isdir(tmp_path / "checkpoints" / "6")
     assert os.path.isdir(tmp_path / "checkpoints" / str(results["best_step"]))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-    records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
+    records = writers.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert [r["step"] for r in records if "train/loss" in r][:3] == [2, 3, 4]
     assert any("val/accuracy" in r for r in records)
     assert results["step"] == 6
@@ -139,7 +139,7 @@ def _assert_every_checkpoint_is_finite(workdir, steps):
     from conftest import tiny_config
 
     from imgcls_jax.checkpoint import Checkpointer
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.training.builder import Trainer
 
     abstract = Trainer(tiny_config(**{"model.kernels": "xla"})).abstract_state()
     checkpointer = Checkpointer(str(workdir), 10)

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT, why_failed
 
-from imgcls_jax.clusters import cloud_tpu, multihost
+from imgcls_jax.runtime.clusters import cloud_tpu, multihost
 
 SRUN = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_STEP_NODELIST": "n[1-4]",
         "SLURM_PROCID": "2", "SLURM_LOCALID": "0"}  # fmt: skip

@@ -7,8 +7,9 @@ import numpy as np
 import optax
 import pytest
 
-from imgcls_jax import optim, registry
+from imgcls_jax import registry
 from imgcls_jax.config import base_config
+from imgcls_jax.training import optimizers
 
 
 def _schedule(**kw):
@@ -18,7 +19,7 @@ def _schedule(**kw):
 
 
 def test_warmup_then_cosine():
-    fn = optim.build_schedule(_schedule(name="cosine", warmup_epochs=2), 0.4, 10, 120)
+    fn = optimizers.build_schedule(_schedule(name="cosine", warmup_epochs=2), 0.4, 10, 120)
     assert float(fn(0)) == 0.0
     assert float(fn(10)) == pytest.approx(0.2)
     assert float(fn(20)) == pytest.approx(0.4)
@@ -27,7 +28,7 @@ def test_warmup_then_cosine():
 
 
 def test_step_schedule_decays_at_epoch_boundaries():
-    fn = optim.build_schedule(
+    fn = optimizers.build_schedule(
         _schedule(name="step", step_epochs=(3, 6), step_factor=0.1), 1.0, 10, 100
     )
     values = [float(fn(s)) for s in (0, 29, 30, 59, 60, 99)]
@@ -37,9 +38,9 @@ def test_step_schedule_decays_at_epoch_boundaries():
 def test_lr_scales_with_batch():
     c = base_config().optimizer
     c.update(learning_rate=0.1, lr_base_batch_size=256)
-    assert optim.peak_learning_rate(c, 1024) == pytest.approx(0.4)
+    assert optimizers.peak_learning_rate(c, 1024) == pytest.approx(0.4)
     c.lr_base_batch_size = 0
-    assert optim.peak_learning_rate(c, 1024) == pytest.approx(0.1)
+    assert optimizers.peak_learning_rate(c, 1024) == pytest.approx(0.1)
 
 
 PARAMS = {
@@ -52,7 +53,7 @@ PARAMS = {
 def test_weight_decay_skips_biases_and_norm_params(name):
     c = base_config().optimizer
     c.update(name=name, weight_decay=0.1, momentum=0.0)
-    tx = optim.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(1.0))
+    tx = optimizers.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(1.0))
     zero_grads = jax.tree.map(jnp.zeros_like, PARAMS)
     updates, _ = tx.update(zero_grads, tx.init(PARAMS), PARAMS)
     assert np.all(np.asarray(updates["conv"]["kernel"]) < 0)  # Decayed.
@@ -63,7 +64,7 @@ def test_weight_decay_skips_biases_and_norm_params(name):
 def test_gradient_clipping():
     c = base_config().optimizer
     c.update(name="sgd", weight_decay=0.0, momentum=0.0, grad_clip_norm=1.0)
-    tx = optim.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(1.0))
+    tx = optimizers.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(1.0))
     grads = jax.tree.map(lambda p: 100 * jnp.ones_like(p), PARAMS)
     updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
     norm = optax.tree.norm(updates)
@@ -73,7 +74,7 @@ def test_gradient_clipping():
 def test_sgd_nesterov_matches_the_formula():
     c = base_config().optimizer
     c.update(name="sgd", weight_decay=0.0, momentum=0.9, nesterov=True)
-    tx = optim.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(0.1))
+    tx = optimizers.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(0.1))
     p = {"w": jnp.array([1.0])}
     state = tx.init(p)
     g1, g2 = {"w": jnp.array([1.0])}, {"w": jnp.array([2.0])}
@@ -89,7 +90,7 @@ def test_sgd_nesterov_matches_the_formula():
 def _first_update(name, grads, params, **overrides):
     c = base_config().optimizer
     c.update(name=name, **overrides)
-    tx = optim.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(0.5))
+    tx = optimizers.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(0.5))
     updates, _ = tx.update(grads, tx.init(params), params)
     return jax.tree.map(np.asarray, updates)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset, tiny_config
 
-from imgcls_jax import precision
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.runtime import precision
+from imgcls_jax.training.builder import Trainer
 
 SAPPHIRE_RAPIDS = frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"})
 ICE_LAKE = frozenset({"avx2", "avx512f", "avx512bw"})  # AVX-512, no BF16, no AMX.
@@ -81,7 +81,7 @@ def _train(flags, monkeypatch, dataset):
                             "training.num_train_steps": 30, "optimizer.learning_rate": 0.05})  # fmt: skip
     trainer = Trainer(config, dataset)
     state = trainer.create_state()
-    from imgcls_jax import input_pipeline
+    from imgcls_jax.data import input_pipeline
 
     for step in range(config.training.num_train_steps):
         batch = input_pipeline.train_batch(dataset.train, trainer.order, step, trainer.mesh)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config, trainer_restore
 
-from imgcls_jax import reporting
 from imgcls_jax.config import apply_overrides
-from imgcls_jax.train import train_and_evaluate
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.reporting import writers
+from imgcls_jax.training.builder import Trainer
+from imgcls_jax.training.loop import train_and_evaluate
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_skip_mode_trains_through_a_poisoned_batch(tmp_path, dataset, monkeypatc
                             "input.device_resident": "off"})  # The host pipeline is patched.  # fmt: skip
     results = train_and_evaluate(config, str(tmp_path), dataset)
     assert results["step"] == 6 and np.isfinite(results["val/loss"])
-    records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
+    records = writers.read_metrics(str(tmp_path / "metrics.jsonl"))
     skipped = {r["step"]: r["train/skipped_updates"] for r in records if "train/loss" in r}
     assert skipped == {2: 0, 4: 1, 6: 0}
 
@@ -107,7 +107,7 @@ def test_a_run_diverging_late_goes_back_to_its_best_step_and_finishes(tmp_path, 
     """A sane run evaluated every 4 steps, then lr=1e4 with a checkpoint every step: the
     newest saved steps hold diverging weights and the good ones rotated out, except the best
     one. The error names it; relaunched with its overrides, the run finishes."""
-    from imgcls_jax.recovery import DivergedError
+    from imgcls_jax.training.recovery import DivergedError
 
     common = {"input.batch_size": 32, "training.log_every_steps": 1,
               "training.eval_every_epochs": 0.5, "training.keep_checkpoints": 2}  # fmt: skip
@@ -177,24 +177,24 @@ def test_rewind_skips_a_learning_rate_spike_and_finishes_like_the_uninterrupted_
     """on_nonfinite=rewind: a learning rate of 1e30 at steps 21-25 breaks the run there; it
     goes back to step 20 (saved, sane), skips past the spike and finishes within 1 point of
     the accuracy of the same run without the spike."""
-    from imgcls_jax import optim
+    from imgcls_jax.training import optimizers
 
     overrides = {"training.num_train_steps": 60, "input.batch_size": 32, "model.width": 8,
                  "optimizer.learning_rate": 0.05, "training.checkpoint_every_steps": 5,
                  "training.keep_checkpoints": 2, "training.on_nonfinite": "rewind",
                  "training.rewind_skip_steps": 10}  # fmt: skip
     calm = train_and_evaluate(tiny_config(**overrides), str(tmp_path / "calm"), dataset)
-    build_schedule = optim.build_schedule
+    build_schedule = optimizers.build_schedule
 
     def spiked(*args, **kwargs):
         schedule = build_schedule(*args, **kwargs)
         return lambda step: jnp.where((step >= 20) & (step < 25), 1e30, schedule(step))
 
-    monkeypatch.setattr(optim, "build_schedule", spiked)
+    monkeypatch.setattr(optimizers, "build_schedule", spiked)
     results = train_and_evaluate(tiny_config(**overrides), str(tmp_path / "spiked"), dataset)
     assert results["step"] == 60 and results["rewinds"] == 1
     assert results["test/accuracy"] == pytest.approx(calm["test/accuracy"], abs=0.01)
-    logged = [r["step"] for r in reporting.read_metrics(str(tmp_path / "spiked" / "metrics.jsonl"))
+    logged = [r["step"] for r in writers.read_metrics(str(tmp_path / "spiked" / "metrics.jsonl"))
               if "train/loss" in r]  # fmt: skip
     failed = next(s for s in range(1, 61) if s not in logged)  # Not logged: it raised.
     assert 21 <= failed <= 25  # The first spiked step, or one after it.

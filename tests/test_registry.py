@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset, tiny_config
 
-from imgcls_jax import models, optim, registry
+from imgcls_jax import models, registry
 from imgcls_jax.models.layers import compute_dtype
-from imgcls_jax.trainer import Trainer
-from imgcls_jax.validation import validate
+from imgcls_jax.training import optimizers
+from imgcls_jax.training.builder import Trainer
+from imgcls_jax.training.config_check import validate
 
 
 def test_unknown_names_and_arguments_name_the_closest():
@@ -52,7 +53,9 @@ def test_build_from_takes_only_the_fields_a_constructor_has():
     params = {"w": jnp.ones((2, 2))}
     updates, _ = sgd.update({"w": jnp.ones((2, 2))}, sgd.init(params), params)
     np.testing.assert_allclose(updates["w"], -0.1)  # Plain SGD: no momentum, no decay.
-    assert "sgd" in registry.names("optimizer") and optim.sgd is registry.get("optimizer", "sgd")
+    assert "sgd" in registry.names("optimizer") and optimizers.sgd is registry.get(
+        "optimizer", "sgd"
+    )
 
 
 class _TinyNet(nn.Module):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from imgcls_jax import confusion, run_report
-from imgcls_jax.train import train_and_evaluate
+from imgcls_jax.reporting import confusion, run_report
+from imgcls_jax.training.loop import train_and_evaluate
 
 
 def test_confusion_matrix_counts_unmasked_examples_and_merges():
@@ -27,8 +27,8 @@ def test_confusion_matrix_counts_unmasked_examples_and_merges():
 
 
 def test_every_run_writes_a_report_that_matches_its_results(tmp_path, dataset, monkeypatch):
-    from imgcls_jax import reporting
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.reporting import writers
+    from imgcls_jax.training.builder import Trainer
 
     evaluated = []  # (split, step) of every evaluation: none may be repeated.
     evaluate = Trainer.evaluate_with_confusion
@@ -60,5 +60,5 @@ def test_every_run_writes_a_report_that_matches_its_results(tmp_path, dataset, m
     assert report["class_counts"]["test"] == np.bincount(dataset.test.labels).tolist()
     assert report["run_s"] > report["compile_s"] > 0
     # Label smoothing is on: the curves compare the train loss without it to validation's.
-    records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
+    records = writers.read_metrics(str(tmp_path / "metrics.jsonl"))
     assert config.loss.label_smoothing > 0 and "train/loss_no_smoothing" in records[0]

@@ -6,8 +6,8 @@ import pytest
 from conftest import synthetic_dataset, tiny_config, train_steps
 from jax.sharding import PartitionSpec
 
-from imgcls_jax import sharding
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.runtime import sharding
+from imgcls_jax.training.builder import Trainer
 
 P = PartitionSpec
 

@@ -14,13 +14,14 @@ import PIL.Image
 import pytest
 from conftest import tiny_config
 
-from imgcls_jax import data, device_data, input_pipeline, sharding
-from imgcls_jax.data import batch_rows
+from imgcls_jax import data
+from imgcls_jax.data import batch_rows, device_resident, input_pipeline
 from imgcls_jax.data.encoded import EncodedImages
 from imgcls_jax.data.image_folder import list_image_folder
 from imgcls_jax.data.tfds_array_record import add_array_record
 from imgcls_jax.data.tfds_source import write_dataset
-from imgcls_jax.train import TIMING_FILE, train_and_evaluate
+from imgcls_jax.runtime import sharding
+from imgcls_jax.training.loop import TIMING_FILE, train_and_evaluate
 
 CLASSES = ("ant", "bee", "cat")
 PER_CLASS = 40
@@ -87,8 +88,8 @@ def test_streamed_splits_and_batches_equal_the_in_memory_ones(folder):
         for key in ("image", "label", "mask"):
             np.testing.assert_array_equal(np.asarray(a[key]), np.asarray(b[key]))
     # "auto" keeps a streamed split off the devices, as the point is not to hold it all.
-    assert device_data.use_device_resident("auto", memory.train, mesh)
-    assert not device_data.use_device_resident("auto", streamed.train, mesh)
+    assert device_resident.use_device_resident("auto", memory.train, mesh)
+    assert not device_resident.use_device_resident("auto", streamed.train, mesh)
 
 
 @pytest.mark.slow
@@ -329,7 +330,7 @@ def test_tfds_streamed_training_equals_in_memory_training(tfds_pngs, tmp_path):
 def test_class_fractions_and_balanced_sampling_read_the_same_batches_from_every_source(
     folder, tfds_tfrecords, tfds_jpegs
 ):
-    from imgcls_jax import imbalance
+    from imgcls_jax.data import class_balance
 
     overrides = {"dataset.class_fractions": (1.0, 0.5, 0.25)}
     splits = [
@@ -341,7 +342,7 @@ def test_class_fractions_and_balanced_sampling_read_the_same_batches_from_every_
     counts = np.bincount(splits[0].labels)
     assert counts[0] > counts[1] > counts[2] > 0
     mesh = sharding.make_mesh()
-    order = imbalance.BalancedOrder(splits[0].labels, 16, seed=1)
+    order = class_balance.BalancedOrder(splits[0].labels, 16, seed=1)
     for step in (0, 3, 9):
         batches = [input_pipeline.train_batch(split, order, step, mesh) for split in splits]
         for batch in batches[1:]:
@@ -407,7 +408,7 @@ def test_two_processes_with_grain_workers_train_what_one_process_trains(folder, 
     train what 1 process x 8 devices with 2 workers trains."""
     import socket
 
-    from imgcls_jax import reporting
+    from imgcls_jax.reporting import writers
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -420,7 +421,7 @@ def test_two_processes_with_grain_workers_train_what_one_process_trains(folder, 
     assert [p.returncode for p in two] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
 
     def losses(workdir):
-        records = reporting.read_metrics(str(workdir / "metrics.jsonl"))
+        records = writers.read_metrics(str(workdir / "metrics.jsonl"))
         return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
 
     expected, actual = losses(tmp_path / "one"), losses(tmp_path / "two")

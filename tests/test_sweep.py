@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from imgcls_jax import sweep
+from imgcls_jax.training import sweep
 
 
 def test_expand_takes_every_combination_times_every_seed():
@@ -90,7 +90,7 @@ def test_parse_assignments_reads_literals_and_strings():
 
 @pytest.mark.slow
 def test_real_sweep_resumes_without_rerunning_finished_runs(tmp_path, dataset):
-    from imgcls_jax.train import train_and_evaluate
+    from imgcls_jax.training.loop import train_and_evaluate
 
     calls = []
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from conftest import synthetic_dataset, tiny_config, train_steps, trainer_restore
 
-from imgcls_jax import data, reporting
+from imgcls_jax import data
 from imgcls_jax.config import apply_overrides
-from imgcls_jax.train import train_and_evaluate
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.reporting import writers
+from imgcls_jax.training.builder import Trainer
+from imgcls_jax.training.loop import train_and_evaluate
 
 
 def _params(workdir, config, dataset):
@@ -27,7 +28,7 @@ def _params(workdir, config, dataset):
 def _train_losses(workdir):
     return [
         r["train/loss"]
-        for r in reporting.read_metrics(str(workdir / "metrics.jsonl"))
+        for r in writers.read_metrics(str(workdir / "metrics.jsonl"))
         if "train/loss" in r
     ]
 
@@ -179,7 +180,7 @@ def test_early_stopping_stops_and_stays_stopped(tmp_path, dataset):
 
 @pytest.mark.slow
 def test_mixup_cutmix_train_and_compose_with_label_smoothing(dataset):
-    from imgcls_jax import steps
+    from imgcls_jax.training import steps
 
     logits = jnp.array([[2.0, 0.0, -1.0, 0.5]])
     soft = jnp.array([[0.7, 0.3, 0.0, 0.0]])
@@ -216,7 +217,7 @@ def test_flip_tta_makes_evaluation_mirror_invariant(dataset):
 
 
 def test_eval_preprocessing_runs_on_device_and_validates(dataset):
-    from imgcls_jax import validation
+    from imgcls_jax.training import config_check
 
     resized = tiny_config(**{"augment.eval": "resize(16)|center_crop(12)"})
     trainer = Trainer(resized, dataset)
@@ -227,14 +228,15 @@ def test_eval_preprocessing_runs_on_device_and_validates(dataset):
     ).compile() is not None  # fmt: skip
     assert trainer.evaluate(trainer.create_state(), dataset.test, "test")["test/num_examples"] == 70
     with pytest.raises(ValueError, match="Did you mean 'center_crop'"):
-        validation.validate(tiny_config(**{"augment.eval": "centre_crop(8)"}))
+        config_check.validate(tiny_config(**{"augment.eval": "centre_crop(8)"}))
 
 
 def test_augmentation_grid_shows_what_the_first_step_sees(tmp_path, dataset):
     from PIL import Image
     from tensorboard.backend.event_processing import event_accumulator
 
-    from imgcls_jax import train, visualize
+    from imgcls_jax.reporting import plots
+    from imgcls_jax.training import loop
 
     config = tiny_config(**{"training.num_train_steps": 1, "input.batch_size": 32,
                             "augment.train": "flip_lr", "augment.grid_images": 12})  # fmt: skip
@@ -245,8 +247,8 @@ def test_augmentation_grid_shows_what_the_first_step_sees(tmp_path, dataset):
     raw = dataset.train.images[trainer.order.indices(0)][:12].astype(np.float32)
     assert all(np.array_equal(s, r) or np.array_equal(s, r[:, ::-1]) for s, r in zip(shown, raw))
     assert any(not np.array_equal(s, r) for s, r in zip(shown, raw))
-    png = np.asarray(Image.open(tmp_path / train.AUGMENTATION_GRID_FILE))
-    np.testing.assert_array_equal(png, visualize.image_grid(shown)[..., 0])
+    png = np.asarray(Image.open(tmp_path / loop.AUGMENTATION_GRID_FILE))
+    np.testing.assert_array_equal(png, plots.image_grid(shown)[..., 0])
     assert png.shape == (3 * 9 + 1, 4 * 9 + 1)  # 12 images of 8x8: 4 columns, 1 px borders.
     events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"), {"tensors": 0})
     events.Reload()
@@ -257,10 +259,10 @@ def test_augmentation_grid_shows_what_the_first_step_sees(tmp_path, dataset):
 
 
 def test_image_grid_places_images_row_by_row():
-    from imgcls_jax import visualize
+    from imgcls_jax.reporting import plots
 
     images = np.stack([np.full((2, 3, 1), i * 10, np.uint8) for i in range(5)])
-    grid = visualize.image_grid(images, columns=2)
+    grid = plots.image_grid(images, columns=2)
     assert grid.shape == (3 * 3 + 1, 2 * 4 + 1, 1)
     assert grid[1, 1, 0] == 0 and grid[1, 5, 0] == 10 and grid[4, 1, 0] == 20
     assert grid[7, 5, 0] == 255  # The empty sixth cell stays white, like the borders.
@@ -280,10 +282,10 @@ def test_profile_steps_write_a_trace_for_tensorboard(tmp_path, dataset, spec):
 
 @pytest.mark.parametrize("spec", ["5", "0:3", "4:2", "a:b"])
 def test_bad_profile_steps_are_refused_with_the_format(spec):
-    from imgcls_jax import validation
+    from imgcls_jax.training import config_check
 
     with pytest.raises(ValueError, match="must be 'START:STOP'"):
-        validation.validate(tiny_config(**{"training.profile_steps": spec}))
+        config_check.validate(tiny_config(**{"training.profile_steps": spec}))
 
 
 @pytest.mark.slow
@@ -319,7 +321,7 @@ def test_gradient_accumulation_with_batch_norm_updates_the_statistics_per_micro_
 
 
 def test_ema_decay_warms_up_as_timm_does():
-    from imgcls_jax import steps
+    from imgcls_jax.training import steps
 
     decays = [float(steps.ema_decay_at(jnp.int32(t), 0.99, True)) for t in (1, 2, 9, 10_000)]
     # timm ModelEmaV3 (gamma 1, power 2/3): 1 - (1 + t)^(-2/3) with t = update - 1, capped.
@@ -329,7 +331,8 @@ def test_ema_decay_warms_up_as_timm_does():
 
 @pytest.mark.slow
 def test_the_weight_average_follows_its_recurrence_and_is_evaluated(tmp_path, dataset):
-    from imgcls_jax import input_pipeline, steps
+    from imgcls_jax.data import input_pipeline
+    from imgcls_jax.training import steps
 
     config = tiny_config(**{"input.batch_size": 32, "training.ema_decay": 0.9,
                             "training.num_train_steps": 4, "augment.grid_images": 0})  # fmt: skip
@@ -382,7 +385,7 @@ def test_several_steps_per_dispatch_equal_one_step_per_dispatch(tmp_path, datase
 def test_a_preempted_run_with_several_steps_per_dispatch_resumes_exactly(
     tmp_path, dataset, monkeypatch
 ):
-    from imgcls_jax import preemption
+    from imgcls_jax.runtime import preemption
 
     overrides = {"training.num_train_steps": 16, "input.batch_size": 32,
                  "training.log_every_steps": 4, "training.eval_every_epochs": 100.0,
@@ -419,7 +422,7 @@ def test_automatic_steps_per_dispatch_keep_every_call_the_same_length(
 def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp_path, dataset):
     """launch.py --fit_check: the run's own programs are compiled for its devices first; the
     report shows their peaks; a device smaller than the train step's peak stops the run."""
-    from imgcls_jax.aot import check
+    from imgcls_jax.runtime.aot import check
 
     config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32})
     train_and_evaluate(config, str(tmp_path), dataset, fit_check=True)
@@ -451,7 +454,7 @@ def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp
 def test_a_vit_is_built_for_the_images_it_sees_after_the_pipeline(tmp_path, monkeypatch):
     """Stored 8 px images resized to 16 on device: the learned position embeddings are made
     for 16 px (2 x 2 patches of 8, plus the class token), in training and in `predict`."""
-    from imgcls_jax.inference import Classifier
+    from imgcls_jax.inference.classifier import Classifier
     from imgcls_jax.models import vit
 
     monkeypatch.setitem(vit.VARIANTS, "vit_ti", (32, 2, 64, 2))  # Compiles in seconds.

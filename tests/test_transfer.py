@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from imgcls_jax import convert, transfer
+from imgcls_jax import convert
 from imgcls_jax.models import build_model
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.training import transfer
+from imgcls_jax.training.builder import Trainer
 
 WIDTH = 4
 
@@ -139,7 +140,7 @@ def test_frozen_parameters_and_their_statistics_stay_bit_identical(
 
 
 def test_frozen_batchnorm_layers_compute_in_inference_mode_during_training(tmp_path, dataset):
-    from imgcls_jax import steps
+    from imgcls_jax.training import steps
 
     _pretrained(tmp_path / "ckpt", num_classes=4)
     config = tiny_config(**{"model.width": WIDTH, "transfer.checkpoint": str(tmp_path / "ckpt"),

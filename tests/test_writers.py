@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import REPO_ROOT, why_failed
 
-from imgcls_jax import reporting
+from imgcls_jax.reporting import writers
 
 # A short run on synthetic data in a process where TensorFlow and TFDS cannot be imported
 # (as on a GPU machine without them).
@@ -21,7 +21,7 @@ if sys.argv[2] == "blocked":
     sys.modules["tensorflow_datasets"] = None
 sys.path.insert(0, "tests")
 from conftest import synthetic_dataset, tiny_config
-from imgcls_jax.train import train_and_evaluate
+from imgcls_jax.training.loop import train_and_evaluate
 
 config = tiny_config(**{"training.num_train_steps": 6, "training.log_every_steps": 2,
                         "training.eval_every_epochs": 1.0, "augment.grid_images": 4})
@@ -44,7 +44,7 @@ def test_a_run_without_tensorflow_writes_tensorboard_metrics_and_report(tmp_path
     tags = events.Tags()["tensors"]
     losses = [(e.step, e.tensor_proto.float_val[0]) for e in events.Tensors("train/loss")]
     assert [step for step, _ in losses] == [2, 4, 6] and all(np.isfinite(v) for _, v in losses)
-    records = reporting.read_metrics(str(tmp_path / "metrics.jsonl"))
+    records = writers.read_metrics(str(tmp_path / "metrics.jsonl"))
     logged = {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
     np.testing.assert_allclose([v for _, v in losses], [logged[s] for s, _ in losses], rtol=1e-6)
     assert "val/accuracy" in tags and "augmented_train_images" in tags
@@ -66,7 +66,7 @@ def test_a_run_into_a_local_workdir_does_not_import_installed_tensorflow(tmp_pat
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-class _Recorder(reporting.MetricWriter):
+class _Recorder(writers.MetricWriter):
     def __init__(self):
         self.scalars = []
 
@@ -77,9 +77,9 @@ class _Recorder(reporting.MetricWriter):
 def test_progress_is_reported_every_n_steps_from_the_first_step_on(monkeypatch):
     # The time at each of steps 1-9.
     clock = iter([100.0, 101.0, 103.0, 107.0, 108.0, 109.0, 110.0, 111.0, 112.0])
-    monkeypatch.setattr(reporting.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(writers.time, "monotonic", lambda: next(clock))
     recorder = _Recorder()
-    report = reporting.ProgressReporter(total_steps=9, every_steps=3, writer=recorder)
+    report = writers.ProgressReporter(total_steps=9, every_steps=3, writer=recorder)
     for step in range(1, 10):
         report(step)
     # Step 1 at t=100 starts the clock (its time holds the compile): steps 2-3 took 3 s,
@@ -90,17 +90,17 @@ def test_progress_is_reported_every_n_steps_from_the_first_step_on(monkeypatch):
 
 def test_writes_reach_every_writer_in_order_and_errors_surface():
     first, second = _Recorder(), _Recorder()
-    writer = reporting.AsyncMultiWriter([first, second])
+    writer = writers.AsyncMultiWriter([first, second])
     for step in range(5):
         writer.write_scalars(step, {"x": np.float32(step)})
     writer.flush()
     assert [s for s, _ in first.scalars] == list(range(5)) == [s for s, _ in second.scalars]
 
-    class Broken(reporting.MetricWriter):
+    class Broken(writers.MetricWriter):
         def write_scalars(self, step, scalars):
             raise OSError("disk full")
 
-    broken = reporting.AsyncMultiWriter([Broken()])
+    broken = writers.AsyncMultiWriter([Broken()])
     broken.write_scalars(0, {"x": 1.0})
     try:
         broken.close()
@@ -116,7 +116,7 @@ def test_timing_lists_compiles_per_function_with_the_cache_outcome(tmp_path):
 import sys, json, jax, jax.numpy as jnp
 jax.config.update("jax_compilation_cache_dir", sys.argv[1])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-from imgcls_jax import timing
+from imgcls_jax.reporting import timing
 timing.MIN_LISTED_S = 0
 timer = timing.RunTimer()
 def costly_function(x):
@@ -140,8 +140,8 @@ print(json.dumps(timer.summary()["compiled"]["costly_function"]))
 def test_the_evaluation_step_compiled_ahead_is_not_compiled_again():
     from conftest import synthetic_dataset, tiny_config
 
-    from imgcls_jax import timing
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.reporting import timing
+    from imgcls_jax.training.builder import Trainer
 
     dataset = synthetic_dataset()
     trainer = Trainer(tiny_config(**{"input.eval_batch_size": 24}), dataset)

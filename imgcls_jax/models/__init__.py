@@ -9,11 +9,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from imgcls_jax import precision, registry
+from imgcls_jax import registry
 from imgcls_jax.kernels import XLA, Kernels, backend
 
 # Imported for their registrations.
 from imgcls_jax.models import airbench, efficientnet_lite, resnet, vit  # noqa: F401
+from imgcls_jax.runtime import precision
 
 
 def names() -> tuple[str, ...]:

@@ -25,8 +25,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from imgcls_jax import markdown, reporting
 from imgcls_jax.config import apply_overrides
+from imgcls_jax.reporting import markdown, writers
 
 Grid = Mapping[str, Sequence[Any]] | Sequence[Mapping[str, Any] | tuple[str, Mapping[str, Any]]]
 
@@ -75,7 +75,7 @@ def run_config(base: ml_collections.ConfigDict, run: Run) -> ml_collections.Conf
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, dataset) -> dict[str, Any]:
-    from imgcls_jax.train import train_and_evaluate  # Imported in the worker process.
+    from imgcls_jax.training.loop import train_and_evaluate  # Imported in the worker process.
 
     return train_and_evaluate(config, workdir, dataset)
 
@@ -176,7 +176,7 @@ def _plot_learning_curves(root: str, runs: Sequence[Run], path: str) -> None:
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
     for variant in dict.fromkeys(r.variant for r in runs):
         curves = [
-            reporting.read_metrics(os.path.join(root, r.directory, "metrics.jsonl"))
+            writers.read_metrics(os.path.join(root, r.directory, "metrics.jsonl"))
             for r in runs
             if r.variant == variant
         ]

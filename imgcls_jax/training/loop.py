@@ -16,24 +16,15 @@ import numpy as np
 from clu import parameter_overview
 from etils import epath
 
-from imgcls_jax import (
-    data,
-    inference,
-    input_pipeline,
-    profiling,
-    recovery,
-    reporting,
-    run_report,
-    steps,
-    timing,
-    validation,
-    visualize,
-)
+from imgcls_jax import data
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
 from imgcls_jax.config import flat_items
-from imgcls_jax.data import fingerprint
-from imgcls_jax.preemption import PreemptionWatch
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.data import fingerprint, input_pipeline
+from imgcls_jax.inference import classifier
+from imgcls_jax.reporting import plots, run_report, timing, writers
+from imgcls_jax.runtime.preemption import PreemptionWatch
+from imgcls_jax.training import config_check, profiling, recovery, steps
+from imgcls_jax.training.builder import Trainer
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
@@ -83,14 +74,14 @@ def train_and_evaluate(
     fit stops before its state is made.
     """
     timer = timing.RunTimer()
-    validation.validate(config)  # Before the workdir is made (Trainer validates Python callers).
+    config_check.validate(config)  # Before the workdir is made (Trainer validates Python callers).
     logging.info("Config:\n%s", config)  # Once valid: an error is the log's last line.
-    reporting.check_workdir(workdir)
+    writers.check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
     fit = _check_fit(trainer, workdir) if fit_check else None
-    writer = reporting.create_writer(workdir)
-    if jax.process_index() == 0:  # For `predict` (inference.Classifier.from_workdir).
-        inference.write_description(workdir, inference.describe(
+    writer = writers.create_writer(workdir)
+    if jax.process_index() == 0:  # For `predict` (classifier.Classifier.from_workdir).
+        classifier.write_description(workdir, classifier.describe(
             config, trainer.dataset.class_names, trainer.image_shape, trainer.mean, trainer.std))  # fmt: skip
     checkpointer = Checkpointer(workdir, config.training.keep_checkpoints,
                                 config.training.keep_checkpoint_period)  # fmt: skip
@@ -152,7 +143,7 @@ def train_and_evaluate(
 
 def _check_fit(trainer: Trainer, workdir: str) -> dict:
     """The fit check on this run's devices; its report goes to `workdir/fit_check.json`."""
-    from imgcls_jax.aot import check
+    from imgcls_jax.runtime.aot import check
 
     fit = check.check_devices(trainer)
     peak = max(p["peak_bytes"] for p in fit["programs"]) / 2**30
@@ -189,18 +180,16 @@ def _run_details(
     }
 
 
-def _write_augmentation_grid(
-    trainer: Trainer, writer: reporting.MetricWriter, workdir: str
-) -> None:
+def _write_augmentation_grid(trainer: Trainer, writer: writers.MetricWriter, workdir: str) -> None:
     """Shows the first train batch as the model sees it: TensorBoard and a PNG in `workdir`."""
     count = trainer.config.augment.grid_images
     if count <= 0:
         return
-    grid = visualize.image_grid(trainer.augmented_images(0, count))
+    grid = plots.image_grid(trainer.augmented_images(0, count))
     writer.write_images(0, {"augmented_train_images": grid[None]})
     if jax.process_index() == 0:
         path = os.path.join(workdir, AUGMENTATION_GRID_FILE)
-        visualize.save_png(path, grid)
+        plots.save_png(path, grid)
         logging.info("Wrote the augmented first train batch to %s.", path)
 
 
@@ -208,7 +197,7 @@ def _train(
     trainer: Trainer,
     state: steps.TrainState,
     progress: dict[str, Any],
-    writer: reporting.MetricWriter,
+    writer: writers.MetricWriter,
     checkpointer: Checkpointer,
 ) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
     """The loop (`_train_from`), started again after each rewind
@@ -226,7 +215,7 @@ def _train_from(
     trainer: Trainer,
     state: steps.TrainState,
     progress: dict[str, Any],
-    writer: reporting.MetricWriter,
+    writer: writers.MetricWriter,
     checkpointer: Checkpointer,
 ) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
     """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
@@ -234,7 +223,7 @@ def _train_from(
     Returns the state, whether a preemption notice stopped it (after saving), and the last
     validation as (step, metrics, confusion matrix), or None."""
     cfg = trainer.config.training
-    report_progress = reporting.ProgressReporter(trainer.total_steps, cfg.log_every_steps, writer)
+    report_progress = writers.ProgressReporter(trainer.total_steps, cfg.log_every_steps, writer)
     start_step = int(state.step)
     if trainer.resident is not None:
         batches = trainer.resident.batches(start_step)

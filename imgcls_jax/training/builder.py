@@ -14,23 +14,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from imgcls_jax import (
-    augment,
-    compile_options,
-    confusion,
-    convert,
-    data,
-    device_data,
-    imbalance,
-    input_pipeline,
-    optim,
-    sharding,
-    steps,
-    transfer,
-    validation,
-)
-from imgcls_jax.data import batch_rows
+from imgcls_jax import augment, convert, data
+from imgcls_jax.data import batch_rows, class_balance, device_resident, input_pipeline
 from imgcls_jax.models import build_for_devices
+from imgcls_jax.reporting import confusion
+from imgcls_jax.runtime import compile_options, sharding
+from imgcls_jax.training import config_check, optimizers, steps, transfer
 
 # training.steps_per_dispatch=0 on GPUs and TPUs (at most; see _auto_steps_per_dispatch):
 # small steps stop waiting on the host. CPUs keep 1: measured side by side, 4 steps per call
@@ -58,7 +47,7 @@ class Trainer:
         dataset: data.Dataset | None = None,
         devices: list | None = None,
     ):
-        validation.validate(config)
+        config_check.validate(config)
         self.config = config
         self.mesh = sharding.make_mesh(devices, config.mesh.fsdp)
         sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size",
@@ -98,19 +87,19 @@ class Trainer:
         self._check_channels()
         train_labels = self.dataset.train.labels
         self.order = (
-            imbalance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
+            class_balance.BalancedOrder(train_labels, config.input.batch_size, config.seed)
             if config.input.sampling == "class_balanced"
             else batch_rows.TrainOrder(len(train_labels), config.input.batch_size, config.seed)
         )
         self.resident = None  # The train split on device, when it is placed there.
-        if device_data.use_device_resident(
+        if device_resident.use_device_resident(
             config.input.device_resident, self.dataset.train, self.mesh
         ):
-            self.resident = device_data.DeviceResidentTrain(self.dataset.train, self.order,
+            self.resident = device_resident.DeviceResidentTrain(self.dataset.train, self.order,
                                                             self.mesh)  # fmt: skip
         self.class_weights = None
         if config.loss.class_weighting == "balanced":
-            self.class_weights = imbalance.balanced_class_weights(
+            self.class_weights = class_balance.balanced_class_weights(
                 train_labels, self.dataset.num_classes
             )
             logging.info("Class weights: %s", np.round(self.class_weights, 3).tolist())
@@ -132,8 +121,8 @@ class Trainer:
         self.model, self.dtype, self.kernels = build_for_devices(
             config.model, self.dataset.num_classes, list(self.mesh.devices.flat)
         )
-        peak_lr = optim.peak_learning_rate(config.optimizer, config.input.batch_size)
-        self.learning_rate_fn = optim.build_schedule(
+        peak_lr = optimizers.peak_learning_rate(config.optimizer, config.input.batch_size)
+        self.learning_rate_fn = optimizers.build_schedule(
             config.schedule, peak_lr, self.steps_per_epoch, self.total_steps
         )
         init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
@@ -146,7 +135,7 @@ class Trainer:
         )
         self.any_frozen = any(jax.tree.leaves(self.frozen))
         self.tx = transfer.wrap_optimizer(
-            optim.build_optimizer(config.optimizer, self.learning_rate_fn),
+            optimizers.build_optimizer(config.optimizer, self.learning_rate_fn),
             params_shape, self.frozen, config.transfer.layer_decay,
         )  # fmt: skip
         self._log_frozen()

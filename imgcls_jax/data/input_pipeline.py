@@ -15,9 +15,9 @@ import numpy as np
 from absl import flags
 from jax.sharding import Mesh
 
-from imgcls_jax import sharding
 from imgcls_jax.data import Split
 from imgcls_jax.data.batch_rows import LocalEvalRows, LocalTrainRows, TrainOrder
+from imgcls_jax.runtime import sharding
 
 
 def train_batch(split: Split, order: TrainOrder, step: int, mesh: Mesh) -> dict[str, jax.Array]:

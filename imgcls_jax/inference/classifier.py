@@ -19,8 +19,9 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from imgcls_jax import augment, checkpoint, models, steps
+from imgcls_jax import augment, checkpoint, models
 from imgcls_jax.data import decode
+from imgcls_jax.training import steps
 
 MODEL_FILE = "model.json"  # In a training workdir: what `Classifier.from_workdir` needs.
 CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
-from imgcls_jax.confusion import ConfusionMatrix
 from imgcls_jax.models import layers
+from imgcls_jax.reporting.confusion import ConfusionMatrix
 
 
 @flax.struct.dataclass

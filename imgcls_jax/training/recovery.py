@@ -14,9 +14,10 @@ import jax
 from etils import epath
 from jax.experimental import multihost_utils
 
-from imgcls_jax import reporting, steps
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, read_progress
-from imgcls_jax.trainer import Trainer
+from imgcls_jax.reporting import writers
+from imgcls_jax.training import steps
+from imgcls_jax.training.builder import Trainer
 
 # Written when a non-finite update stops the run; a relaunch with training.restore_step then
 # goes back even if the newest step was itself sent back to that step.
@@ -103,7 +104,7 @@ def rewind(
     error: DivergedError,
     trainer: Trainer,
     progress: dict[str, Any],
-    writer: reporting.MetricWriter,
+    writer: writers.MetricWriter,
     checkpointer: Checkpointer,
 ) -> steps.TrainState:
     """After a non-finite update at step D: the weights of the newest saved step whose loss
@@ -154,7 +155,7 @@ def sane_steps(saved: list[int], before: int, metrics_path: str) -> list[int]:
     of the run's first logged loss; oldest first."""
     if not os.path.exists(metrics_path):
         return []
-    logged = [(r["step"], r["train/loss"]) for r in reporting.read_metrics(metrics_path)
+    logged = [(r["step"], r["train/loss"]) for r in writers.read_metrics(metrics_path)
               if "train/loss" in r]  # fmt: skip
     if not logged:
         return []

@@ -15,10 +15,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from imgcls_jax import sharding
-from imgcls_jax.aot import chips, collectives
 from imgcls_jax.config import apply_overrides
 from imgcls_jax.data import Dataset, Split
+from imgcls_jax.runtime import sharding
+from imgcls_jax.runtime.aot import chips, collectives
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +235,7 @@ def build_trainer(config: ml_collections.ConfigDict, shape: DatasetShape, device
     """The run's Trainer on `devices`, over a shape-only dataset; the train split stays on the
     host (compile-only devices have no memory to place it in). Pretrained weights are not
     read: they are values of the state, which the programs take as arguments either way."""
-    from imgcls_jax.trainer import Trainer
+    from imgcls_jax.training.builder import Trainer
 
     config = apply_overrides(config, {"input.device_resident": "off", "transfer.checkpoint": ""})
     return Trainer(config, shape_only_dataset(shape), devices=devices)

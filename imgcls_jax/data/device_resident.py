@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from imgcls_jax import sharding
 from imgcls_jax.data import Split
+from imgcls_jax.runtime import sharding
 
 MODES = ("auto", "on", "off")
 AUTO_MAX_FRACTION = 0.25  # "auto": the split may take this much of one device's memory...

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from etils import epath
 
-from imgcls_jax import confusion, markdown, reporting
+from imgcls_jax.reporting import confusion, markdown, writers
 
 REPORT_FILES = ("learning_curves.png", "confusion_matrix.png", "report.json", "report.md")
 
@@ -47,7 +47,7 @@ def write_run_report(
         json.dump(report, f, indent=2)
     with epath.Path(workdir, "report.md").open("w") as f:
         f.write(_markdown(report, matrix))
-    records = reporting.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    records = writers.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     plot_learning_curves(records, os.path.join(workdir, "learning_curves.png"))
     plot_confusion_matrix(matrix, class_names, split, os.path.join(workdir, "confusion_matrix.png"))
 

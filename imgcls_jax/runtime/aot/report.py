@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from imgcls_jax import markdown
-from imgcls_jax.aot.chips import GIB
+from imgcls_jax.reporting import markdown
+from imgcls_jax.runtime.aot.chips import GIB
 
 
 def _gib(value: float) -> str:

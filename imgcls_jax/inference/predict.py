@@ -1,7 +1,7 @@
 """Top-k classes of image files and folders, from a training workdir or a converted checkpoint.
 
-    python -m imgcls_jax.predict --checkpoint=WORKDIR photos/ extra.jpg --output=preds.csv
-    python -m imgcls_jax.predict --checkpoint=pretrained/efficientnet_lite0 cat.jpg
+    python -m imgcls_jax.inference.predict --checkpoint=WORKDIR photos/ extra.jpg --output=preds.csv
+    python -m imgcls_jax.inference.predict --checkpoint=pretrained/efficientnet_lite0 cat.jpg
 
 A workdir's model (its best step by default) sees each image as in its evaluation: resized and
 centre-cropped on the host to the training image size, then the config's evaluation pipeline
@@ -97,7 +97,7 @@ def main(argv):
     paths = expand(argv[1:])
     if not paths:
         raise app.UsageError("Give one or more image files or folders after the flags.")
-    from imgcls_jax.inference import Classifier
+    from imgcls_jax.inference.classifier import Classifier
 
     try:
         classifier = Classifier.load(FLAGS.checkpoint, FLAGS.step, FLAGS.weights)

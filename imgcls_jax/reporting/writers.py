@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from etils import epath
 
-from imgcls_jax.tensorboard_writer import TensorBoardWriter
+from imgcls_jax.reporting.tensorboard import TensorBoardWriter
 
 
 class MetricWriter:

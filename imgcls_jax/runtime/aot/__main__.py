@@ -1,7 +1,7 @@
 """Does this config fit that TPU pod, and what would a step cost there? Compiled here, no TPU:
 
-    python -m imgcls_jax.aot --config=configs/resnet.py:imagenet --topology=v5e:16x16
-    python -m imgcls_jax.aot --config=configs/vit.py:imagenet --topology=v5e:16x16 --num_slices=2
+    python -m imgcls_jax.runtime.aot --config=configs/resnet.py:imagenet --topology=v5e:16x16
+    python -m imgcls_jax.runtime.aot --config=configs/vit.py:imagenet --topology=v5e:16x16 --num_slices=2
 
 Prints a table and writes report.json and report.md to --out. Exits 1 with one line when a
 program does not fit a chip's memory, saying what would. Needs libtpu: `pip install -e ".[tpu]"`.
@@ -38,15 +38,15 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from imgcls_jax import validation
-    from imgcls_jax.aot import check, report
+    from imgcls_jax.runtime.aot import check, report
+    from imgcls_jax.training import config_check
 
     try:
-        validation.validate(FLAGS.config)
+        config_check.validate(FLAGS.config)
         result = check.check(FLAGS.config, FLAGS.topology, FLAGS.num_slices, FLAGS.num_classes,
                              FLAGS.train_examples)  # fmt: skip
     except ValueError as error:
-        sys.exit(f"imgcls_jax.aot: {error}")
+        sys.exit(f"imgcls_jax.runtime.aot: {error}")
     text = report.render(result)
     print(text)
     if FLAGS.out:
@@ -61,4 +61,4 @@ if __name__ == "__main__":
     from imgcls_jax.config import flags_parser
 
     define_flags()
-    app.run(main, flags_parser=flags_parser("imgcls_jax.aot"))
+    app.run(main, flags_parser=flags_parser("imgcls_jax.runtime.aot"))

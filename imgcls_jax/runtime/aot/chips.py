@@ -43,5 +43,5 @@ def chip_for(device_kind: str) -> Chip:
     """The chip of a device kind as JAX names it ("TPU v5 lite"); raises for an unknown one."""
     if device_kind not in CHIPS:
         raise ValueError(f"No published figures for device kind {device_kind!r} here; known: "
-                         f"{', '.join(CHIPS)} (imgcls_jax/aot/chips.py).")  # fmt: skip
+                         f"{', '.join(CHIPS)} (imgcls_jax/runtime/aot/chips.py).")  # fmt: skip
     return CHIPS[device_kind]

@@ -16,10 +16,11 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from imgcls_jax import augment_ops, registry  # augment_ops: imported for its registrations.
+from imgcls_jax import registry
+from imgcls_jax.augment import ops
 from imgcls_jax.registry import closest
 
-Op = augment_ops.Op
+Op = ops.Op
 
 
 def mix_batch(
