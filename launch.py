@@ -57,7 +57,7 @@ flags.DEFINE_string(
     "compiled steps instead of compiling again. '' disables it; JAX_COMPILATION_CACHE_DIR wins.",
 )  # fmt: skip
 flags.DEFINE_bool("fit_check", False, "Before training, compile the run's programs and check "
-                  "them against the devices' memory (python -m imgcls_jax.runtime.aot does it without "
+                  "them against the devices' memory (python -m imgcls_jax.training.fit_check does it without "
                   "the devices); a run that does not fit stops in one line.")  # fmt: skip
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config, data or workdir error.")
 flags.mark_flags_as_required(["config", "workdir"])
@@ -92,7 +92,7 @@ def main(argv):
     if on_cpus and not os.environ.get("JAX_PLATFORMS"):
         import jax
 
-        # No accelerator: JAX need not start libtpu (installed for imgcls_jax.runtime.aot) to find none.
+        # No accelerator: JAX need not start libtpu (installed for imgcls_jax.training.fit_check) to find none.
         jax.config.update("jax_platforms", "cpu")
     reuse = FLAGS.reuse_host_memory and on_cpus
     if reuse and host_memory.reuse_freed_memory():  # Before JAX's threads.

@@ -1,4 +1,4 @@
-"""Every preset compiled for TPU pods on this machine (no TPU): `python -m imgcls_jax.runtime.aot` once
+"""Every preset compiled for TPU pods on this machine (no TPU): `python -m imgcls_jax.training.fit_check` once
 per (config, topology), each in its own process; one table per topology.
 
     JAX_PLATFORMS=cpu python experiments/aot_table.py --out=experiments/results/aot
@@ -96,7 +96,7 @@ def command(row: Row, topology: str, out: str) -> list[str]:
 
     batch = row.batch or at_least(config.input.batch_size)
     eval_batch = row.batch or at_least(config.input.eval_batch_size)
-    return [sys.executable, "-m", "imgcls_jax.runtime.aot", f"--config={row.config}", *row.overrides,
+    return [sys.executable, "-m", "imgcls_jax.training.fit_check", f"--config={row.config}", *row.overrides,
             f"--config.input.batch_size={batch}", f"--config.input.eval_batch_size={eval_batch}",
             f"--topology={base}", f"--num_slices={slices}", f"--out={out}"]  # fmt: skip
 

@@ -15,7 +15,8 @@ from imgcls_jax.runtime.aot import chips, collectives
 
 pytest.importorskip("libtpu", reason="the fit check compiles with libtpu (pip install '.[tpu]')")
 
-from imgcls_jax.runtime.aot import check  # noqa: E402
+from imgcls_jax.runtime.aot import programs  # noqa: E402
+from imgcls_jax.training import fit_check  # noqa: E402
 
 
 def _small_config(**overrides):
@@ -25,7 +26,7 @@ def _small_config(**overrides):
 
 @pytest.fixture(scope="module")
 def v5e_report():
-    return check.check(_small_config(), "v5e:2x2")
+    return fit_check.check(_small_config(), "v5e:2x2")
 
 
 @pytest.mark.slow
@@ -36,8 +37,8 @@ def test_reports_the_topology_the_state_and_the_flops(v5e_report):
     # The state is replicated: the initialisation's outputs and the train step's donated
     # arguments are the whole state, byte for byte.
     config = _small_config()
-    trainer = check.build_trainer(config, check.dataset_shape(config.dataset, 0, 0),
-                                  check.topology_devices("v5e:2x2"))  # fmt: skip
+    trainer = fit_check.build_trainer(config, fit_check.dataset_shape(config.dataset, 0, 0),
+                                  programs.topology_devices("v5e:2x2"))  # fmt: skip
     state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract_state()))
     assert init["output_bytes"] >= state_bytes
     assert train["alias_bytes"] >= state_bytes * 0.99
@@ -67,8 +68,8 @@ def test_a_program_larger_than_a_chip_is_refused_with_what_would_fit():
     # 8,192 images of 224 px per chip: ResNet-8's first activations alone exceed 16 GiB.
     config = _small_config(**{"input.batch_size": 32768, "dataset.train_size": 0,
                               "dataset.image_size": 224})  # fmt: skip
-    with pytest.raises(check.DoesNotFit) as refused:
-        check.check(config, "v5e:2x2")
+    with pytest.raises(programs.DoesNotFit) as refused:
+        fit_check.check(config, "v5e:2x2")
     line = str(refused.value)
     assert "\n" not in line and line.startswith("train_step does not fit: ")
     assert "exceeds available HBM" in line and "per-chip batch (8192;" in line
@@ -78,7 +79,7 @@ def test_a_program_larger_than_a_chip_is_refused_with_what_would_fit():
 @pytest.mark.slow
 def test_command_writes_the_report_and_a_bad_topology_is_one_line(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "imgcls_jax.runtime.aot", "--config=configs/resnet.py:tiny",
+    command = [sys.executable, "-m", "imgcls_jax.training.fit_check", "--config=configs/resnet.py:tiny",
                "--topology=v5e:2x2", f"--out={tmp_path}"]  # fmt: skip
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -91,13 +92,13 @@ def test_command_writes_the_report_and_a_bad_topology_is_one_line(tmp_path):
     assert (
         run.stderr.strip()
         .splitlines()[-1]
-        .startswith("imgcls_jax.runtime.aot: --topology='v5e:3x7'")
+        .startswith("imgcls_jax.training.fit_check: --topology='v5e:3x7'")
     )
     command[4] = "--config.mesh.fsdb=2"  # A misspelt override: one line naming the key.
     run = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 1 and len(run.stderr.strip().splitlines()) == 1
     assert run.stderr.startswith(
-        "imgcls_jax.runtime.aot: bad config override: 'fsdb' Did you mean \"fsdp\""
+        "imgcls_jax.training.fit_check: bad config override: 'fsdb' Did you mean \"fsdp\""
     )
 
 
@@ -136,8 +137,8 @@ def test_two_slices_and_a_sharded_state_hold_less_per_chip(v5e_report):
     """Two slices of v5e:2x2 are 8 devices on 2 hosts; splitting the state over groups of 4
     leaves each chip about a quarter of the replicated state's arguments."""
     config = _small_config(**{"mesh.fsdp": 4, "mesh.fsdp_min_bytes": 0, "model.width": 8})
-    sharded = check.check(config, "v5e:2x2", num_slices=2)
-    replicated = check.check(_small_config(**{"model.width": 8}), "v5e:2x2", num_slices=2)
+    sharded = fit_check.check(config, "v5e:2x2", num_slices=2)
+    replicated = fit_check.check(_small_config(**{"model.width": 8}), "v5e:2x2", num_slices=2)
     assert (sharded["devices"], sharded["hosts"], sharded["num_slices"]) == (8, 2, 2)
     # One mesh row per slice; the state is split within a slice, never across the slower
     # network between slices.

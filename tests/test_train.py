@@ -422,7 +422,7 @@ def test_automatic_steps_per_dispatch_keep_every_call_the_same_length(
 def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp_path, dataset):
     """launch.py --fit_check: the run's own programs are compiled for its devices first; the
     report shows their peaks; a device smaller than the train step's peak stops the run."""
-    from imgcls_jax.runtime.aot import check
+    from imgcls_jax.runtime.aot import programs
 
     config = tiny_config(**{"training.num_train_steps": 4, "input.batch_size": 32})
     train_and_evaluate(config, str(tmp_path), dataset, fit_check=True)
@@ -445,9 +445,9 @@ def test_fit_check_before_training_is_reported_and_refuses_what_does_not_fit(tmp
         "| fit check (before training) | peak GiB per device: init_state"
         in (tmp_path / "report.md").read_text()
     )
-    with pytest.raises(check.DoesNotFit, match=r"^train_step does not fit: it needs 0\.\d+ GiB "
+    with pytest.raises(programs.DoesNotFit, match=r"^train_step does not fit: it needs 0\.\d+ GiB "
                        r"per device, a cpu has 0\.\d+ GiB\. Lower the per-chip batch \(4;"):  # fmt: skip
-        check.check_devices(trainer, memory_bytes=train["peak_bytes"] - 1)
+        programs.check_devices(trainer, memory_bytes=train["peak_bytes"] - 1)
 
 
 @pytest.mark.slow

@@ -15,45 +15,17 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from etils import epath
 
 from imgcls_jax import augment, checkpoint, models
+from imgcls_jax.checkpoint.model_description import MODEL_FILE
 from imgcls_jax.data import decode
 from imgcls_jax.training import steps
 
-MODEL_FILE = "model.json"  # In a training workdir: what `Classifier.from_workdir` needs.
 CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).
 CROP_FRACTION = 0.875  # Converted ImageNet weights: resize to size / 0.875, centre-crop size.
 STEPS = ("best", "latest")
 WEIGHTS = ("auto", "ema", "trained")  # auto: the average when the run kept one.
-
-
-def describe(
-    config: ml_collections.ConfigDict,
-    class_names: Sequence[str],
-    image_shape: Sequence[int],
-    mean: Sequence[float],
-    std: Sequence[float],
-) -> dict[str, Any]:
-    """What a trained workdir's model needs for inference (written to MODEL_FILE)."""
-    return {
-        "ema": config.training.ema_decay > 0,  # The checkpoints hold a weight average.
-        "model": config.model.to_dict(),
-        "class_names": list(class_names),
-        "image_size": int(image_shape[0]),  # Host: shorter side to this, centre square.
-        "channels": int(image_shape[-1]),
-        "eval": config.augment.eval,  # Then on device, as in evaluation.
-        "eval_flip_tta": bool(config.augment.eval_flip_tta),
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-    }
-
-
-def write_description(workdir: str, description: dict[str, Any]) -> None:
-    with epath.Path(workdir, MODEL_FILE).open("w") as f:
-        json.dump(description, f, indent=2)
 
 
 @dataclasses.dataclass

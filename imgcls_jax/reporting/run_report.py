@@ -31,7 +31,7 @@ def write_run_report(
 
     `details` (optional) adds what the run was: "config" (a dict), "parameters", "devices",
     "compute" (the dtype and kernels used), "image_shape", "class_counts" ({split: [count per class]}), "run_s", "compile_s" and
-    "fit_check" (`aot.check.check_devices`).
+    "fit_check" (`aot.programs.check_devices`).
     """
     per_class = confusion.per_class_accuracy(matrix)
     report = {

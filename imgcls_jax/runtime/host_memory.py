@@ -40,7 +40,7 @@ def devices_are_cpus() -> bool:
     """Whether JAX will run on CPUs only, judged without starting it (the setting above must
     come first): JAX_PLATFORMS names only cpu, or no GPU plugin (a `jax_plugins` module such
     as CUDA's) is installed and no TPU chip is attached (libtpu alone also serves the
-    compile-only devices of `imgcls_jax.runtime.aot`). Accelerator runs keep glibc's defaults: their
+    compile-only devices of `imgcls_jax.training.fit_check`). Accelerator runs keep glibc's defaults: their
     step buffers live on the device, and the host serves the input pipeline."""
     platforms = [p for p in os.environ.get("JAX_PLATFORMS", "").lower().split(",") if p]
     if platforms:

@@ -17,10 +17,9 @@ from clu import parameter_overview
 from etils import epath
 
 from imgcls_jax import data
-from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
+from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, model_description
 from imgcls_jax.config import flat_items
 from imgcls_jax.data import fingerprint, input_pipeline
-from imgcls_jax.inference import classifier
 from imgcls_jax.reporting import plots, run_report, timing, writers
 from imgcls_jax.runtime.preemption import PreemptionWatch
 from imgcls_jax.training import config_check, profiling, recovery, steps
@@ -70,7 +69,7 @@ def train_and_evaluate(
     `dataset` and `devices` default to the configured dataset and all devices; tests pass
     their own. The run's wall-clock and compile seconds go to `workdir/timing.json`. With
     `fit_check`, the run's programs are compiled and checked against the devices' memory
-    first (`aot.check.check_devices`; the report shows the result), and a run that would not
+    first (`aot.programs.check_devices`; the report shows the result), and a run that would not
     fit stops before its state is made.
     """
     timer = timing.RunTimer()
@@ -80,8 +79,8 @@ def train_and_evaluate(
     trainer = Trainer(config, dataset, devices)
     fit = _check_fit(trainer, workdir) if fit_check else None
     writer = writers.create_writer(workdir)
-    if jax.process_index() == 0:  # For `predict` (classifier.Classifier.from_workdir).
-        classifier.write_description(workdir, classifier.describe(
+    if jax.process_index() == 0:  # For `predict` (inference.classifier.Classifier.from_workdir).
+        model_description.write_description(workdir, model_description.describe(
             config, trainer.dataset.class_names, trainer.image_shape, trainer.mean, trainer.std))  # fmt: skip
     checkpointer = Checkpointer(workdir, config.training.keep_checkpoints,
                                 config.training.keep_checkpoint_period)  # fmt: skip
@@ -143,9 +142,9 @@ def train_and_evaluate(
 
 def _check_fit(trainer: Trainer, workdir: str) -> dict:
     """The fit check on this run's devices; its report goes to `workdir/fit_check.json`."""
-    from imgcls_jax.runtime.aot import check
+    from imgcls_jax.runtime.aot import programs
 
-    fit = check.check_devices(trainer)
+    fit = programs.check_devices(trainer)
     peak = max(p["peak_bytes"] for p in fit["programs"]) / 2**30
     memory = f"{fit['memory_bytes'] / 2**30:.2f} GiB" if fit["memory_bytes"] else "unknown memory"
     logging.info("Fit check: at most %.3f GiB per device (%s, %s).", peak, fit["device_kind"],

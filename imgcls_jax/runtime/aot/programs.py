@@ -1,8 +1,7 @@
-"""Compile what a run compiles (the state's initialisation, the train step, the eval step) for a
-TPU topology without the hardware, and report whether it fits and what it costs per step.
-
-The programs come from the same `Trainer` a run builds, on compile-only devices
-(`jax.experimental.topologies`), with a dataset of the right shapes that holds no images.
+"""Compile what a run compiles (the state's initialisation, the train step, the eval step) for
+its devices, real or compile-only (`jax.experimental.topologies`: a TPU pod without the
+hardware), and measure each program: per-chip memory, FLOPs, collectives, a roofline estimate.
+The programs come from a Trainer (`imgcls_jax.training.fit_check` builds one for a topology).
 """
 
 from __future__ import annotations
@@ -13,70 +12,9 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 
-from imgcls_jax.config import apply_overrides
-from imgcls_jax.data import Dataset, Split
 from imgcls_jax.runtime import sharding
 from imgcls_jax.runtime.aot import chips, collectives
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetShape:
-    """What the programs need to know of a dataset: sizes, classes, stored image shape."""
-
-    train_examples: int
-    num_classes: int
-    image_size: int
-    channels: int
-
-
-# TFDS names of the presets' datasets (TFDS's catalogue; ImageNet's train split as stored).
-KNOWN_DATASETS = {
-    "imagenet2012": DatasetShape(1_281_167, 1000, 224, 3),
-    "fashion_mnist": DatasetShape(60_000, 10, 28, 1),
-    "mnist": DatasetShape(60_000, 10, 28, 1),
-    "cifar10": DatasetShape(50_000, 10, 32, 3),
-    "cifar100": DatasetShape(50_000, 100, 32, 3),
-}
-
-
-def dataset_shape(
-    dataset_config: ml_collections.ConfigDict, num_classes: int = 0, train_examples: int = 0
-) -> DatasetShape:
-    """The shape of the config's dataset: a known TFDS name, or the given counts (needed for
-    image folders and other datasets); image size and channels as the config stores them."""
-    known = KNOWN_DATASETS.get(dataset_config.name)
-    if known is None and not (num_classes and train_examples and dataset_config.image_size):
-        raise ValueError(
-            f"config.dataset.name={dataset_config.name!r} is not one of "
-            f"{', '.join(KNOWN_DATASETS)}: give --num_classes, --train_examples and "
-            "--config.dataset.image_size (and --config.dataset.channels)."
-        )
-    known = known or DatasetShape(train_examples, num_classes, 0, 3)
-    train = train_examples or known.train_examples
-    held_out = dataset_config.validation_size if not dataset_config.validation_split else 0
-    held_out = int(round(held_out * train)) if held_out < 1 else int(held_out)
-    train = dataset_config.train_size or train - held_out - int(dataset_config.test_size)
-    return DatasetShape(
-        train_examples=train,
-        num_classes=num_classes or known.num_classes,
-        image_size=dataset_config.image_size or known.image_size,
-        channels=dataset_config.channels or known.channels,
-    )
-
-
-def shape_only_dataset(shape: DatasetShape) -> Dataset:
-    """A dataset whose splits have the real shapes and hold no image memory (one zero image
-    broadcast), for building a Trainer that only compiles."""
-    image = np.zeros((1, shape.image_size, shape.image_size, shape.channels), np.uint8)
-
-    def split(count: int) -> Split:
-        images = np.broadcast_to(image, (count, *image.shape[1:]))
-        return Split(images, np.arange(count, dtype=np.int32) % shape.num_classes)
-
-    names = tuple(f"class{i}" for i in range(shape.num_classes))
-    return Dataset(split(shape.train_examples), split(1), None, names)
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
@@ -221,24 +159,14 @@ def check_devices(trainer: Any, memory_bytes: int | None = None) -> dict[str, An
         "devices": trainer.mesh.size,
         "memory_bytes": memory_bytes,
         "programs": [dataclasses.asdict(p) | {"peak_bytes": p.peak_bytes} for p in programs],
-        "train_flops_per_image": _flops_per_image(programs[1], trainer),
+        "trainflops_per_image": flops_per_image(programs[1], trainer),
     }
 
 
-def _flops_per_image(train: Program, trainer: Any) -> float:
+def flops_per_image(train: Program, trainer: Any) -> float:
     """The train step's FLOPs (XLA's count for one device and one call) per image."""
     return (train.flops / trainer.steps_per_dispatch * trainer.mesh.size
             / trainer.config.input.batch_size)  # fmt: skip
-
-
-def build_trainer(config: ml_collections.ConfigDict, shape: DatasetShape, devices: list) -> Any:
-    """The run's Trainer on `devices`, over a shape-only dataset; the train split stays on the
-    host (compile-only devices have no memory to place it in). Pretrained weights are not
-    read: they are values of the state, which the programs take as arguments either way."""
-    from imgcls_jax.training.builder import Trainer
-
-    config = apply_overrides(config, {"input.device_resident": "off", "transfer.checkpoint": ""})
-    return Trainer(config, shape_only_dataset(shape), devices=devices)
 
 
 def estimate(train: Program, chip: chips.Chip, steps: int, multislice: bool) -> dict[str, float]:
@@ -252,46 +180,3 @@ def estimate(train: Program, chip: chips.Chip, steps: int, multislice: bool) -> 
         "collectives_s": train.sent_bytes * per_step / link,
     }
     return {**terms, "step_s": max(terms.values())}
-
-
-def check(
-    config: ml_collections.ConfigDict,
-    topology: str,
-    num_slices: int = 1,
-    num_classes: int = 0,
-    train_examples: int = 0,
-) -> dict[str, Any]:
-    """Compiles the run's programs for `topology` and returns the report (`aot.report`).
-    Raises DoesNotFit, with what would make it fit, when XLA cannot fit a program into a
-    chip's memory."""
-    devices = topology_devices(topology, num_slices)
-    chip = chips.chip_for(devices[0].device_kind)
-    shape = dataset_shape(config.dataset, num_classes, train_examples)
-    trainer = build_trainer(config, shape, devices)
-    programs = compile_programs(trainer)
-    train = programs[1]
-    steps = trainer.steps_per_dispatch
-    batch = config.input.batch_size
-    timing = estimate(train, chip, steps, num_slices > 1)
-    images_per_s = batch / timing["step_s"] if timing["step_s"] else 0.0
-    report = {
-        "topology": topology,
-        "num_slices": num_slices,
-        "chip": dataclasses.asdict(chip),
-        "devices": len(devices),
-        "hosts": len({d.process_index for d in devices}),
-        "mesh": dict(trainer.mesh.shape),
-        "model": config.model.name,
-        "dtype": trainer.dtype,
-        "image": list(trainer.image_shape),
-        "global_batch": batch,
-        "per_device_batch": batch // len(devices),
-        "grad_accum_steps": config.training.grad_accum_steps,
-        "steps_per_dispatch": steps,
-        "train_examples": shape.train_examples,
-        "programs": [dataclasses.asdict(p) | {"peak_bytes": p.peak_bytes} for p in programs],
-        "train_flops_per_image": _flops_per_image(train, trainer),
-        "estimate": timing | {"images_per_s": images_per_s,
-                              "epoch_s": shape.train_examples / images_per_s if images_per_s else 0},
-    }  # fmt: skip
-    return report
