@@ -140,7 +140,7 @@ def check(
         "steps_per_dispatch": steps,
         "train_examples": shape.train_examples,
         "programs": [dataclasses.asdict(p) | {"peak_bytes": p.peak_bytes} for p in programs],
-        "trainflops_per_image": flops_per_image(train, trainer),
+        "train_flops_per_image": flops_per_image(train, trainer),
         "estimate": timing | {"images_per_s": images_per_s,
                               "epoch_s": shape.train_examples / images_per_s if images_per_s else 0},
     }  # fmt: skip

@@ -159,7 +159,7 @@ def check_devices(trainer: Any, memory_bytes: int | None = None) -> dict[str, An
         "devices": trainer.mesh.size,
         "memory_bytes": memory_bytes,
         "programs": [dataclasses.asdict(p) | {"peak_bytes": p.peak_bytes} for p in programs],
-        "trainflops_per_image": flops_per_image(programs[1], trainer),
+        "train_flops_per_image": flops_per_image(programs[1], trainer),
     }
 
 
