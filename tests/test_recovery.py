@@ -49,12 +49,18 @@ def test_nonfinite_update_is_skipped_and_recorded(dataset):
     jax.tree.map(np.testing.assert_array_equal, after.params, before.params)
     jax.tree.map(np.testing.assert_array_equal, after.opt_state, before.opt_state)
     jax.tree.map(np.testing.assert_array_equal, after.batch_stats, before.batch_stats)
-    assert [int(x) for x in metrics.compute()["nonfinite"]] == [1, 1]
+    skipped = metrics.compute()
+    assert [int(x) for x in skipped["nonfinite"]] == [1, 1]
+    # Its examples are masked out of the per-example metrics; the learning rate still shows.
+    assert np.isnan(float(skipped["loss"])) and np.isnan(float(skipped["accuracy"]))
+    assert float(skipped["learning_rate"]) == pytest.approx(trainer.learning_rate_fn(0))
     after, good_metrics = trainer.train_step(after, good, trainer.train_key)
     assert not np.array_equal(after.params["head"]["kernel"], before.params["head"]["kernel"])
     summary = metrics.merge(good_metrics).compute()
     assert [int(x) for x in summary["nonfinite"]] == [1, 1]
-    assert float(summary["loss"]) == pytest.approx(float(good_metrics.compute()["loss"]))
+    good_summary = good_metrics.compute()
+    for name in ("loss", "accuracy", "learning_rate"):
+        assert float(summary[name]) == pytest.approx(float(good_summary[name])), name
 
 
 @pytest.mark.slow

@@ -321,18 +321,18 @@ def test_gradient_accumulation_with_batch_norm_updates_the_statistics_per_micro_
 
 
 def test_ema_decay_warms_up_as_timm_does():
-    from imgcls_jax.training import steps
+    from imgcls_jax.training import train_state
 
-    decays = [float(steps.ema_decay_at(jnp.int32(t), 0.99, True)) for t in (1, 2, 9, 10_000)]
+    decays = [float(train_state.ema_decay_at(jnp.int32(t), 0.99, True)) for t in (1, 2, 9, 10_000)]
     # timm ModelEmaV3 (gamma 1, power 2/3): 1 - (1 + t)^(-2/3) with t = update - 1, capped.
     np.testing.assert_allclose(decays, [0.0, 1 - 2 ** (-2 / 3), 1 - 9 ** (-2 / 3), 0.99], rtol=1e-6)
-    assert float(steps.ema_decay_at(jnp.int32(1), 0.99, False)) == pytest.approx(0.99)
+    assert float(train_state.ema_decay_at(jnp.int32(1), 0.99, False)) == pytest.approx(0.99)
 
 
 @pytest.mark.slow
 def test_the_weight_average_follows_its_recurrence_and_is_evaluated(tmp_path, dataset):
     from imgcls_jax.data import input_pipeline
-    from imgcls_jax.training import steps
+    from imgcls_jax.training import train_state
 
     config = tiny_config(**{"input.batch_size": 32, "training.ema_decay": 0.9,
                             "training.num_train_steps": 4, "augment.grid_images": 0})  # fmt: skip
@@ -342,7 +342,7 @@ def test_the_weight_average_follows_its_recurrence_and_is_evaluated(tmp_path, da
     for step in range(4):
         batch = input_pipeline.train_batch(trainer.dataset.train, trainer.order, step, trainer.mesh)
         state, _ = trainer.train_step(state, batch, trainer.train_key)
-        decay = float(steps.ema_decay_at(jnp.int32(step + 1), 0.9, True))
+        decay = float(train_state.ema_decay_at(jnp.int32(step + 1), 0.9, True))
         new = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
         expected = jax.tree.map(lambda e, w, d=decay: d * e + (1 - d) * w, expected, new)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),

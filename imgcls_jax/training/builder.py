@@ -19,7 +19,7 @@ from imgcls_jax.data import batch_rows, class_balance, device_resident, input_pi
 from imgcls_jax.models import build_for_devices
 from imgcls_jax.reporting import confusion
 from imgcls_jax.runtime import compile_options, sharding
-from imgcls_jax.training import config_check, optimizers, steps, transfer
+from imgcls_jax.training import config_check, metrics, optimizers, steps, train_state, transfer
 
 # training.steps_per_dispatch=0 on GPUs and TPUs (at most; see _auto_steps_per_dispatch):
 # small steps stop waiting on the host. CPUs keep 1: measured side by side, 4 steps per call
@@ -139,10 +139,10 @@ class Trainer:
             params_shape, self.frozen, config.transfer.layer_decay,
         )  # fmt: skip
         self._log_frozen()
-        self.train_metrics_cls = steps.metrics_collection(
+        self.train_metrics_cls = metrics.collection(
             self.dataset.num_classes, train=True, smoothed=config.loss.label_smoothing > 0
         )
-        self.eval_metrics_cls = steps.metrics_collection(self.dataset.num_classes, train=False)
+        self.eval_metrics_cls = metrics.collection(self.dataset.num_classes, train=False)
         self._build_steps()
 
     def _auto_steps_per_dispatch(self) -> int:
@@ -195,7 +195,7 @@ class Trainer:
         mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
         ema = self.config.training.ema_decay > 0
         init_state = functools.partial(
-            steps.init_state,
+            train_state.init_state,
             model=self.model,
             tx=self.tx,
             image_shape=self.model_input_shape,
@@ -260,7 +260,7 @@ class Trainer:
                                             out_shardings=replicated)  # fmt: skip
         self._empty_eval_metrics = jax.jit(
             functools.partial(
-                steps.empty_eval_metrics, self.eval_metrics_cls, self.dataset.num_classes
+                metrics.empty_eval_metrics, self.eval_metrics_cls, self.dataset.num_classes
             ),
             out_shardings=replicated,
         )
@@ -270,9 +270,9 @@ class Trainer:
             in_shardings=(replicated, replicated, batch),
             out_shardings=replicated,
         )
-        self.jump_to_step = jax.jit(steps.jump_to_step, out_shardings=state, donate_argnums=0)
+        self.jump_to_step = jax.jit(train_state.jump_to_step, out_shardings=state, donate_argnums=0)
         self.replace_variables = jax.jit(
-            functools.partial(steps.replace_variables, tx=self.tx, ema=ema),
+            functools.partial(train_state.replace_variables, tx=self.tx, ema=ema),
             out_shardings=state,
         )
 
@@ -312,7 +312,7 @@ class Trainer:
         images, _ = self.augment_batch(self.train_key, np.int32(step), batch)
         return np.asarray(images[:count])
 
-    def create_state(self) -> steps.TrainState:
+    def create_state(self) -> train_state.TrainState:
         """A fresh state, with the pretrained variables merged in for transfer learning."""
         state = self.init_state(self.init_key)
         if self.pretrained is None:
@@ -341,13 +341,15 @@ class Trainer:
             jax.eval_shape(self.init_state, self.init_key), self.state_sharding,
         )  # fmt: skip
 
-    def evaluate(self, state: steps.TrainState, split: data.Split, prefix: str) -> dict[str, float]:
+    def evaluate(
+        self, state: train_state.TrainState, split: data.Split, prefix: str
+    ) -> dict[str, float]:
         """Metrics over every example of `split` exactly once, keyed `prefix/name`; with a
         weight average also its metrics, keyed `prefix_ema/name`."""
         return self.evaluate_with_confusion(state, split, prefix)[0]
 
     def evaluate_with_confusion(
-        self, state: steps.TrainState, split: data.Split, prefix: str
+        self, state: train_state.TrainState, split: data.Split, prefix: str
     ) -> tuple[dict[str, float], np.ndarray]:
         """`evaluate`'s metrics (plus balanced accuracy) and the trained weights' [true,
         predicted] counts."""
@@ -357,7 +359,7 @@ class Trainer:
         return results, matrix
 
     def _evaluate_weights(
-        self, state: steps.TrainState, split: data.Split, prefix: str
+        self, state: train_state.TrainState, split: data.Split, prefix: str
     ) -> tuple[dict[str, float], np.ndarray]:
         if self._eval_compile is not None:
             self._eval_compile.join()  # Not compiling the same program twice at once.

@@ -22,7 +22,7 @@ from imgcls_jax.config import flat_items
 from imgcls_jax.data import fingerprint, input_pipeline
 from imgcls_jax.reporting import plots, run_report, timing, writers
 from imgcls_jax.runtime.preemption import PreemptionWatch
-from imgcls_jax.training import config_check, profiling, recovery, steps
+from imgcls_jax.training import config_check, profiling, recovery, train_state
 from imgcls_jax.training.builder import Trainer
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
@@ -31,7 +31,7 @@ TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
 
 def _restore_or_init(
     trainer: Trainer, checkpointer: Checkpointer
-) -> tuple[steps.TrainState, dict[str, Any]]:
+) -> tuple[train_state.TrainState, dict[str, Any]]:
     dataset = fingerprint.dataset_fingerprint(trainer.dataset)
     batch = trainer.config.input.batch_size
     progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False,
@@ -157,7 +157,7 @@ def _check_fit(trainer: Trainer, workdir: str) -> dict:
 
 
 def _run_details(
-    trainer: Trainer, state: steps.TrainState, timer: timing.RunTimer, fit: dict | None = None
+    trainer: Trainer, state: train_state.TrainState, timer: timing.RunTimer, fit: dict | None = None
 ) -> dict:
     """What the run report states besides the metrics: config, size, data, time and the fit
     check (when one was made)."""
@@ -194,11 +194,11 @@ def _write_augmentation_grid(trainer: Trainer, writer: writers.MetricWriter, wor
 
 def _train(
     trainer: Trainer,
-    state: steps.TrainState,
+    state: train_state.TrainState,
     progress: dict[str, Any],
     writer: writers.MetricWriter,
     checkpointer: Checkpointer,
-) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
+) -> tuple[train_state.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
     """The loop (`_train_from`), started again after each rewind
     (config.training.on_nonfinite="rewind")."""
     while True:
@@ -212,11 +212,11 @@ def _train(
 
 def _train_from(
     trainer: Trainer,
-    state: steps.TrainState,
+    state: train_state.TrainState,
     progress: dict[str, Any],
     writer: writers.MetricWriter,
     checkpointer: Checkpointer,
-) -> tuple[steps.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
+) -> tuple[train_state.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
     """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
 
     Returns the state, whether a preemption notice stopped it (after saving), and the last

@@ -16,7 +16,7 @@ from jax.experimental import multihost_utils
 
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, read_progress
 from imgcls_jax.reporting import writers
-from imgcls_jax.training import steps
+from imgcls_jax.training import train_state
 from imgcls_jax.training.builder import Trainer
 
 # Written when a non-finite update stops the run; a relaunch with training.restore_step then
@@ -106,7 +106,7 @@ def rewind(
     progress: dict[str, Any],
     writer: writers.MetricWriter,
     checkpointer: Checkpointer,
-) -> steps.TrainState:
+) -> train_state.TrainState:
     """After a non-finite update at step D: the weights of the newest saved step whose loss
     was sane, continuing with step D + rewind_skip_steps + 1 (the steps in between skipped);
     re-raises `error` after max_rewinds rewinds or without a sane step."""

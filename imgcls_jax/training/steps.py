@@ -1,4 +1,5 @@
-"""Pure train and eval steps over a TrainState pytree; no config access."""
+"""Pure train and eval steps over a TrainState pytree (`train_state`): augmentation, loss,
+gradients, the update and the steps' metrics (`metrics`); no config access."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,100 +15,7 @@ import optax
 from clu import metrics
 
 from imgcls_jax.models import layers
-from imgcls_jax.reporting.confusion import ConfusionMatrix
-
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training. `ema` holds the exponential moving average
-    of the parameters and batch statistics ({"params", "batch_stats"}), or {} without one."""
-
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    ema: Any = flax.struct.field(default_factory=dict)
-
-    def ema_state(self) -> TrainState:
-        """This state with the averaged weights in place of the trained ones (to evaluate)."""
-        return self.replace(params=self.ema["params"], batch_stats=self.ema["batch_stats"])
-
-
-def with_ema(state: TrainState, enabled: bool) -> TrainState:
-    """`state` with its average started at its current weights, when `enabled`."""
-    if not enabled:
-        return state
-    return state.replace(ema={"params": state.params, "batch_stats": state.batch_stats})
-
-
-def ema_decay_at(update: jax.Array, decay: float, warmup: bool) -> jax.Array:
-    """The decay of the `update`-th average update (1-based): `decay`, or with timm's warm-up
-    (ModelEmaV3: gamma 1, power 2/3) 1 - (1 + t)^(-2/3) with t = update - 1, capped at
-    `decay`; the first update copies the weights."""
-    if not warmup:
-        return jnp.float32(decay)
-    t = jnp.maximum(update - 1, 0).astype(jnp.float32)
-    return jnp.minimum(decay, 1.0 - (1.0 + t) ** (-2.0 / 3.0))
-
-
-NEVER = jnp.iinfo(jnp.int32).max  # first_step of a window without non-finite steps.
-
-
-@flax.struct.dataclass
-class NonfiniteSteps(metrics.Metric):
-    """How many steps had a non-finite loss, gradient or new state (their update was not
-    applied), and the first of them; computes (count, first step), the step 0 when there was
-    none."""
-
-    count: jnp.ndarray
-    first_step: jnp.ndarray
-
-    @classmethod
-    def from_model_output(cls, finite: jnp.ndarray, step: jnp.ndarray, **_) -> NonfiniteSteps:
-        return cls(count=(~finite).astype(jnp.int32), first_step=jnp.where(finite, NEVER, step))
-
-    def merge(self, other: NonfiniteSteps) -> NonfiniteSteps:
-        return type(self)(self.count + other.count, jnp.minimum(self.first_step, other.first_step))
-
-    def compute(self) -> tuple[jnp.ndarray, jnp.ndarray]:
-        return self.count, jnp.where(self.count > 0, self.first_step, 0)
-
-    @classmethod
-    def empty(cls) -> NonfiniteSteps:
-        return cls(count=jnp.zeros((), jnp.int32), first_step=jnp.int32(NEVER))
-
-
-def metrics_collection(
-    num_classes: int, train: bool, smoothed: bool = False
-) -> type[metrics.Collection]:
-    """CLU metrics: loss, top-1, top-5 when there are more than 5 classes; the learning rate
-    and non-finite steps when training, the confusion matrix when evaluating. With `smoothed`
-    (label smoothing in the train loss) also `loss_no_smoothing`, comparable with the
-    validation loss."""
-    fields: dict[str, Any] = {
-        "loss": metrics.Average.from_output("loss"),
-        "accuracy": metrics.Average.from_fun(_top_k_correct(1)),
-    }
-    if smoothed:
-        fields["loss_no_smoothing"] = metrics.Average.from_output("loss_no_smoothing")
-    if num_classes > 5:
-        fields["top5_accuracy"] = metrics.Average.from_fun(_top_k_correct(5))
-    if train:
-        fields["learning_rate"] = metrics.LastValue.from_output("learning_rate")
-        fields["nonfinite"] = NonfiniteSteps
-    else:
-        fields["confusion_matrix"] = ConfusionMatrix
-    return metrics.Collection.create(**fields)
-
-
-def _top_k_correct(k: int) -> Callable[..., jnp.ndarray]:
-    def correct(logits: jnp.ndarray, labels: jnp.ndarray, **_) -> jnp.ndarray:
-        if labels.ndim == 2:  # Soft labels (mixup/cutmix): score against the dominant class.
-            labels = jnp.argmax(labels, axis=-1)
-        top_k = jax.lax.top_k(logits, k)[1]
-        return jnp.any(top_k == labels[:, None], axis=-1).astype(jnp.float32)
-
-    return correct
+from imgcls_jax.training.train_state import TrainState, ema_decay_at
 
 
 def normalize(images: jnp.ndarray, mean: tuple, std: tuple) -> jnp.ndarray:
@@ -150,18 +57,6 @@ def computed_once(flag: jax.Array) -> jax.Array:
     return jnp.sqrt(flag.astype(jnp.float32)) > 0.5
 
 
-def init_state(
-    key: jax.Array,
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    image_shape: tuple,
-    ema: bool = False,
-) -> TrainState:
-    """Initialises parameters, batch statistics, optimizer state and (`ema`) the average."""
-    variables = model.init(key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    return replace_variables(variables, tx, ema)
-
-
 def augment_batch(
     key: jax.Array,
     step: jax.Array,
@@ -194,30 +89,6 @@ def frozen_norm_interceptor(frozen_norms: frozenset[str]) -> Callable:
         return next_fun(*args, **kwargs)
 
     return intercept
-
-
-def replace_variables(
-    variables: dict[str, Any], tx: optax.GradientTransformation, ema: bool = False
-) -> TrainState:
-    """A step-0 state holding `variables` (e.g. pretrained ones), a fresh optimizer state and
-    (`ema`) an average starting at them."""
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(variables["params"]),
-    )
-    return with_ema(state, ema)
-
-
-def jump_to_step(state: TrainState, step: jax.Array) -> TrainState:
-    """`state` moved on to `step` without training: its step and every optimizer-state
-    counter (schedules, bias corrections) set to `step`, the weights unchanged. A rewind
-    uses it to skip the batches (and the schedule) of the steps in between."""
-    opt_state = state.opt_state
-    if optax.tree_utils.tree_get_all_with_path(opt_state, "count"):
-        opt_state = optax.tree_utils.tree_set(opt_state, count=jnp.asarray(step, jnp.int32))
-    return state.replace(step=jnp.asarray(step, state.step.dtype), opt_state=opt_state)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -344,14 +215,9 @@ def train_step(
     smoothed = parts.label_smoothing > 0
     step_metrics = parts.metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=labels, learning_rate=parts.learning_rate_fn(state.step),
-        finite=finite, step=state.step + 1,
+        finite=finite, step=state.step + 1, mask=jnp.broadcast_to(finite, loss.shape),
         loss_no_smoothing=cross_entropy(logits, labels, 0.0) if smoothed else loss,
-    )  # fmt: skip
-    for name in ("loss", "loss_no_smoothing", "accuracy", "top5_accuracy"):
-        if name in step_metrics.__dataclass_fields__:  # A skipped step does not count.
-            metric = getattr(step_metrics, name)
-            kept = jax.tree.map(lambda m, e: jnp.where(finite, m, e), metric, type(metric).empty())
-            step_metrics = step_metrics.replace(**{name: kept})
+    )  # fmt: skip  # A skipped step's examples are masked out, as padding in `eval_step`.
     return updated.replace(step=state.step + 1), step_metrics
 
 
@@ -422,16 +288,3 @@ def eval_step(
             loss=loss, logits=logits, labels=batch["label"], mask=batch["mask"]
         )
     )
-
-
-def empty_eval_metrics(metrics_cls: type[metrics.Collection], num_classes: int) -> Any:
-    """`metrics_cls` (from `metrics_collection(..., train=False)`) over no example: zeros in
-    the structure of one batch's metrics, which merging leaves unchanged (its metrics are
-    sums of totals, counts and confusion counts)."""
-    shapes = jax.eval_shape(
-        lambda: metrics_cls.single_from_model_output(
-            loss=jnp.zeros(1), logits=jnp.zeros((1, num_classes)),
-            labels=jnp.zeros(1, jnp.int32), mask=jnp.ones(1, bool),
-        )
-    )  # fmt: skip
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
