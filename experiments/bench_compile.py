@@ -58,7 +58,7 @@ def measure(module: str, preset: str, size: int, channels: int) -> dict:
     import jax
     from step_timing import OurStep
 
-    from imgcls_jax import checkpoint
+    from imgcls_jax.checkpoint import integrity
     from imgcls_jax.config import apply_overrides
     from imgcls_jax.reporting import timing
     from imgcls_jax.runtime import precision
@@ -68,7 +68,7 @@ def measure(module: str, preset: str, size: int, channels: int) -> dict:
         config = apply_overrides(config, {"input.batch_size": FLAGS.batch_size})
     timer = timing.RunTimer()
     step = OurStep(config, size, channels, 10)  # Initialises the state.
-    checkpoint.state_checksums(step.state)
+    integrity.state_checksums(step.state)
     timer.stop()
     once = timer.summary()["compiled"]
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 
 from imgcls_jax import checkpoint, convert
-from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError
+from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, integrity, old_names
 from imgcls_jax.training.builder import Trainer
 from imgcls_jax.training.loop import train_and_evaluate
 
@@ -50,13 +50,13 @@ def test_checksum_changes_with_any_single_byte():
     rng = np.random.default_rng(0)
     tree = {"w": rng.normal(size=(7, 5)).astype(np.float32), "s": jnp.int32(3),
             "h": rng.normal(size=11).astype(jnp.bfloat16)}  # fmt: skip
-    reference = checkpoint.state_checksums(tree)
-    assert reference == checkpoint.state_checksums(jax.tree.map(jnp.asarray, tree))
+    reference = integrity.state_checksums(tree)
+    assert reference == integrity.state_checksums(jax.tree.map(jnp.asarray, tree))
     raw = tree["w"].view(np.uint8).reshape(-1)
     for position in rng.choice(raw.size, 20, replace=False):
         damaged = raw.copy()
         damaged[position] ^= rng.integers(1, 256, dtype=np.uint8)
-        changed = checkpoint.state_checksums({**tree, "w": damaged.view(np.float32).reshape(7, 5)})
+        changed = integrity.state_checksums({**tree, "w": damaged.view(np.float32).reshape(7, 5)})
         assert changed["['w']"] != reference["['w']"]
         assert changed["['h']"] == reference["['h']"]
 
@@ -86,7 +86,7 @@ def test_checksums_and_finiteness_match_their_definition():
         "nan": np.array([1.0, np.nan, 2.0], np.float32),
         "inf": np.array([[-np.inf]], jnp.bfloat16),
     }
-    checksums, nonfinite = checkpoint._checksums_and_nonfinite(jax.tree.map(jnp.asarray, tree))
+    checksums, nonfinite = integrity.checksums_and_nonfinite(jax.tree.map(jnp.asarray, tree))
     assert checksums == {f"['{name}']": _numpy_checksum(np.asarray(x)) for name, x in tree.items()}
     assert sorted(nonfinite) == ["['inf']", "['nan']"]
 
@@ -167,7 +167,7 @@ def test_a_non_finite_state_is_never_saved_and_never_restored(tmp_path, dataset)
         # A non-finite step written by other means (with valid checksums) counts as damaged.
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(bad), progress=ocp.args.JsonSave({}),
-            integrity=ocp.args.JsonSave({"checksums": checkpoint.state_checksums(bad)}),
+            integrity=ocp.args.JsonSave({"checksums": integrity.state_checksums(bad)}),
         )  # fmt: skip
         checkpointer.manager.save(3, args=args)
         checkpointer.wait()
@@ -204,7 +204,7 @@ def test_checkpoints_with_the_older_batch_norm_names_restore_renamed(tmp_path, d
     config = tiny_config(**CONFIG)
     trainer = Trainer(config, dataset)
     state = jax.device_get(trainer.create_state())
-    older = checkpoint.rename_modules(state, {"NormAct_": "BatchNorm_"})
+    older = old_names.rename_modules(state, {"NormAct_": "BatchNorm_"})
     assert "'NormAct_0'" in str(jax.tree.structure(state))
     assert "'BatchNorm_0'" in str(jax.tree.structure(older))
     checkpointer = Checkpointer(str(tmp_path / "run"), 10)

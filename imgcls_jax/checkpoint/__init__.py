@@ -1,31 +1,27 @@
-"""Orbax checkpoints in the workdir: the last N steps plus the best one, each verified by a
-content checksum and a finiteness check, falling back to an older step when one is damaged."""
+"""Orbax checkpoints in the workdir: the last N steps plus the best one, each verified
+(`integrity`) when read, falling back to an older step when one is damaged; steps saved
+under older module names are read through `old_names`."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-CHECKSUM_ALGORITHM = "uint32 sums of bits x (2i+1) and bits x (2i+1)^2, per array"
+from imgcls_jax.checkpoint import integrity, old_names
+
 CHECKPOINT_DIR = "checkpoints"
 QUARANTINE_DIR = "corrupt_checkpoints"
 SET_ASIDE_DIR = "set_aside_checkpoints"  # Steps after the one a run was sent back to.
 # What a changed optimizer leaves restorable: everything of a state but its optimizer state.
 MODEL_FIELDS = ("step", "params", "batch_stats", "ema")
-# Flax names an unnamed layer after its class: the models' batch norms are `NormAct_N`.
-# Checkpoints and converted weights in the older naming, `BatchNorm_N`, are renamed as they
-# are restored. Saved name prefix -> the current one.
-RENAMED_MODULES = {"BatchNorm_": "NormAct_"}
 
 
 class CheckpointRestoreError(ValueError):
@@ -34,121 +30,6 @@ class CheckpointRestoreError(ValueError):
 
 class NonFiniteStateError(FloatingPointError):
     """A train state holding inf or NaN was not checkpointed."""
-
-
-def rename_modules(tree: Any, renames: Mapping[str, str]) -> Any:
-    """`tree` with every dict key, at any depth, that starts with a key of `renames` starting
-    with its value instead (e.g. `{"BatchNorm_": "NormAct_"}`)."""
-
-    def renamed(key: Any) -> Any:
-        for old, new in renames.items():
-            if isinstance(key, str) and key.startswith(old):
-                return new + key[len(old) :]
-        return key
-
-    def rename(node: Any) -> Any:
-        if not isinstance(node, dict):
-            return node
-        return {renamed(k): rename_modules(v, renames) for k, v in node.items()}
-
-    return jax.tree.map(rename, tree, is_leaf=lambda x: isinstance(x, dict))
-
-
-def _as_saved(saved_paths: Iterable[str]) -> dict[str, str]:
-    """The renames from current module names to the older ones that a checkpoint whose arrays
-    are at `saved_paths` (checksum keys, e.g. ".params['BatchNorm_0']['scale']") uses. (Back
-    to the current ones is `RENAMED_MODULES` itself: no current name starts as an old one.)"""
-    saved_paths = list(saved_paths)
-    return {
-        new: old
-        for old, new in RENAMED_MODULES.items()
-        if any(f"['{old}" in path for path in saved_paths)
-    }
-
-
-@jax.jit
-def _array_checksums(tree: Any) -> Any:
-    """Per array: two uint32 position-weighted sums of its raw bits (as 32-bit words, word i
-    weighted 2i+1 in the first sum and (2i+1)^2 in the second), and whether all its values
-    are finite.
-
-    Any change of one element (one flipped bit or byte) changes the first sum, because the
-    element's weight 2i+1 is odd; the second sum makes coincidental multi-element collisions
-    about 2^-64 likely. Computed on device in one pass over the state: one reduction per array
-    gives both sums and the count of values that are not finite.
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    pairs, finite = zip(*map(_sums_and_finite, leaves)) if leaves else ((), ())
-    return treedef.unflatten(pairs), treedef.unflatten(finite)
-
-
-def _sums_and_finite(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`x`'s two checksum sums and whether all its values are finite, in one reduction."""
-    bits = _as_uint32(x).reshape(-1)
-    weight = jnp.arange(bits.size, dtype=jnp.uint32) * 2 + 1
-    words_are_values = x.dtype.itemsize < 8  # 8-byte values are two words each.
-    checks_finite = jnp.issubdtype(x.dtype, jnp.inexact)
-    if checks_finite and words_are_values:
-        not_finite = (~jnp.isfinite(x)).reshape(-1).astype(jnp.uint32)
-    else:
-        not_finite = jnp.zeros_like(bits)
-    first, second, bad = jax.lax.reduce(
-        (bits * weight, bits * weight * weight, not_finite), (jnp.uint32(0),) * 3, _add3, (0,)
-    )
-    if checks_finite and not words_are_values:
-        bad = jnp.sum(~jnp.isfinite(x))
-    return jnp.stack([first, second]), bad == 0
-
-
-def _add3(a: tuple, b: tuple) -> tuple:
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
-
-
-def _as_uint32(x: jax.Array) -> jax.Array:
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    width = x.dtype.itemsize
-    if width == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32)  # A trailing axis of 2 words.
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[width]
-    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-
-
-def _checksums_and_nonfinite(state: Any) -> tuple[dict[str, str], list[str]]:
-    """({array path: hex checksum}, [paths of arrays holding inf or NaN]) of a (possibly
-    sharded, multi-host) state pytree."""
-    sums, finite = jax.device_get(_array_checksums(state))
-    checksums = {
-        jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
-        for path, s in jax.tree_util.tree_flatten_with_path(sums)[0]
-    }
-    flags = jax.tree_util.tree_flatten_with_path(finite)[0]
-    return checksums, [jax.tree_util.keystr(path) for path, ok in flags if not ok]
-
-
-def _check_array_index(state_dir: epath.Path) -> None:
-    """Reads the index of a saved state's array store (TensorStore's OCDBT manifest and
-    B-tree, each with its own checksum) and raises when it is damaged or empty. Cheap, and
-    done before Orbax's restore: a damaged index found inside it fails one of many concurrent
-    reads, whose siblings then report into a closed event loop (dozens of tracebacks)."""
-    import tensorstore as ts
-
-    if not (state_dir / "manifest.ocdbt").exists():  # Not an OCDBT store: Orbax reads it.
-        return
-    location = str(state_dir) if "://" in str(state_dir) else f"file://{state_dir}"
-    store = ts.KvStore.open({"driver": "ocdbt", "base": location.rstrip("/") + "/"}).result()
-    if not store.list().result():
-        raise ValueError(f"no arrays indexed in {state_dir}")
-
-
-def _progress_digest(progress: dict) -> str:
-    """SHA-256 of the progress record as canonical JSON (sorted keys)."""
-    return hashlib.sha256(json.dumps(progress, sort_keys=True).encode()).hexdigest()
-
-
-def state_checksums(state: Any) -> dict[str, str]:
-    """{array path: hex checksum} of a (possibly sharded, multi-host) state pytree."""
-    return _checksums_and_nonfinite(state)[0]
 
 
 class KeepLatestAndBest:
@@ -238,19 +119,19 @@ class Checkpointer:
         self._policy.best_step = progress.get("best_step")
         if step in self.manager.all_steps():
             return
-        checksums, nonfinite = _checksums_and_nonfinite(state)
+        checksums, nonfinite = integrity.checksums_and_nonfinite(state)
         if nonfinite:
             raise NonFiniteStateError(
                 f"Refused to checkpoint step {step}: the train state holds inf or NaN in "
                 f"{', '.join(nonfinite[:5])}{' ...' if len(nonfinite) > 5 else ''}. The last "
                 f"good checkpoint stays in {self.directory}."
             )
-        integrity = {"algorithm": CHECKSUM_ALGORITHM, "checksums": checksums,
-                     "progress_sha256": _progress_digest(progress)}  # fmt: skip
+        record = {"algorithm": integrity.ALGORITHM, "checksums": checksums,
+                  "progress_sha256": integrity.progress_digest(progress)}  # fmt: skip
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             progress=ocp.args.JsonSave(progress),
-            integrity=ocp.args.JsonSave(integrity),
+            integrity=ocp.args.JsonSave(record),
         )
         self.manager.save(step, args=args, force=True)
 
@@ -297,18 +178,16 @@ class Checkpointer:
     def _restore_step(
         self, step: int, abstract_state: Any
     ) -> tuple[str | None, tuple[Any, dict] | None]:
-        """(None, (state, progress)) for an intact step, else (what is wrong, None). A step
-        saved with older module names (`RENAMED_MODULES`) is read as saved, then renamed."""
+        """(None, (state, progress)) for an intact step, else (what is wrong, None)."""
+        step_dir = self.directory / str(step)
         try:
-            _check_array_index(self.directory / str(step) / "state")
-            integrity = json.loads(
-                (self.directory / str(step) / "integrity" / "metadata").read_text()
-            )
-            saved = integrity["checksums"]
+            integrity.check_array_index(step_dir / "state")
+            saved = integrity.read(step_dir)
             args = ocp.args.Composite(
-                state=ocp.args.StandardRestore(rename_modules(abstract_state, _as_saved(saved))),
+                state=ocp.args.StandardRestore(old_names.as_saved(abstract_state,
+                                                                  saved["checksums"])),
                 progress=ocp.args.JsonRestore(),
-            )
+            )  # fmt: skip
             restored = self.manager.restore(step, args=args)
             progress = dict(restored["progress"])
         # Orbax and TensorStore report damaged files, metadata included, in many types (e.g.
@@ -316,16 +195,10 @@ class Checkpointer:
         # unusable, and the caller falls back to an older one.
         except Exception as e:
             return f"{type(e).__name__}: {e}", None
-        actual, nonfinite = _checksums_and_nonfinite(restored["state"])
-        damaged = [path for path, value in actual.items() if saved.get(path) != value]
-        if damaged or saved.keys() != actual.keys():
-            return f"content checksum mismatch in {', '.join(damaged) or 'the array list'}", None
-        if nonfinite:
-            return f"inf or NaN in {', '.join(nonfinite)}", None
-        digest = integrity.get("progress_sha256")  # Older checkpoints have none.
-        if digest is not None and digest != _progress_digest(progress):
-            return "content checksum mismatch in the progress record", None
-        return None, (rename_modules(restored["state"], RENAMED_MODULES), progress)
+        problem = integrity.verify(saved, restored["state"], progress)
+        if problem:
+            return problem, None
+        return None, (old_names.to_current(restored["state"]), progress)
 
     def restore_model(self, abstract_state: Any, newest: int | None = None) -> tuple[dict, dict]:
         """The newest step's (no newer than `newest`) step, parameters, batch statistics and
@@ -338,9 +211,7 @@ class Checkpointer:
             if newest is not None and step > newest:
                 continue
             try:
-                saved = json.loads(
-                    (self.directory / str(step) / "integrity" / "metadata").read_text()
-                )["checksums"]
+                saved = integrity.read(self.directory / str(step))["checksums"]
                 wanted = {k: getattr(abstract_state, k) for k in MODEL_FIELDS
                           if getattr(abstract_state, k) is not None
                           and any(p.startswith(f".{k}") for p in saved)}  # fmt: skip
@@ -386,13 +257,11 @@ def read_progress(workdir: str, step: int) -> dict:
     step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
     try:
         progress = json.loads((step_dir / "progress" / "metadata").read_text())
-        digest = json.loads((step_dir / "integrity" / "metadata").read_text()).get(
-            "progress_sha256"
-        )
+        digest = integrity.read(step_dir).get("progress_sha256")
     except (OSError, ValueError) as e:
         raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: unreadable progress "
                                      f"record ({type(e).__name__}: {e})") from e  # fmt: skip
-    if digest is not None and digest != _progress_digest(progress):
+    if digest is not None and digest != integrity.progress_digest(progress):
         raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: content checksum "
                                      "mismatch in the progress record")  # fmt: skip
     return progress
@@ -404,8 +273,9 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     checksums; raises CheckpointRestoreError when they are missing, damaged or not finite."""
     step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
     try:
-        saved = json.loads((step_dir / "integrity" / "metadata").read_text())["checksums"]
-        abstract_variables = rename_modules(abstract_variables, _as_saved(saved))
+        integrity.check_array_index(step_dir / "state")
+        saved = integrity.read(step_dir)
+        abstract_variables = old_names.as_saved(abstract_variables, saved["checksums"])
         restored = ocp.PyTreeCheckpointer().restore(
             (step_dir / "state").resolve(),
             args=ocp.args.PyTreeRestore(
@@ -417,11 +287,7 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     except Exception as e:  # Damaged or missing files surface in many types (see restore).
         raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: "
                                      f"{type(e).__name__}: {e}") from e  # fmt: skip
-    checksums, nonfinite = _checksums_and_nonfinite(restored)
-    # Saved from the train state's attributes (".params[...]"), restored as a dict ("['params']").
-    damaged = [path for path, value in checksums.items()
-               if saved.get("." + path[2:].replace("']", "", 1)) != value]  # fmt: skip
-    if damaged or nonfinite:
-        raise CheckpointRestoreError(f"step {step} in {step_dir.parent} is damaged or not "
-                                     f"finite in {', '.join(damaged + nonfinite)}")  # fmt: skip
-    return rename_modules(restored, RENAMED_MODULES)
+    problem = integrity.verify(saved, restored)
+    if problem:
+        raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: {problem}")
+    return old_names.to_current(restored)

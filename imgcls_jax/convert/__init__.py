@@ -148,15 +148,15 @@ def load_metadata(directory: str) -> dict[str, Any]:
 
 def load_pretrained(directory: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(variables as numpy arrays, metadata) of a converted checkpoint, with the current
-    module names (`checkpoint.RENAMED_MODULES`)."""
+    module names (`checkpoint.old_names`)."""
     import orbax.checkpoint as ocp
 
-    from imgcls_jax import checkpoint
+    from imgcls_jax.checkpoint import old_names
 
     metadata = load_metadata(directory)
     with ocp.StandardCheckpointer() as checkpointer:
         variables = checkpointer.restore(os.path.abspath(os.path.join(directory, VARIABLES_DIR)))
-    variables = checkpoint.rename_modules(variables, checkpoint.RENAMED_MODULES)
+    variables = old_names.to_current(variables)
     return jax.tree.map(np.asarray, variables), metadata
 
 
