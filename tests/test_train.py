@@ -408,14 +408,40 @@ def test_a_preempted_run_with_several_steps_per_dispatch_resumes_exactly(
 def test_automatic_steps_per_dispatch_keep_every_call_the_same_length(
     backend, log, eval_every, checkpoint, total, expected
 ):
-    import types
+    from imgcls_jax.training.cadence import build_cadence
 
-    config = tiny_config(**{"training.log_every_steps": log,
+    config = tiny_config(**{"training.log_every_steps": log, "training.num_train_steps": total,
+                            "training.eval_every_epochs": 1.0,
                             "training.checkpoint_every_steps": checkpoint})  # fmt: skip
-    devices = np.array([types.SimpleNamespace(platform=backend)])  # The run's mesh's devices.
-    trainer = types.SimpleNamespace(config=config, eval_every_steps=eval_every, total_steps=total,
-                                    mesh=types.SimpleNamespace(devices=devices))  # fmt: skip
-    assert Trainer._auto_steps_per_dispatch(trainer) == expected
+    cadence = build_cadence(config.training, steps_per_epoch=eval_every, platform=backend)
+    assert (cadence.eval_every, cadence.total_steps) == (eval_every, total)
+    assert cadence.steps_per_dispatch == expected
+    calls = _calls(cadence)
+    assert set(calls) == {expected}  # One program.
+
+
+def _calls(cadence) -> list[int]:
+    calls, step = [], 0
+    while step < cadence.total_steps:
+        calls.append(cadence.steps_in_next_call(step))
+        step += calls[-1]
+    return calls
+
+
+def test_calls_end_at_every_log_evaluation_checkpoint_and_the_end():
+    from imgcls_jax.training.cadence import build_cadence
+
+    config = tiny_config(**{"training.log_every_steps": 4, "training.num_train_steps": 10,
+                            "training.eval_every_epochs": 1.0, "training.steps_per_dispatch": 3,
+                            "training.checkpoint_every_steps": 5})  # fmt: skip
+    cadence = build_cadence(config.training, steps_per_epoch=6, platform="cpu")
+    calls = _calls(cadence)
+    ends = set(np.cumsum(calls).tolist())
+    assert sum(calls) == 10 and max(calls) == 3
+    assert {4, 8, 6, 5, 10} <= ends  # Logs, the evaluation, the checkpoint and the end.
+    assert calls == [3, 1, 1, 1, 2, 2]
+    assert [s for s in range(1, 11) if cadence.is_eval(s)] == [6, 10]
+    assert [s for s in range(1, 11) if cadence.is_checkpoint(s)] == [5, 10]
 
 
 @pytest.mark.slow

@@ -45,8 +45,6 @@ def _as_saved(saved_paths: Iterable[str]) -> dict[str, str]:
     }
 
 
-
-
 def as_saved(abstract: Any, saved_paths: Iterable[str]) -> Any:
     """`abstract` (the tree to restore into) under the module names of a step whose arrays
     are at `saved_paths` (its checksum keys)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -19,12 +19,8 @@ from imgcls_jax.data import batch_rows, class_balance, device_resident, input_pi
 from imgcls_jax.models import build_for_devices
 from imgcls_jax.reporting import confusion
 from imgcls_jax.runtime import compile_options, sharding
-from imgcls_jax.training import config_check, metrics, optimizers, steps, train_state, transfer
-
-# training.steps_per_dispatch=0 on GPUs and TPUs (at most; see _auto_steps_per_dispatch):
-# small steps stop waiting on the host. CPUs keep 1: measured side by side, 4 steps per call
-# helped a float32 ResNet-20 but not the bfloat16 airbench net (docs/performance.md).
-AUTO_STEPS_PER_DISPATCH = 8
+from imgcls_jax.training import cadence, metrics, optimizers, steps, train_state, transfer
+from imgcls_jax.training.progress import Evaluation
 
 
 def _check_normalisation(channels: int, mean: tuple) -> None:
@@ -39,7 +35,9 @@ def _check_normalisation(channels: int, mean: tuple) -> None:
 
 
 class Trainer:
-    """Everything built from a config: model, optimizer, jitted steps, data, mesh."""
+    """Everything built from a config: mesh, data and its iterators, the cadence, model,
+    optimizer, jitted steps. The config is checked by the caller (`config_check.validate`,
+    at the entry points), before any data is read."""
 
     def __init__(
         self,
@@ -47,7 +45,6 @@ class Trainer:
         dataset: data.Dataset | None = None,
         devices: list | None = None,
     ):
-        config_check.validate(config)
         self.config = config
         self.mesh = sharding.make_mesh(devices, config.mesh.fsdp)
         sharding.check_batch_size(config.input.batch_size, self.mesh, "input.batch_size",
@@ -103,15 +100,8 @@ class Trainer:
                 train_labels, self.dataset.num_classes
             )
             logging.info("Class weights: %s", np.round(self.class_weights, 3).tolist())
-        self.steps_per_epoch = self.order.steps_per_epoch
-        self.total_steps = config.training.num_train_steps or max(
-            1, int(config.training.num_epochs * self.steps_per_epoch)
-        )
-        self.eval_every_steps = max(
-            1, int(round(config.training.eval_every_epochs * self.steps_per_epoch))
-        )
-        self.steps_per_dispatch = (
-            config.training.steps_per_dispatch or self._auto_steps_per_dispatch()
+        self.cadence = cadence.build_cadence(
+            config.training, self.order.steps_per_epoch, self.mesh.devices.flat[0].platform
         )
 
     def _build_task(self) -> None:
@@ -123,7 +113,7 @@ class Trainer:
         )
         peak_lr = optimizers.peak_learning_rate(config.optimizer, config.input.batch_size)
         self.learning_rate_fn = optimizers.build_schedule(
-            config.schedule, peak_lr, self.steps_per_epoch, self.total_steps
+            config.schedule, peak_lr, self.cadence.steps_per_epoch, self.cadence.total_steps
         )
         init_key, self.train_key = jax.random.split(jax.random.key(config.seed))
         self.init_key = init_key
@@ -144,17 +134,6 @@ class Trainer:
         )
         self.eval_metrics_cls = metrics.collection(self.dataset.num_classes, train=False)
         self._build_steps()
-
-    def _auto_steps_per_dispatch(self) -> int:
-        """1 on CPUs; elsewhere the largest divisor of AUTO_STEPS_PER_DISPATCH that also
-        divides the log, evaluation and checkpoint periods and the run's length, so that
-        every call runs the same number of steps (one compiled program)."""
-        if self.mesh.devices.flat[0].platform == "cpu":
-            return 1
-        cfg = self.config.training
-        periods = [cfg.log_every_steps, self.eval_every_steps, cfg.checkpoint_every_steps,
-                   self.total_steps]  # fmt: skip
-        return math.gcd(AUTO_STEPS_PER_DISPATCH, *[p for p in periods if p > 0])
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -340,6 +319,22 @@ class Trainer:
             lambda x, place: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=place),
             jax.eval_shape(self.init_state, self.init_key), self.state_sharding,
         )  # fmt: skip
+
+    def train_batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
+        """The train batches of steps `start_step` + 1, ... placed on the mesh: from the split
+        on device when it is kept there, else from the host pipeline (prefetching; close it
+        to stop its thread)."""
+        if self.resident is not None:
+            return self.resident.batches(start_step)
+        split, cfg = self.dataset.train, self.config.input
+        return input_pipeline.train_batches(split, self.order, start_step, self.mesh,
+                                            cfg.prefetch, input_pipeline.worker_count(cfg.workers, split))  # fmt: skip
+
+    def evaluate_split(self, state: train_state.TrainState, step: int, name: str) -> Evaluation:
+        """The evaluation of split `name` ("val" or "test") at `step` (metrics keyed
+        `name/...`)."""
+        split = {"val": self.dataset.validation, "test": self.dataset.test}[name]
+        return Evaluation(step, *self.evaluate_with_confusion(state, split, name))
 
     def evaluate(
         self, state: train_state.TrainState, split: data.Split, prefix: str

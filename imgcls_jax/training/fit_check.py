@@ -113,14 +113,15 @@ def check(
 ) -> dict[str, Any]:
     """Compiles the run's programs for `topology` and returns the report (`aot.report`).
     Raises DoesNotFit, with what would make it fit, when XLA cannot fit a program into a
-    chip's memory."""
+    chip's memory, and a ValueError saying what to fix for a bad config."""
+    config_check.validate(config)
     devices = topology_devices(topology, num_slices)
     chip = chips.chip_for(devices[0].device_kind)
     shape = dataset_shape(config.dataset, num_classes, train_examples)
     trainer = build_trainer(config, shape, devices)
     programs = compile_programs(trainer)
     train = programs[1]
-    steps = trainer.steps_per_dispatch
+    steps = trainer.cadence.steps_per_dispatch
     batch = config.input.batch_size
     timing = estimate(train, chip, steps, num_slices > 1)
     images_per_s = batch / timing["step_s"] if timing["step_s"] else 0.0
@@ -165,7 +166,6 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        config_check.validate(FLAGS.config)
         result = check(FLAGS.config, FLAGS.topology, FLAGS.num_slices, FLAGS.num_classes,
                              FLAGS.train_examples)  # fmt: skip
     except ValueError as error:

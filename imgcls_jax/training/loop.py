@@ -1,12 +1,12 @@
-"""The training job: the only reader of the whole config; builds the Trainer, runs the loop,
-evaluates, checkpoints and reports."""
+"""The training job: checks the config, builds the Trainer, restores or starts the state, runs
+the loop (train steps, logs, evaluations, checkpoints at the Trainer's cadence), evaluates
+the final and the best weights, and writes the run report."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import math
 import os
 from typing import Any
 
@@ -19,11 +19,12 @@ from etils import epath
 from imgcls_jax import data
 from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, model_description
 from imgcls_jax.config import flat_items
-from imgcls_jax.data import fingerprint, input_pipeline
+from imgcls_jax.data import fingerprint
 from imgcls_jax.reporting import plots, run_report, timing, writers
 from imgcls_jax.runtime.preemption import PreemptionWatch
 from imgcls_jax.training import config_check, profiling, recovery, train_state
 from imgcls_jax.training.builder import Trainer
+from imgcls_jax.training.progress import Evaluation, Progress
 
 AUGMENTATION_GRID_FILE = "augmented_train_images.png"
 TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
@@ -31,14 +32,12 @@ TIMING_FILE = "timing.json"  # A finished run's wall-clock and compile seconds.
 
 def _restore_or_init(
     trainer: Trainer, checkpointer: Checkpointer
-) -> tuple[train_state.TrainState, dict[str, Any]]:
+) -> tuple[train_state.TrainState, Progress]:
     dataset = fingerprint.dataset_fingerprint(trainer.dataset)
     batch = trainer.config.input.batch_size
-    progress = {"best_metric": -math.inf, "evals_without_improvement": 0, "stopped_early": False,
-                "dataset": dataset, "global_batch": batch}  # fmt: skip
+    # sent_back_to is saved with every later step: a relaunch does not send it back again.
     newest = recovery.send_back(trainer.config.training.restore_step, checkpointer)
-    if newest is not None:  # Saved with every later step: a relaunch does not send it back.
-        progress["sent_back_to"] = newest
+    progress = Progress(dataset=dataset, global_batch=batch, sent_back_to=newest)
     if checkpointer.latest_step() is None:
         return trainer.create_state(), progress
     abstract = trainer.abstract_state()
@@ -50,9 +49,10 @@ def _restore_or_init(
                              trainer.config.training.allow_dataset_change, checkpointer.directory)  # fmt: skip
     recovery.check_global_batch(saved.get("global_batch"), batch, trainer.config, int(state.step),
                         checkpointer.directory)  # fmt: skip
-    progress.update(saved, dataset=dataset, global_batch=batch)
+    progress = Progress.from_record(saved)
+    progress.dataset, progress.global_batch = dataset, batch
     if newest is not None:
-        progress["sent_back_to"] = newest
+        progress.sent_back_to = newest
     logging.info("Resumed from step %d of %s.", int(state.step), checkpointer.directory)
     return state, progress
 
@@ -73,7 +73,7 @@ def train_and_evaluate(
     fit stops before its state is made.
     """
     timer = timing.RunTimer()
-    config_check.validate(config)  # Before the workdir is made (Trainer validates Python callers).
+    config_check.validate(config)  # Before the workdir is made and any data is read.
     logging.info("Config:\n%s", config)  # Once valid: an error is the log's last line.
     writers.check_workdir(workdir)
     trainer = Trainer(config, dataset, devices)
@@ -93,11 +93,11 @@ def train_and_evaluate(
         logging.info(
             "Model %s: %s parameters. %d steps (%d per epoch), batch %d on %d devices.",
             config.model.name, f"{parameter_overview.count_parameters(state.params):,}",
-            trainer.total_steps, trainer.steps_per_epoch, config.input.batch_size,
+            trainer.cadence.total_steps, trainer.cadence.steps_per_epoch, config.input.batch_size,
             trainer.mesh.size,
         )  # fmt: skip
         last_validation = None
-        if not progress["stopped_early"] and int(state.step) < trainer.total_steps:
+        if not progress.stopped_early and int(state.step) < trainer.cadence.total_steps:
             if trainer.mesh.devices.flat[0].platform != "cpu":
                 trainer.compile_eval_step_in_background()
             try:
@@ -113,12 +113,12 @@ def train_and_evaluate(
                 logging.warning("Saved step %d after a preemption notice; relaunch the same "
                                 "command to resume.", int(state.step))  # fmt: skip
                 return {"step": int(state.step), "preempted": True}
-        checkpointer.save(int(state.step), state, progress)
+        checkpointer.save(int(state.step), state, progress.to_record())
         checkpointer.wait()
         results, matrix, split = _final_results(
             trainer, state, checkpointer, progress, last_validation
         )
-        logged = last_validation is not None and last_validation[0] == int(state.step)
+        logged = last_validation is not None and last_validation.step == int(state.step)
         writer.write_scalars(int(state.step), {k: v for k, v in results.items()
                                                if "/" in k and not (logged and k.startswith("val/"))})  # fmt: skip
         writer.flush()
@@ -195,10 +195,10 @@ def _write_augmentation_grid(trainer: Trainer, writer: writers.MetricWriter, wor
 def _train(
     trainer: Trainer,
     state: train_state.TrainState,
-    progress: dict[str, Any],
+    progress: Progress,
     writer: writers.MetricWriter,
     checkpointer: Checkpointer,
-) -> tuple[train_state.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
+) -> tuple[train_state.TrainState, bool, Evaluation | None]:
     """The loop (`_train_from`), started again after each rewind
     (config.training.on_nonfinite="rewind")."""
     while True:
@@ -213,34 +213,26 @@ def _train(
 def _train_from(
     trainer: Trainer,
     state: train_state.TrainState,
-    progress: dict[str, Any],
+    progress: Progress,
     writer: writers.MetricWriter,
     checkpointer: Checkpointer,
-) -> tuple[train_state.TrainState, bool, tuple[int, dict, np.ndarray] | None]:
+) -> tuple[train_state.TrainState, bool, Evaluation | None]:
     """The loop: train steps, periodic logs, evaluations, early stopping and checkpoints.
 
     Returns the state, whether a preemption notice stopped it (after saving), and the last
-    validation as (step, metrics, confusion matrix), or None."""
-    cfg = trainer.config.training
-    report_progress = writers.ProgressReporter(trainer.total_steps, cfg.log_every_steps, writer)
-    start_step = int(state.step)
-    if trainer.resident is not None:
-        batches = trainer.resident.batches(start_step)
-    else:
-        split = trainer.dataset.train
-        batches = input_pipeline.train_batches(
-            split, trainer.order, start_step, trainer.mesh, trainer.config.input.prefetch,
-            input_pipeline.worker_count(trainer.config.input.workers, split),
-        )  # fmt: skip
+    validation, or None."""
+    cfg, cadence = trainer.config.training, trainer.cadence
+    report_progress = writers.ProgressReporter(cadence.total_steps, cadence.log_every, writer)
+    batches = trainer.train_batches(int(state.step))
     # Train metrics of the steps since the last log, merged on device, and how many steps.
     pending, pending_steps = trainer.empty_train_metrics(), 0
     preempted, last_validation = False, None
     profiler = profiling.StepProfiler(cfg.profile_steps, str(checkpointer.workdir / "tensorboard"))
     # Closing `batches` stops its prefetch thread, also when a step raises.
     with PreemptionWatch() as preemption, contextlib.closing(batches), contextlib.closing(profiler):
-        step = start_step
-        while step < trainer.total_steps:
-            count = _steps_in_next_call(trainer, step)
+        step = int(state.step)
+        while step < cadence.total_steps:
+            count = cadence.steps_in_next_call(step)
             chunk = tuple(next(batches) for _ in range(count))
             with profiler.annotate(step + 1, step + count):
                 # Always the scanned program, also for one step: a loop body compiles to other
@@ -253,11 +245,9 @@ def _train_from(
             for reached in range(step - count + 1, step + 1):
                 report_progress(reached)
             preempted = preemption.reached(step)
-            is_eval = step % trainer.eval_every_steps == 0 or step == trainer.total_steps
-            is_save = preempted or (
-                bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0
-            )
-            if step % cfg.log_every_steps == 0 or is_eval or is_save:
+            is_eval = cadence.is_eval(step)
+            is_save = preempted or cadence.is_checkpoint(step)
+            if cadence.is_log(step) or is_eval or is_save:
                 # Also before every save, so that a non-finite loss never reaches a checkpoint.
                 summary = jax.device_get(pending).compute()  # On the host: see steps.eval_step.
                 skipped = _check_finite(summary.pop("nonfinite"), step, pending_steps, cfg)
@@ -265,84 +255,56 @@ def _train_from(
                 pending, pending_steps = trainer.empty_train_metrics(), 0
                 writer.write_scalars(step, {f"train/{k}": v for k, v in summary.items()})
             if is_eval and trainer.dataset.validation is not None:
-                val, matrix = trainer.evaluate_with_confusion(
-                    state, trainer.dataset.validation, "val"
-                )
-                last_validation = step, val, matrix
-                writer.write_scalars(step, val)
-                _update_progress(progress, val[cfg.early_stopping_metric], step, cfg)
-                checkpointer.save(step, state, progress)
-                if progress["stopped_early"]:
+                last_validation = trainer.evaluate_split(state, step, "val")
+                writer.write_scalars(step, last_validation.metrics)
+                progress.record_validation(last_validation.metrics[cfg.early_stopping_metric],
+                                           step, cfg.early_stopping_metric,
+                                           cfg.early_stopping_patience)  # fmt: skip
+                checkpointer.save(step, state, progress.to_record())
+                if progress.stopped_early:
                     break
             elif is_eval or is_save:  # Without validation, evaluations only checkpoint.
-                checkpointer.save(step, state, progress)
+                checkpointer.save(step, state, progress.to_record())
             if preempted:
                 break
     return state, preempted, last_validation
 
 
-def _steps_in_next_call(trainer: Trainer, step: int) -> int:
-    """How many steps the next call from the host runs: `steps_per_dispatch`, cut short at
-    the next log, evaluation or checkpoint step and at the end."""
-    cfg = trainer.config.training
-    periods = [cfg.log_every_steps, trainer.eval_every_steps, cfg.checkpoint_every_steps]
-    boundaries = [(step // p + 1) * p for p in periods if p > 0] + [trainer.total_steps]
-    return min(trainer.steps_per_dispatch, min(boundaries) - step)
-
-
-def _update_progress(progress: dict, value: float, step: int, cfg) -> None:
-    """Tracks the best validation value, its step and early stopping."""
-    is_best = value > progress["best_metric"]
-    if is_best:
-        progress.update(best_metric=value, best_step=step, evals_without_improvement=0)
-    else:
-        progress["evals_without_improvement"] += 1
-    patience = cfg.early_stopping_patience
-    if patience and progress["evals_without_improvement"] >= patience:
-        progress["stopped_early"] = True
-        logging.info("Early stop at step %d: %s has not improved for %d evaluations.",
-                     step, cfg.early_stopping_metric, patience)  # fmt: skip
-
-
 def _final_results(
     trainer: Trainer,
-    state,
+    state: train_state.TrainState,
     checkpointer: Checkpointer,
-    progress: dict,
-    last_validation: tuple[int, dict, np.ndarray] | None,
+    progress: Progress,
+    last_validation: Evaluation | None,
 ) -> tuple[dict, np.ndarray, str]:
     """Validation and test metrics of the final state and of the best checkpoint, and the
     final state's confusion matrix on test (validation when there is no test split). The
     loop's last validation is reused when it evaluated the final state."""
-    has_validation = trainer.dataset.validation is not None
-    results: dict[str, Any] = {"step": int(state.step)}
-    if has_validation:  # The best metric, its step and early stopping; not the fingerprint.
-        results.update({k: v for k, v in progress.items()
-                        if k not in ("dataset", "global_batch", "sent_back_to")})  # fmt: skip
-        if last_validation is not None and last_validation[0] == int(state.step):
-            _, val, matrix = last_validation
-        else:
-            val, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.validation,
-                                                          "val")  # fmt: skip
-        results.update(val)
-        split = "val"
+    step = int(state.step)
+    results: dict[str, Any] = {"step": step}
+    final, split = None, "val"
+    if trainer.dataset.validation is not None:  # The best metric, its step, early stopping.
+        results.update(progress.results())
+        final = last_validation
+        if final is None or final.step != step:
+            final = trainer.evaluate_split(state, step, "val")
+        results.update(final.metrics)
     if trainer.dataset.test is not None:
-        test, matrix = trainer.evaluate_with_confusion(state, trainer.dataset.test, "test")
-        results.update(test)
-        split = "test"
-    best_step = progress.get("best_step")
+        final, split = trainer.evaluate_split(state, step, "test"), "test"
+        results.update(final.metrics)
+    best_step = progress.best_step
     if best_step is None or trainer.dataset.test is None:  # No best checkpoint, or no test.
-        return results, matrix, split
-    if best_step == int(state.step):  # The same weights: reuse their numbers.
-        results.update({f"best_{key}": value for key, value in test.items()})
-        return results, matrix, split
+        return results, final.confusion, split
+    if best_step == step:  # The same weights: reuse their numbers.
+        results.update({f"best_{key}": value for key, value in final.metrics.items()})
+        return results, final.confusion, split
     try:
         best_state, _ = checkpointer.restore_step(best_step, trainer.abstract_state())
     except CheckpointRestoreError as e:  # Final metrics stand without it.
         logging.error("No best_test metrics: %s", e)
-        return results, matrix, split
+        return results, final.confusion, split
     results.update(trainer.evaluate(best_state, trainer.dataset.test, "best_test"))
-    return results, matrix, split
+    return results, final.confusion, split
 
 
 def _check_finite(nonfinite: tuple, step: int, window: int, cfg) -> int:

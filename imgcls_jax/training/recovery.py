@@ -18,6 +18,7 @@ from imgcls_jax.checkpoint import Checkpointer, CheckpointRestoreError, read_pro
 from imgcls_jax.reporting import writers
 from imgcls_jax.training import train_state
 from imgcls_jax.training.builder import Trainer
+from imgcls_jax.training.progress import Progress
 
 # Written when a non-finite update stops the run; a relaunch with training.restore_step then
 # goes back even if the newest step was itself sent back to that step.
@@ -103,7 +104,7 @@ def check_global_batch(saved: int | None, batch: int, config, step: int, where: 
 def rewind(
     error: DivergedError,
     trainer: Trainer,
-    progress: dict[str, Any],
+    progress: Progress,
     writer: writers.MetricWriter,
     checkpointer: Checkpointer,
 ) -> train_state.TrainState:
@@ -111,7 +112,7 @@ def rewind(
     was sane, continuing with step D + rewind_skip_steps + 1 (the steps in between skipped);
     re-raises `error` after max_rewinds rewinds or without a sane step."""
     cfg = trainer.config.training
-    rewinds = progress.get("rewinds", 0)
+    rewinds = progress.rewinds
     writer.flush()
     checkpointer.wait()
     sane = sane_steps(checkpointer.all_steps(), error.step,
@@ -123,9 +124,10 @@ def rewind(
     back = sane[-1]
     state, saved = checkpointer.restore(trainer.abstract_state(), back)
     checkpointer.set_aside_after(back)
-    resume = min(error.step + cfg.rewind_skip_steps, trainer.total_steps)
+    resume = min(error.step + cfg.rewind_skip_steps, trainer.cadence.total_steps)
     state = trainer.jump_to_step(state, resume)
-    progress.update(saved, rewinds=rewinds + 1)
+    progress.go_back_to(saved)
+    progress.rewinds = rewinds + 1
     logging.warning(
         "Rewind %d of %d: non-finite update at step %d; the weights of step %d (the newest "
         "saved step whose loss was sane) continue with step %d; steps %d-%d and their batches "
@@ -169,14 +171,14 @@ def sane_steps(saved: list[int], before: int, metrics_path: str) -> list[int]:
 
 
 def with_recovery(
-    error: DivergedError, trainer: Trainer, checkpointer: Checkpointer, progress: dict
+    error: DivergedError, trainer: Trainer, checkpointer: Checkpointer, progress: Progress
 ) -> DivergedError:
     """`error` with the saved steps and the relaunch that recovers: back to the best step by
     validation when it is sane, else the newest sane step, else the start, with a 10x lower
     learning rate."""
     saved = checkpointer.all_steps()
     sane = sane_steps(saved, error.step, str(checkpointer.workdir / "metrics.jsonl"))
-    best = progress.get("best_step")
+    best = progress.best_step
     back = best if best in sane else (sane[-1] if sane else 0)
     why = ("the best by validation" if back == best else
            "the newest whose logged loss was sane" if back else "the start")  # fmt: skip

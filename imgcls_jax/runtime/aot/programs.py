@@ -123,9 +123,9 @@ def compile_programs(trainer: Any) -> tuple[Program, Program, Program]:
     init = _compile("init_state", trainer.init_state.lower(key), config, devices)
     state = trainer.abstract_state()
     batch = trainer.abstract_batch(config.input.batch_size, mask=False)
-    if trainer.steps_per_dispatch > 1:
+    if trainer.cadence.steps_per_dispatch > 1:
         metrics = _abstract(jax.eval_shape(trainer.empty_train_metrics), replicated)
-        batches = (batch,) * trainer.steps_per_dispatch
+        batches = (batch,) * trainer.cadence.steps_per_dispatch
         lowered = trainer.train_steps.lower(state, metrics, batches, key)
     else:
         lowered = trainer.train_step.lower(state, batch, key)
@@ -165,7 +165,7 @@ def check_devices(trainer: Any, memory_bytes: int | None = None) -> dict[str, An
 
 def flops_per_image(train: Program, trainer: Any) -> float:
     """The train step's FLOPs (XLA's count for one device and one call) per image."""
-    return (train.flops / trainer.steps_per_dispatch * trainer.mesh.size
+    return (train.flops / trainer.cadence.steps_per_dispatch * trainer.mesh.size
             / trainer.config.input.batch_size)  # fmt: skip
 
 

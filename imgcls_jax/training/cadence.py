@@ -1,0 +1,61 @@
+"""When the loop logs, evaluates and checkpoints, and how many steps each call from the host
+runs: worked out once from the config by the builder."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import ml_collections
+
+# training.steps_per_dispatch=0 on GPUs and TPUs (at most; see `build_cadence`): small steps
+# stop waiting on the host. CPUs keep 1: measured side by side, 4 steps per call helped a
+# float32 ResNet-20 but not the bfloat16 airbench net (docs/performance.md).
+AUTO_STEPS_PER_DISPATCH = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """The run's length and periods, in steps (a period of 0 never fires)."""
+
+    total_steps: int
+    steps_per_epoch: int
+    log_every: int
+    eval_every: int  # Also at the last step.
+    checkpoint_every: int  # Besides evaluations (which save) and the end.
+    steps_per_dispatch: int
+
+    def is_log(self, step: int) -> bool:
+        return step % self.log_every == 0
+
+    def is_eval(self, step: int) -> bool:
+        return step % self.eval_every == 0 or step == self.total_steps
+
+    def is_checkpoint(self, step: int) -> bool:
+        return self.checkpoint_every > 0 and step % self.checkpoint_every == 0
+
+    def steps_in_next_call(self, step: int) -> int:
+        """How many steps the call after `step` runs: `steps_per_dispatch`, cut short at the
+        next log, evaluation or checkpoint step and at the end."""
+        periods = (self.log_every, self.eval_every, self.checkpoint_every)
+        boundaries = [(step // p + 1) * p for p in periods if p > 0] + [self.total_steps]
+        return min(self.steps_per_dispatch, min(boundaries) - step)
+
+
+def build_cadence(
+    training: ml_collections.ConfigDict, steps_per_epoch: int, platform: str
+) -> Cadence:
+    """The cadence `training` (config.training) asks for, over epochs of `steps_per_epoch`;
+    automatic steps per dispatch (0) is 1 on CPUs, elsewhere the largest divisor of
+    AUTO_STEPS_PER_DISPATCH that also divides every period and the run's length, so that
+    every call runs the same number of steps (one compiled program)."""
+    total = training.num_train_steps or max(1, int(training.num_epochs * steps_per_epoch))
+    eval_every = max(1, int(round(training.eval_every_epochs * steps_per_epoch)))
+    periods = (training.log_every_steps, eval_every, training.checkpoint_every_steps, total)
+    per_dispatch = training.steps_per_dispatch or (
+        1 if platform == "cpu" else math.gcd(AUTO_STEPS_PER_DISPATCH, *[p for p in periods if p])
+    )
+    return Cadence(total_steps=total, steps_per_epoch=steps_per_epoch,
+                   log_every=training.log_every_steps, eval_every=eval_every,
+                   checkpoint_every=training.checkpoint_every_steps,
+                   steps_per_dispatch=per_dispatch)  # fmt: skip
