@@ -2,15 +2,15 @@
 # The prepared check for a GPU machine (one H200: JAX with CUDA, PyTorch, torchvision,
 # TensorBoard; no TensorFlow, TFDS, ml_collections or CLU): one command of about 8 minutes.
 #
-# 1. experiments/bench_gpu.py: ResNet-50 bf16 at 224 px, batch 256, our step against
+# 1. experiments/benchmarks/gpu.py: ResNet-50 bf16 at 224 px, batch 256, our step against
 #    torchvision (eager AMP, cuDNN autotuner on; and torch.compile), MFU from the counted FLOPs;
-# 2. experiments/bench_step.py: the airbench net of the speed preset, full loop against the
+# 2. experiments/benchmarks/step.py: the airbench net of the speed preset, full loop against the
 #    bare step at 1 and 8 steps per dispatch;
 # 3. launch.py with configs/resnet.py:fashion_mnist_speed end to end, twice: the second run
 #    reads the compiled programs from the persistent cache (timing.json, run twice);
-# 4. experiments/bench_input.py: ImageNet-size JPEGs decoded by Grain workers on every host
+# 4. experiments/benchmarks/input_pipeline.py: ImageNet-size JPEGs decoded by Grain workers on every host
 #    core; ResNet-50 bf16 at 224 px (batch 256) fed from them vs from one batch on the device;
-# 5. (only when named) experiments/bench_compile.py: seconds to compile the train step of the
+# 5. (only when named) experiments/benchmarks/compile_time.py: seconds to compile the train step of the
 #    speed preset, ResNet-50 at 224 px (batch 256) and the ViT-Ti/4 preset (table in log.txt).
 # Every step runs without TensorFlow. Results land in $OUT (the device tool brings back 8
 # files: three benchmark JSONs, speed.txt, two timing.json, log.txt and speed_logs.txt).
@@ -33,7 +33,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
     --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     -d .whl $pins
   mkdir -p .data && cp -r /usr/share/datasets/fashion-mnist .data/
-  python3 experiments/bench_input.py --save_photos=.data/photos.npz  # No scikit-image there.
+  python3 -m experiments.benchmarks.input_pipeline --save_photos=.data/photos.npz  # No scikit-image there.
   du -sh .whl .data
   exit 0
 fi
@@ -85,20 +85,20 @@ STEPS="${*:-gpu step speed input}"
 
 status=0
 if [[ " $STEPS " == *" gpu "* ]]; then
-  python3 experiments/bench_gpu.py "${GPU_ARGS[@]}" --out="$OUT/bench_gpu.json" \
+  python3 -m experiments.benchmarks.gpu "${GPU_ARGS[@]}" --out="$OUT/bench_gpu.json" \
     2>&1 | tee -a "$OUT/log.txt" || status=1
 fi
 if [[ " $STEPS " == *" step "* ]]; then
-  python3 experiments/bench_step.py --config=configs/resnet.py:fashion_mnist_speed \
+  python3 -m experiments.benchmarks.step --config=configs/resnet.py:fashion_mnist_speed \
     "${STEP_ARGS[@]}" --out="$OUT/bench_step_airbench.json" \
     2>&1 | tee -a "$OUT/log.txt" || status=1
 fi
 if [[ " $STEPS " == *" compile "* ]]; then
-  python3 experiments/bench_compile.py "${COMPILE_ARGS[@]}" --out=/tmp/bench_compile.json \
+  python3 -m experiments.benchmarks.compile_time "${COMPILE_ARGS[@]}" --out=/tmp/bench_compile.json \
     2>&1 | tee -a "$OUT/log.txt" || status=1
 fi
 if [[ " $STEPS " == *" input "* ]]; then
-  python3 experiments/bench_input.py "${INPUT_ARGS[@]}" "${PHOTOS_ARGS[@]}" --sources=folder \
+  python3 -m experiments.benchmarks.input_pipeline "${INPUT_ARGS[@]}" "${PHOTOS_ARGS[@]}" --sources=folder \
     --out="$OUT/bench_input.json" 2>&1 | tee -a "$OUT/log.txt" || status=1
 fi
 export JAX_COMPILATION_CACHE_DIR=/tmp/gpu_check_cache

@@ -3,8 +3,8 @@
 Question: does the augmentation pipeline produce sensible images? (The same grid is written
 to TensorBoard and `augmented_train_images.png` at the start of every training run.)
 
-    python experiments/render_augmentations.py --out=experiments/results/augment_default.png
-    python experiments/render_augmentations.py --config=configs/resnet.py:tiny \\
+    python -m experiments.render_augmentations --out=experiments/results/augment_default.png
+    python -m experiments.render_augmentations --config=configs/resnet.py:tiny \\
         --config.augment.train='randaugment(2,9)|random_erasing(1.0)' --out=/tmp/grid.png
 
 The images are exactly those of train step `--step` (same data order and augmentation keys).
@@ -12,17 +12,14 @@ The images are exactly those of train step `--step` (same data order and augment
 
 from __future__ import annotations
 
-import os
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments import common
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/resnet.py", "Config file[:preset].")
-flags.DEFINE_string("out", "augmented_train_images.png", "Where to write the PNG.")
+common.define_out("augmented_train_images.png")
 flags.DEFINE_integer("count", 64, "Images in the grid (at most the batch size).")
 flags.DEFINE_integer("step", 0, "Which train step's batch to show.")
 flags.DEFINE_integer("columns", 0, "Grid columns; 0 makes it square.")

@@ -1,10 +1,10 @@
 """Runs a sweep from the command line; ablation scripts in this folder call `main_for`.
 
-    python experiments/run_sweep.py --config=configs/resnet.py:tiny --root=/tmp/sweep \\
+    python -m experiments.run_sweep --config=configs/resnet.py:tiny --root=/tmp/sweep \\
         --grid='{"model.width": [4, 8], "optimizer.learning_rate": [0.05, 0.1]}' --seeds=2
 
-Every run trains in ROOT/<variant>/seed_<n>; rerunning the command skips finished runs and
-resumes unfinished ones. Writes ROOT/runs.csv, summary.json, summary.md (mean ± std over
+Every run trains in REPO_ROOT/<variant>/seed_<n>; rerunning the command skips finished runs and
+resumes unfinished ones. Writes REPO_ROOT/runs.csv, summary.json, summary.md (mean ± std over
 seeds), learning_curves.png and final_metrics.png, and prints the table.
 `--set=KEY=VALUE` (repeatable) changes the base config for every run, after the script's own
 fixed settings.
@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import app, flags
 from ml_collections import config_flags
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/resnet.py", "Base config file[:preset].")

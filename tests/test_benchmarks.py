@@ -1,8 +1,7 @@
 """Benchmark scripts run end to end at a tiny size (their numbers are not checked, only sane);
-the PyTorch side of bench_torch.py is the same network as ours."""
+the PyTorch side of experiments/benchmarks/torch_comparison.py is the same network as ours."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,12 +15,11 @@ from imgcls_jax.models import build_model
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
 import torch_resnet  # noqa: E402
 
 
 def _run(script: str, *flags: str) -> subprocess.CompletedProcess:
-    run = subprocess.run([sys.executable, f"experiments/{script}", *flags], cwd=REPO_ROOT,
+    run = subprocess.run([sys.executable, "-m", f"experiments.benchmarks.{script}", *flags], cwd=REPO_ROOT,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, why_failed(run)
     return run
@@ -30,7 +28,7 @@ def _run(script: str, *flags: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_gpu_benchmark_script_times_both_steps_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
-    run = _run("bench_gpu.py", "--model=resnet8", "--image_size=32", "--batch_size=8",
+    run = _run("gpu", "--model=resnet8", "--image_size=32", "--batch_size=8",
                "--steps=2", "--warmup=1", "--num_classes=10", "--peak_tflops=1", "--notorch_compile",
                f"--out={out}")  # fmt: skip
     result = json.loads(out.read_text())
@@ -47,7 +45,7 @@ def test_gpu_benchmark_script_times_both_steps_at_tiny_size(tmp_path):
 @pytest.mark.slow
 def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
-    run = _run("bench_input.py", "--images=60", "--image_size=32", "--model=resnet8",
+    run = _run("input_pipeline", "--images=60", "--image_size=32", "--model=resnet8",
                "--width=4", "--batch_size=8", "--steps=2", "--threads=2", "--worker_batches=2",
                f"--out={out}")  # fmt: skip
     result = json.loads(out.read_text())
@@ -84,7 +82,7 @@ def test_step_profile_attributes_the_step_to_its_operations(tmp_path):
 def test_cpu_options_benchmark_times_a_preset_and_both_paths_compute_one_loss(tmp_path):
     out = tmp_path / "options.json"
     variants = "our oneDNN kernels (f32; the default),baseline f32"
-    run = _run("bench_cpu_options.py", "--preset=tiny", "--rounds=1", "--steps=1",
+    run = _run("cpu_options", "--preset=tiny", "--rounds=1", "--steps=1",
                f"--variants={variants}", f"--out={out}")  # fmt: skip
     result = json.loads(out.read_text())
     assert (result["preset"], result["model"], result["batch_size"]) == ("tiny", "resnet8", 64)
@@ -92,7 +90,7 @@ def test_cpu_options_benchmark_times_a_preset_and_both_paths_compute_one_loss(tm
     assert onednn["img_per_s"] > 0 and xla["img_per_s"] > 0
     assert onednn["first_loss"] == pytest.approx(xla["first_loss"], rel=1e-4)
     assert "vs our oneDNN kernels" in run.stdout
-    typo = subprocess.run([sys.executable, "experiments/bench_cpu_options.py",
+    typo = subprocess.run([sys.executable, "-m", "experiments.benchmarks.cpu_options",
                            "--variants=baseline f23"], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert typo.returncode != 0 and "Did you mean 'baseline f32'" in typo.stderr
@@ -106,7 +104,7 @@ def test_compile_benchmark_reports_the_presets_step(tmp_path):
     from imgcls_jax.training.builder import Trainer
 
     out = tmp_path / "compile.json"
-    run = _run("bench_compile.py", "--cases=resnet:tiny@28x1", "--batch_size=8", f"--out={out}")
+    run = _run("compile_time", "--cases=resnet:tiny@28x1", "--batch_size=8", f"--out={out}")
     (row,) = json.loads(out.read_text())["rows"]
     trainer = Trainer(tiny_config(**{"input.batch_size": 8}), random_dataset(8, 28, 1, 10, 8))
     expected_arrays = len(jax.tree.leaves(trainer.create_state()))
@@ -114,7 +112,7 @@ def test_compile_benchmark_reports_the_presets_step(tmp_path):
     assert row["state_arrays"] == expected_arrays and row["hlo_lines"] > expected_arrays
     assert row["compile_s"] > 0 and "| resnet:tiny |" in run.stdout
     assert row["init_compile_s"] >= 0 and row["checksums_compile_s"] >= 0
-    typo = subprocess.run([sys.executable, "experiments/bench_compile.py", "--cases=resnet:tiny"],
+    typo = subprocess.run([sys.executable, "-m", "experiments.benchmarks.compile_time", "--cases=resnet:tiny"],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert typo.returncode != 0 and "is not CONFIG:PRESET@SIZExCHANNELS" in typo.stderr
 
@@ -127,7 +125,7 @@ def test_conv_algorithm_benchmark_times_both_paths_and_reports_the_rules_choice(
     if not (onednn.available() and onednn.avx512()):
         pytest.skip("oneDNN's Winograd convolutions need its kernels and AVX-512")
     out = tmp_path / "conv.json"
-    _run("bench_conv_algorithm.py", "--layers=ResNet-20 stage 2,ResNet-20 stage 3",
+    _run("conv_algorithm", "--layers=ResNet-20 stage 2,ResNet-20 stage 3",
          "--rounds=1", "--calls=1", f"--out={out}")  # fmt: skip
     rows = {row["layer"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"ResNet-20 stage 2", "ResNet-20 stage 3"}
@@ -138,7 +136,7 @@ def test_conv_algorithm_benchmark_times_both_paths_and_reports_the_rules_choice(
 
 
 def test_torch_twin_of_the_airbench_net_computes_our_function():
-    """bench_torch.py's PyTorch airbench net, given our weights, gives our logits (evaluation
+    """torch_comparison.py's PyTorch airbench net, given our weights, gives our logits (evaluation
     mode), so the benchmark compares the same network."""
     config = ml_collections.ConfigDict(dict(name="airbench", width=4, stem="small",
                                             dtype="float32", bn_momentum=0.9, kernels="xla"))  # fmt: skip

@@ -1,7 +1,6 @@
 """PyTorch -> Flax conversion: the converted model computes the same function; errors list
 every missing, unused and misshapen tensor."""
 
-import os
 import subprocess
 import sys
 
@@ -11,10 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import REPO_ROOT, why_failed  # noqa: E402
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
 import torch_resnet  # noqa: E402
+from conftest import REPO_ROOT, why_failed  # noqa: E402
 
 from imgcls_jax import convert  # noqa: E402
 from imgcls_jax.models import build_model  # noqa: E402
@@ -227,9 +224,6 @@ def test_predict_command_names_the_cat_in_a_real_photo(tmp_path, lite0):
 def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path, lite0):
     """configs/transfer.py:linear_probe on Fashion-MNIST with the real ImageNet weights: the
     loss must fall from the start, not climb while the accuracy rises."""
-    import sys
-
-    from conftest import REPO_ROOT
 
     from imgcls_jax.config import apply_overrides
     from imgcls_jax.reporting import writers
@@ -242,7 +236,6 @@ def test_the_linear_probe_preset_lowers_the_loss_with_the_real_weights(tmp_path,
         "input_size": size, "mean": mean.tolist(), "std": std.tolist(), "class_names": [],
         "source": path, "source_sha256": "",
     })  # fmt: skip
-    sys.path.insert(0, REPO_ROOT)
     from configs.transfer import get_config
 
     config = apply_overrides(get_config("linear_probe"), {

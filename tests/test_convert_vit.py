@@ -1,11 +1,10 @@
 """timm ViT/DeiT weights -> our ViT: every variant computes the function of timm's layout
 (random weights), with its patch size read off the weights, and fine-tunes under a new head.
-The reference is experiments/torch_vit.py, checked here against `timm` (PyPI) itself, with
+The reference is tests/torch_vit.py, checked here against `timm` (PyPI) itself, with
 timm's position-embedding resize."""
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 
@@ -16,10 +15,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from conftest import REPO_ROOT, synthetic_dataset, tiny_config, why_failed  # noqa: E402
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
 import torch_vit  # noqa: E402
+from conftest import REPO_ROOT, synthetic_dataset, tiny_config, why_failed  # noqa: E402
 
 from imgcls_jax import convert, registry  # noqa: E402
 
@@ -138,7 +135,6 @@ except (ImportError, RuntimeError):
     shim = True
 import torch
 from timm.models.vision_transformer import checkpoint_filter_fn
-sys.path.insert(0, "experiments")
 sys.path.insert(0, "tests")
 import torch_vit
 from test_convert_vit import TIMM_NAMES, _images, _ours, _relative_error, _state_dict, _theirs

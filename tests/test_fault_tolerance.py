@@ -258,12 +258,11 @@ def _final_params(workdir):
 
 @pytest.mark.slow
 def test_two_processes_saving_every_step_and_the_best_do_not_hang(tmp_path):
-    """The short version of experiments/soak_two_process.py, with its hard timeout."""
-    sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
-    import soak_two_process
+    """The short version of experiments/soak/two_process.py, with its hard timeout."""
+    from experiments.soak import two_process
 
-    row = soak_two_process.run_once(str(tmp_path / "run"), steps=8, eval_every_steps=2,
-                                    timeout=TIMEOUT)  # fmt: skip
+    row = two_process.run_once(str(tmp_path / "run"), steps=8, eval_every_steps=2,
+                               timeout=TIMEOUT)  # fmt: skip
     assert row["outcome"] == "ok", row
     assert row["checkpoints"][-2:] == ["7", "8"]
 

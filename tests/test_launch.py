@@ -94,7 +94,7 @@ def test_render_augmentations_script_writes_the_grid(tmp_path):
 
     out = tmp_path / "grid.png"
     run = subprocess.run(
-        [sys.executable, "experiments/render_augmentations.py", "--config=configs/resnet.py:tiny",
+        [sys.executable, "-m", "experiments.render_augmentations", "--config=configs/resnet.py:tiny",
          "--config.augment.train=randaugment(2,9)", f"--out={out}", "--count=9"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

@@ -118,14 +118,10 @@ def test_real_sweep_resumes_without_rerunning_finished_runs(tmp_path, dataset):
 
 def test_vit_data_size_ablation_runs_each_preset_for_its_steps_at_every_size():
     import importlib
-    import sys
-
-    from conftest import REPO_ROOT
 
     from configs import resnet, vit
 
-    sys.path.insert(0, os.path.join(REPO_ROOT, "experiments"))
-    ablation = importlib.import_module("ablate_vit_data_size")
+    ablation = importlib.import_module("experiments.ablations.vit_data_size")
     base = resnet.get_config("tiny")
     variants = ablation.grid(base, ["input.workers=0"], budget_fraction=0.5)
     assert len(variants) == 9
@@ -157,7 +153,7 @@ def test_sweep_command_refuses_a_misspelled_key_in_one_line(tmp_path):
 
     from conftest import REPO_ROOT
 
-    run = subprocess.run([sys.executable, "experiments/run_sweep.py", f"--root={tmp_path}",
+    run = subprocess.run([sys.executable, "-m", "experiments.run_sweep", f"--root={tmp_path}",
                           '--grid={"model.widht": [4]}'], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert run.returncode != 0 and "Traceback" not in run.stderr

@@ -3,7 +3,7 @@
 XLA:CPU computes convolution weight gradients at a quarter of its forward speed; oneDNN, the
 library PyTorch uses on CPU, does not. On a ResNet-20 step its convolutions double our img/s
 and its batch norm adds about 5%; in bfloat16, on CPUs with AMX, oneDNN runs the
-convolutions on the tile units (experiments/results/cpu_perf_notes.md); wide float32 3x3
+convolutions on the tile units (experiments/results/benchmarks/cpu_perf_notes.md); wide float32 3x3
 layers run as its Winograd convolution (docs/performance.md). The C++ source
 beside this file is compiled on first use with the system compiler against the system oneDNN
 (Debian/Ubuntu: `apt-get install g++ libdnnl-dev`) and cached under ~/.cache/imgcls_jax.

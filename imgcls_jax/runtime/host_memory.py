@@ -5,7 +5,7 @@ Each XLA:CPU execution allocates its temporary buffers in one block (about 230 M
 ResNet-20 step at batch 128) and frees it at the end. glibc serves a block that large with
 fresh mmap pages (a worker thread's arena cannot do otherwise), so every step faults all of it
 in again: 57,000 page faults, about a quarter of the step on our 2-core machine
-(experiments/results/cpu_perf_notes.md). One arena, no mmap and no trimming keep those pages
+(experiments/results/benchmarks/cpu_perf_notes.md). One arena, no mmap and no trimming keep those pages
 in the process instead; the price is that the process keeps its peak heap until it exits.
 """
 
