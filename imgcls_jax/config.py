@@ -100,7 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.workers = -1
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion (registered in optim.py)
+    c.optimizer.name = (
+        "sgd"  # sgd | adamw | lamb | lars | lion (registered in training/optimizers.py)
+    )
     c.optimizer.learning_rate = 0.1
     c.optimizer.lr_base_batch_size = 0  # If > 0, lr *= batch_size / lr_base_batch_size.
     c.optimizer.momentum = 0.9
@@ -396,3 +398,14 @@ def flags_parser(command: str) -> Callable[[list[str]], list[str]]:
         return remaining
 
     return parse
+
+
+def show_flags_in_help(module_name: str) -> None:
+    """Makes `--help` list the flags defined in `module_name` when the program's main module
+    is another (`python launch.py`, an installed console script): absl's --help shows the
+    main module's key flags only."""
+    from absl import flags
+
+    main = sys.argv[0]
+    for flag in flags.FLAGS.get_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(main, flag)

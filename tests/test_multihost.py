@@ -245,3 +245,41 @@ def _dry_run_lines(mode):
     run = _dry_run("--workdir=gs://bucket/run", "--tpu=my-tpu", "--tpu_zone=us-west4-a",
                    "--tpu_project=lab", *mode)  # fmt: skip
     return [shlex.split(line) for line in run.stdout.splitlines() if not line.startswith("#")]
+
+
+class _SlowCoordinationService:
+    """A key-value store whose writes take `delay` seconds; peer 1 has stopped beating."""
+
+    def __init__(self, delay):
+        self.delay = delay
+
+    def key_value_set(self, key, value, allow_overwrite):
+        import time
+
+        time.sleep(self.delay)
+
+    def key_value_try_get(self, key):
+        return "7"  # Peer 1's last beat, never changing.
+
+
+def test_a_failed_collective_waits_for_the_verdict_of_a_slow_peer_watch(monkeypatch):
+    """The survivor's collective fails the moment its peer dies; its traceback must wait until
+    the watch has named the dead peer, however slowly the watch's rounds go (here each
+    round takes longer than a poll, so a fixed wait of the timeout and three polls ends
+    before the verdict)."""
+    import threading
+
+    verdicts = []
+    watch = multihost.PeerWatch(timeout_s=0.5, poll_s=0.05)
+    watch._client, watch._count = _SlowCoordinationService(delay=0.4), 2
+
+    def record(why):
+        verdicts.append(why)
+        watch._stop.set()  # What os._exit would end.
+
+    monkeypatch.setattr(multihost.PeerWatch, "_exit", staticmethod(record))
+    thread = threading.Thread(target=watch._run, daemon=True)
+    thread.start()
+    watch.wait_for_verdict()
+    assert verdicts and verdicts[0].startswith("process 1 of 2 has shown no sign of life")
+    thread.join(timeout=5)

@@ -1,6 +1,6 @@
 """Augmentation pipelines on device, and batch mixing (mixup, CutMix).
 
-A pipeline is a string like ``"random_crop(4)|flip_lr"``: ops of `augment_ops` separated by
+A pipeline is a string like ``"random_crop(4)|flip_lr"``: ops of `augment.ops` separated by
 ``|``, each with optional Python-literal arguments, applied per example (vmapped over the
 batch with one key per example). Training pipelines take the random ("augment_op") and the
 deterministic ("eval_op") ops; evaluation pipelines (e.g. ``"resize(256)|center_crop(224)"``)

@@ -66,5 +66,13 @@ def main(argv):
           f"classes) to {FLAGS.out}.")  # fmt: skip
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `imgcls-convert` command."""
+    from imgcls_jax.config import show_flags_in_help
+
+    show_flags_in_help(__name__)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

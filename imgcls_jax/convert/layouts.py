@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -118,6 +119,41 @@ def prepare_timm_vit(tensors: dict[str, np.ndarray], image_size: int, num_heads:
     return tensors
 
 
+def unprepare_timm_vit(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of `prepare_timm_vit` (at the same image size): per-head query, key, value
+    and out projections back into timm's fused `attn.qkv` and `attn.proj`."""
+    tensors = dict(tensors)
+    for key in [k for k in tensors if k.endswith(".attn.query.weight")]:
+        prefix = key[: -len("query.weight")]
+        weights, biases = [], []
+        for name in ("query", "key", "value"):
+            kernel = tensors.pop(f"{prefix}{name}.weight")  # (width, heads, head width)
+            weights.append(kernel.reshape(kernel.shape[0], -1).T)
+            biases.append(tensors.pop(f"{prefix}{name}.bias").reshape(-1))
+        tensors[f"{prefix}qkv.weight"] = np.concatenate(weights)
+        tensors[f"{prefix}qkv.bias"] = np.concatenate(biases)
+        out = tensors.pop(f"{prefix}out.weight")  # (heads, head width, width)
+        tensors[f"{prefix}proj.weight"] = out.reshape(-1, out.shape[-1]).T
+        tensors[f"{prefix}proj.bias"] = tensors.pop(f"{prefix}out.bias")
+    return tensors
+
+
+_TIMM_VIT = {"vit_ti": "tiny", "vit_s": "small", "vit_b": "base", "vit_l": "large"}
+
+
+def timm_name(fields: Mapping[str, Any], input_size: int) -> str | None:
+    """timm's model name with our model's keys and shapes (`fields`: its model config), or
+    None: ResNet-18 to -152 with the ImageNet stem and width 64 (timm's and torchvision's
+    resnetN), ViT-Ti/S/B/L with class-token pooling (vit_SIZE_patchP_SIZE)."""
+    name = fields["name"]
+    if name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+        imagenet = fields.get("stem", "imagenet") == "imagenet" and fields.get("width", 64) == 64
+        return name if imagenet else None
+    if name in _TIMM_VIT and fields.get("pool", "cls") == "cls":
+        return f"vit_{_TIMM_VIT[name]}_patch{fields.get('patch_size', 16)}_{input_size}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class TorchLayout:
     """How a model's PyTorch state dict is laid out: our variable -> torch key (after
@@ -132,6 +168,7 @@ class TorchLayout:
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     prepare: Callable[[dict, int], dict] = lambda tensors, image_size: tensors
+    unprepare: Callable[[dict], dict] = lambda tensors: tensors  # The inverse of `prepare`.
 
 
 TORCH_LAYOUTS: dict[str, TorchLayout] = {
@@ -151,6 +188,7 @@ TORCH_LAYOUTS: dict[str, TorchLayout] = {
     # ImageNet defaults; pass --mean/--std to the converter).
     name: TorchLayout(vit_key, head_weight="head.weight", stem_weight="patch_embed.proj.weight",
                       mean=(0.5,) * 3, std=(0.5,) * 3,
-                      prepare=functools.partial(prepare_timm_vit, num_heads=variant[3]))
+                      prepare=functools.partial(prepare_timm_vit, num_heads=variant[3]),
+                      unprepare=unprepare_timm_vit)
     for name, variant in vit.VARIANTS.items()
 }  # fmt: skip

@@ -1,5 +1,6 @@
-"""A trained or converted model ready to classify image files: its variables, the evaluation
-preprocessing it was trained with, and its class names."""
+"""A trained, converted or exported model ready to classify image files: its evaluation
+preprocessing, its class names, and a function from uint8 images to class probabilities
+(the model with its variables, or a StableHLO artifact of `imgcls_jax.inference.export`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from imgcls_jax.data import decode
 from imgcls_jax.training import steps
 
 CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).
+STABLEHLO_FILE = "model.stablehlo"  # In an exported artifact: the serialized program.
+ARTIFACT_FILE = "artifact.json"  # Beside it: classes, input, the model it came from.
 CROP_FRACTION = 0.875  # Converted ImageNet weights: resize to size / 0.875, centre-crop size.
 STEPS = ("best", "latest")
 WEIGHTS = ("auto", "ema", "trained")  # auto: the average when the run kept one.
@@ -44,35 +47,62 @@ def _build_model(fields: dict[str, Any], num_classes: int) -> nn.Module:
     return models.build_for_devices(fields, num_classes, jax.local_devices()[:1])[0]
 
 
+def probabilities_fn(
+    model: nn.Module, description: dict[str, Any]
+) -> Callable[[dict[str, Any], jax.Array], jax.Array]:
+    """(variables, uint8 images [N, image_size, image_size, channels]) -> class probabilities:
+    the run's evaluation pipeline, normalisation and the model (`steps.eval_logits`, the
+    function evaluation uses), then softmax."""
+    logits_fn = functools.partial(
+        steps.eval_logits,
+        model=model,
+        preprocess_fn=augment.build_eval_fn(description["eval"]),
+        flip_tta=description["eval_flip_tta"],
+        mean=tuple(description["mean"]),
+        std=tuple(description["std"]),
+    )
+    return lambda variables, images: jax.nn.softmax(logits_fn(variables, images))
+
+
 class Classifier:
-    """Classifies image files: decoded and resized on the host as in training, then the
-    evaluation pipeline, normalisation and the model on device, in fixed-size batches."""
+    """Classifies image files: decoded and resized on the host as in training, then
+    `probabilities` (on device) in fixed-size batches.
+
+    `description` holds what the host side needs (class names, image size, channels) and,
+    for a model with variables, what rebuilds it (its model config, evaluation pipeline,
+    normalisation); `variables` is None for an exported artifact."""
 
     def __init__(
-        self, model: nn.Module, variables: dict[str, Any], description: dict[str, Any], source: str
+        self,
+        probabilities: Callable[[np.ndarray], jax.Array],
+        description: dict[str, Any],
+        source: str,
+        variables: dict[str, Any] | None = None,
     ):
-        self.description, self.source = description, source
+        self.description, self.source, self.variables = description, source, variables
         self.class_names = list(description["class_names"])
-        logits_fn = functools.partial(
-            steps.eval_logits,
-            model=model,
-            preprocess_fn=augment.build_eval_fn(description["eval"]),
-            flip_tta=description["eval_flip_tta"],
-            mean=tuple(description["mean"]),
-            std=tuple(description["std"]),
-        )  # The same function as the run's evaluation.
-        self.variables = variables
-        self._probabilities = jax.jit(lambda v, x: jax.nn.softmax(logits_fn(v, x)))
+        self._probabilities = probabilities
+
+    @classmethod
+    def from_model(
+        cls, model: nn.Module, variables: dict[str, Any], description: dict[str, Any], source: str
+    ) -> Classifier:
+        jitted = jax.jit(probabilities_fn(model, description))
+        return cls(functools.partial(jitted, variables), description, source, variables)
 
     @classmethod
     def load(cls, path: str, step: str = "best", weights: str = "auto") -> Classifier:
-        """From a training workdir (MODEL_FILE) or a converted checkpoint (CONVERTED_FILE)."""
+        """From a training workdir (MODEL_FILE), a converted checkpoint (CONVERTED_FILE) or an
+        exported StableHLO artifact (STABLEHLO_FILE)."""
         if os.path.exists(os.path.join(path, MODEL_FILE)):
             return cls.from_workdir(path, step, weights)
         if os.path.exists(os.path.join(path, CONVERTED_FILE)):
             return cls.from_converted(path)
-        raise ValueError(f"{path} holds neither {MODEL_FILE} (a workdir of launch.py) nor "
-                         f"{CONVERTED_FILE} (a checkpoint of imgcls_jax.convert).")  # fmt: skip
+        if os.path.exists(os.path.join(path, STABLEHLO_FILE)):
+            return cls.from_stablehlo(path)
+        raise ValueError(f"{path} holds neither {MODEL_FILE} (a workdir of launch.py), "
+                         f"{CONVERTED_FILE} (a checkpoint of imgcls_jax.convert) nor "
+                         f"{STABLEHLO_FILE} (an artifact of imgcls_jax.inference.export).")  # fmt: skip
 
     @classmethod
     def from_workdir(cls, workdir: str, step: str = "best", weights: str = "auto") -> Classifier:
@@ -104,7 +134,7 @@ class Classifier:
         else:
             variables = checkpoint.restore_variables(workdir, chosen, abstract)
         source = f"{workdir} step {chosen} ({step}, {'average' if use_ema else 'trained'} weights)"
-        return cls(model, variables, description, source)
+        return cls.from_model(model, variables, description, source)
 
     @classmethod
     def from_converted(cls, directory: str) -> Classifier:
@@ -124,15 +154,32 @@ class Classifier:
             "mean": metadata["mean"],
             "std": metadata["std"],
         }
-        fields = {"name": metadata["architecture"], "width": metadata["width"],
-                  "stem": metadata["stem"], "dtype": "float32", "kernels": "auto",
-                  **{k: metadata[k] for k in ("patch_size", "pool", "posemb") if k in metadata}}  # fmt: skip
-        model = _build_model(fields, len(description["class_names"]))
-        return cls(model, variables, description, directory)
+        description["model"] = {
+            "name": metadata["architecture"], "width": metadata["width"],
+            "stem": metadata["stem"], "dtype": "float32", "kernels": "auto",
+            **{k: metadata[k] for k in ("patch_size", "pool", "posemb") if k in metadata},
+        }  # fmt: skip
+        model = _build_model(description["model"], len(description["class_names"]))
+        return cls.from_model(model, variables, description, directory)
+
+    @classmethod
+    def from_stablehlo(cls, directory: str) -> Classifier:
+        """An artifact of `imgcls_jax.inference.export` (format stablehlo): the serialized
+        program, run on this process's first device; no model code or checkpoint is read."""
+        with open(os.path.join(directory, ARTIFACT_FILE), encoding="utf-8") as f:
+            description = json.load(f)
+        with open(os.path.join(directory, STABLEHLO_FILE), "rb") as f:
+            exported = jax.export.deserialize(bytearray(f.read()))
+        platform = jax.local_devices()[0].platform
+        platform = "cuda" if platform == "gpu" else platform
+        if platform not in exported.platforms:
+            raise ValueError(f"{directory} was exported for {', '.join(exported.platforms)}, not "
+                             f"{platform}: export again with --platforms={platform}.")  # fmt: skip
+        return cls(jax.jit(exported.call), description, f"{directory} ({description['source']})")
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities of uint8 [N, image_size, image_size, channels] images."""
-        return np.asarray(self._probabilities(self.variables, images))
+        return np.asarray(self._probabilities(images))
 
     def decode(self, path: str) -> np.ndarray:
         """`path` decoded as in training; raises ValueError naming the file if unreadable."""

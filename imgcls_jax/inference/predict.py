@@ -123,5 +123,13 @@ def main(argv):
         sys.exit(f"predict: {failed} of {len(paths)} image(s) could not be read.")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `imgcls-predict` command."""
+    from imgcls_jax.config import show_flags_in_help
+
+    show_flags_in_help(__name__)
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -280,7 +280,7 @@ bool HasIsa(dnnl_cpu_isa_t isa) { return (dnnl_get_effective_cpu_isa() & isa) ==
 
 // Whether the kernel gradient of `g` is faster as im2col + matmul than as oneDNN's direct
 // convolution, by CPU kind: the rule fits per-layer timings of both on AMX, AVX-512-BF16
-// without AMX (Intel capped, AMD) and AVX2 (experiments/bench_kernel_grad.py; tables in
+// without AMX (Intel capped, AMD) and AVX2 (experiments/benchmarks/kernel_grad.py; tables in
 // docs/performance.md). With AVX-512 the matmul wins up to 4x4 outputs, in bfloat16 (with or
 // without AMX) also for strided or 1x1 convolutions up to 8x8; with AVX2 only at 2x2.
 bool MatmulKernelGrad(const Geometry& g) {
@@ -311,7 +311,7 @@ bool WinogradSafe(const Geometry& g) {
 // paths, the blocked-layout reorders included: float32 3x3/1 convolutions with AVX-512 (oneDNN
 // has no other), at least 64 channels in and out (multiples of 16), and outputs of at least
 // 7x7, or 4x4 for 256 channels and more. Fitted to per-layer timings on AVX-512 without AMX
-// (experiments/bench_conv_algorithm.py; docs/performance.md): 1.1-1.9x there, growing with the
+// (experiments/benchmarks/conv_algorithm.py; docs/performance.md): 1.1-1.9x there, growing with the
 // channels, while 32-channel layers break even (the reorders) and 3x3 outputs lose.
 bool UseWinograd(const Geometry& g) {
   static const bool avx512 = HasIsa(dnnl_cpu_isa_avx512_core);

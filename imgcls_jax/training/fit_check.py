@@ -180,8 +180,14 @@ def main(argv: list[str]) -> None:
             f.write(text + "\n")
 
 
-if __name__ == "__main__":
-    from imgcls_jax.config import flags_parser
+def run() -> None:
+    """`python -m imgcls_jax.training.fit_check` and the `imgcls-fit-check` command."""
+    from imgcls_jax.config import flags_parser, show_flags_in_help
 
     define_flags()
+    show_flags_in_help(__name__)
     app.run(main, flags_parser=flags_parser("imgcls_jax.training.fit_check"))
+
+
+if __name__ == "__main__":
+    run()

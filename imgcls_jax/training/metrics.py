@@ -65,7 +65,7 @@ def _unmasked(name: str) -> Callable[..., dict[str, Any]]:
     """The model output `name`, counted whatever the examples' mask (a per-step value)."""
 
     def value(**model_output) -> dict[str, Any]:
-        return {"value": model_output[name], "mask": None}
+        return {"value": jnp.asarray(model_output[name]), "mask": None}
 
     return value
 

@@ -174,15 +174,24 @@ class PeerWatch:
         self._timeout_s, self._poll_s = timeout_s, poll_s
         self._stop = threading.Event()
         self._writing = threading.Lock()  # So that no beat overwrites "done".
+        # When (monotonic) the watch last finished a round of checks, for `wait_for_verdict`.
+        self._checked = threading.Condition()
+        self._checked_at = float("-inf")
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="imgcls_jax-peer-watch", daemon=True).start()
         PeerWatch.current = self
 
     def wait_for_verdict(self) -> None:
-        """Sleeps as long as the watch needs to find a dead peer (it then ends the process)."""
-        if not self._stop.is_set():
-            time.sleep(self._timeout_s + 3 * self._poll_s)
+        """Waits until the watch has checked the peers `timeout_s` (and two polls) after now:
+        a peer that died before now is then found dead (the watch ends the process), so that
+        returning means no peer died. Waits on the watch's own rounds, not a fixed time, so a
+        watch slowed down (a loaded host, a slow coordination service) cannot lose the race
+        and let the collective's traceback out first; gives up after 3 x `timeout_s`."""
+        due = time.monotonic() + self._timeout_s + 2 * self._poll_s
+        with self._checked:
+            self._checked.wait_for(lambda: self._stop.is_set() or self._checked_at >= due,
+                                   timeout=3 * self._timeout_s)  # fmt: skip
 
     def finish(self) -> None:
         """Tells the other processes that this one is done (not dead), and stops watching."""
@@ -220,6 +229,9 @@ class PeerWatch:
             except jax.errors.JaxRuntimeError as e:  # The coordinator (process 0) is gone.
                 if now - last_change[self._me] > self._timeout_s and not self._stop.is_set():
                     self._exit(f"lost the coordination service on process 0 ({e})")
+            with self._checked:  # A round checked at `now` found no peer dead.
+                self._checked_at = now
+                self._checked.notify_all()
 
     @staticmethod
     def _exit(why: str) -> None:
