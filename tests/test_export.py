@@ -170,13 +170,18 @@ def test_a_trained_workdir_runs_in_the_pytorch_reference_with_our_logits(workdir
 
 
 def test_timm_names_and_config_for_the_families_timm_has():
-    assert (
-        layouts.timm_name({"name": "resnet50", "stem": "imagenet", "width": 64}, 224) == "resnet50"
-    )
+    resnet50 = {"name": "resnet50", "stem": "imagenet", "width": 64}
+    assert layouts.timm_name(resnet50, 224) == ("resnet50", {})
     assert layouts.timm_name({"name": "resnet20", "stem": "small", "width": 16}, 28) is None
     assert layouts.timm_name({"name": "vit_b", "patch_size": 16, "pool": "cls"}, 224) == (
-        "vit_base_patch16_224"
+        "vit_base_patch16_224",
+        {},
     )
+    assert layouts.timm_name({"name": "vit_s", "patch_size": 16, "pool": "cls"}, 64) == (
+        "vit_small_patch16_224",
+        {"img_size": 64},
+    )
+    assert layouts.timm_name({"name": "vit_ti", "patch_size": 4, "pool": "cls"}, 32) is None
     config = to_torch.timm_config({"name": "vit_ti", "patch_size": 16, "pool": "cls"}, ["a", "b"],
                                   (0.5,) * 3, (0.5,) * 3, 224, 3)  # fmt: skip
     assert config["architecture"] == "vit_tiny_patch16_224" and config["num_classes"] == 2
@@ -241,3 +246,90 @@ def test_an_onnx_model_that_disagrees_is_not_written(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"^The ONNX model of resnet8 differs from the model "):
         export.export_onnx(classifier, str(tmp_path / "bad"), images)
     assert not os.listdir(tmp_path / "bad")
+
+
+FAMILIES = {  # One small model of each registered family: fields, image size, channels.
+    "resnet": ({"name": "resnet8", "width": 4, "stem": "small"}, 16, 1),
+    "efficientnet_lite": ({"name": "efficientnet_lite0"}, 32, 3),
+    "vit": ({"name": "vit_ti", "patch_size": 8}, 16, 3),
+    "airbench": ({"name": "airbench"}, 28, 1),
+}
+
+
+def test_every_family_is_covered():
+    from imgcls_jax import models
+
+    families = {name.rstrip("0123456789").removesuffix("_") for name in models.names()}
+    families = {"vit" if f.startswith("vit") else f for f in families}
+    assert families == set(FAMILIES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_exports_to_each_format_or_is_refused_by_name(family, tmp_path):
+    from imgcls_jax import models
+    from imgcls_jax.config import model_config
+
+    fields, size, channels = FAMILIES[family]
+    fields = model_config(**fields, dtype="float32", kernels="xla").to_dict()
+    model = models.build_model(fields, 3)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, size, size, channels)), train=False)
+    description = {"model": fields, "class_names": ["a", "b", "c"], "image_size": size,
+                   "channels": channels, "eval": "", "eval_flip_tta": False,
+                   "mean": [0.5] * channels, "std": [0.25] * channels}  # fmt: skip
+    classifier = Classifier.from_model(model, variables, description, family)
+    images = _images(4, size, channels)
+    export.export_stablehlo(classifier, str(tmp_path / "hlo"), platforms=("cpu",))
+    np.testing.assert_allclose(Classifier.load(str(tmp_path / "hlo")).probabilities(images),
+                               classifier.probabilities(images), atol=1e-5)  # fmt: skip
+    if family == "airbench":
+        with pytest.raises(ValueError, match="^airbench has no PyTorch layout"):
+            export.export_timm(classifier, str(tmp_path / "timm"))
+    else:
+        export.export_timm(classifier, str(tmp_path / "timm"))
+        from safetensors.numpy import load_file
+
+        layout = layouts.TORCH_LAYOUTS[fields["name"]]
+        tensors = layout.prepare(load_file(str(tmp_path / "timm" / to_torch.WEIGHTS_FILE)), size)
+        shapes = jax.eval_shape(lambda: variables)
+        again = convert.convert_tensors(tensors, shapes, layout.torch_key)
+        jax.tree.map(np.testing.assert_array_equal, again, jax.device_get(variables))
+    pytest.importorskip("jax2onnx")
+    export.export_onnx(classifier, str(tmp_path / "onnx"), images)  # Checked by onnxruntime.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "fields, size", [({"name": "resnet18", "width": 64, "stem": "imagenet"}, 32),
+                     ({"name": "vit_ti", "patch_size": 16, "pool": "cls"}, 32)],
+)  # fmt: skip
+def test_timm_loads_the_export_by_its_config_and_gives_our_logits(fields, size, tmp_path):
+    """The files of `--format=timm` for a model timm has, read by timm itself
+    (`create_model(..., pretrained=True)` from the exported file), give our logits."""
+    timm = pytest.importorskip("timm")
+    from imgcls_jax import models
+    from imgcls_jax.config import model_config
+
+    fields = model_config(**fields, dtype="float32", kernels="xla").to_dict()
+    model = models.build_model(fields, 5)
+    variables = model.init(jax.random.key(1), jnp.zeros((1, size, size, 3)), train=False)
+    variables = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(2), x.shape),
+                             variables)  # Batch statistics that matter.  # fmt: skip
+    description = {"model": fields, "class_names": list("abcde"), "image_size": size,
+                   "channels": 3, "eval": "", "eval_flip_tta": False, "mean": [0.5] * 3,
+                   "std": [0.5] * 3}  # fmt: skip
+    classifier = Classifier.from_model(model, variables, description, "random")
+    assert export.export_timm(classifier, str(tmp_path)) == [to_torch.WEIGHTS_FILE,
+                                                             to_torch.CONFIG_FILE]  # fmt: skip
+    config = json.loads((tmp_path / to_torch.CONFIG_FILE).read_text())
+    theirs = timm.create_model(
+        config["architecture"], num_classes=config["num_classes"], pretrained=True,
+        pretrained_cfg_overlay={"file": str(tmp_path / to_torch.WEIGHTS_FILE),
+                                "num_classes": config["num_classes"]},
+        **config.get("model_args", {}),
+    ).eval()  # fmt: skip
+    images = np.random.default_rng(4).normal(size=(3, size, size, 3)).astype(np.float32)
+    ours = np.asarray(model.apply(variables, jnp.asarray(images), train=False))
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    assert np.linalg.norm(ours - expected) / np.linalg.norm(expected) <= 1e-4

@@ -190,6 +190,8 @@ class Checkpointer:
             )  # fmt: skip
             restored = self.manager.restore(step, args=args)
             progress = dict(restored["progress"])
+        except jax.errors.JaxRuntimeError:  # A failed collective or device, not a damaged step:
+            raise  # falling back would set good steps aside when a peer dies mid-restore.
         # Orbax and TensorStore report damaged files, metadata included, in many types (e.g.
         # KeyError for a field missing from an edited _METADATA); any of them makes the step
         # unusable, and the caller falls back to an older one.

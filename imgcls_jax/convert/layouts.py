@@ -138,20 +138,32 @@ def unprepare_timm_vit(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return tensors
 
 
-_TIMM_VIT = {"vit_ti": "tiny", "vit_s": "small", "vit_b": "base", "vit_l": "large"}
+# timm's ViT models (timm 1.0.31) by (our variant, patch size): sizes they are registered at.
+_TIMM_VIT = {
+    ("vit_ti", 16): ("tiny", (224, 384)), ("vit_s", 16): ("small", (224, 384)),
+    ("vit_s", 32): ("small", (224, 384)), ("vit_s", 8): ("small", (224,)),
+    ("vit_b", 16): ("base", (224, 384)), ("vit_b", 32): ("base", (224, 384)),
+    ("vit_b", 8): ("base", (224,)), ("vit_l", 16): ("large", (224, 384)),
+    ("vit_l", 32): ("large", (224, 384)), ("vit_l", 14): ("large", (224,)),
+}  # fmt: skip
 
 
-def timm_name(fields: Mapping[str, Any], input_size: int) -> str | None:
-    """timm's model name with our model's keys and shapes (`fields`: its model config), or
-    None: ResNet-18 to -152 with the ImageNet stem and width 64 (timm's and torchvision's
-    resnetN), ViT-Ti/S/B/L with class-token pooling (vit_SIZE_patchP_SIZE)."""
+def timm_name(fields: Mapping[str, Any], input_size: int) -> tuple[str, dict] | None:
+    """(timm's model name, its model_args) for our model (`fields`: its model config) at
+    `input_size`, or None where timm has no model with these keys: ResNet-18 to -152 with
+    the ImageNet stem and width 64 (timm's and torchvision's resnetN), ViT-Ti/S/B/L with a
+    class token at a patch size timm registers (another image size goes in model_args)."""
     name = fields["name"]
     if name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
         imagenet = fields.get("stem", "imagenet") == "imagenet" and fields.get("width", 64) == 64
-        return name if imagenet else None
-    if name in _TIMM_VIT and fields.get("pool", "cls") == "cls":
-        return f"vit_{_TIMM_VIT[name]}_patch{fields.get('patch_size', 16)}_{input_size}"
-    return None
+        return (name, {}) if imagenet else None
+    known = _TIMM_VIT.get((name, fields.get("patch_size", 16)))
+    if known is None or fields.get("pool", "cls") != "cls":
+        return None
+    size, registered = known
+    at = input_size if input_size in registered else registered[0]
+    args = {} if at == input_size else {"img_size": input_size}
+    return f"vit_{size}_patch{fields.get('patch_size', 16)}_{at}", args
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,11 +57,13 @@ def timm_config(
 ) -> dict[str, Any] | None:
     """The config.json of a timm model on the Hugging Face Hub (`architecture`, `num_classes`,
     `pretrained_cfg`), or None where timm has no model with these keys."""
-    name = layouts.timm_name(fields, input_size)
-    if name is None:
+    known = layouts.timm_name(fields, input_size)
+    if known is None:
         return None
+    name, model_args = known
     return {
         "architecture": name,
+        **({"model_args": model_args} if model_args else {}),
         "num_classes": len(class_names),
         "num_features": None,
         "label_names": list(class_names),
