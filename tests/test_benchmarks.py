@@ -66,7 +66,7 @@ def test_input_benchmark_streams_real_jpegs_at_tiny_size(tmp_path):
 @pytest.mark.slow
 def test_step_profile_attributes_the_step_to_its_operations(tmp_path):
     out = tmp_path / "profile.json"
-    run = _run("profile_step.py", "--config=configs/resnet.py:tiny", "--config.input.batch_size=16",
+    run = _run("profile_step", "--config=configs/resnet.py:tiny", "--config.input.batch_size=16",
                "--image_size=16", "--steps=2", f"--out={out}")  # fmt: skip
     result = json.loads(out.read_text())
     shares = result["ms_per_step"]
@@ -164,3 +164,16 @@ def test_torch_twin_of_the_airbench_net_computes_our_function():
         expected = twin(torch.from_numpy(images.transpose(0, 3, 1, 2).copy())).numpy()
     logits = ours.apply(variables, images, train=False)
     np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_export_benchmark_times_the_commands_at_tiny_size(tmp_path):
+    out = tmp_path / "export.json"
+    _run("export", f"--workdir={tmp_path / 'run'}", "--train_steps=2", "--images=4", "--rounds=1",
+         "--noresnet50", f"--out={out}")  # fmt: skip
+    result = json.loads(out.read_text())
+    assert [r["format"] for r in result["exports"]] == ["stablehlo"]
+    size = result["resnet20_size"]
+    assert size["weight_bytes"] < size["artifact_bytes"] < 2 * size["weight_bytes"]
+    assert len(result["predict_seconds"]["stablehlo"]) == 1
+    assert result["provenance"]["command"].startswith("python -m experiments.benchmarks.export")
