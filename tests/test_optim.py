@@ -125,3 +125,70 @@ def test_lars_lamb_and_lion_first_steps_match_their_formulas():
     lion = _first_update("lion", grads, params, weight_decay=wd, b1=0.9, b2=0.99)
     np.testing.assert_allclose(lion["conv"]["kernel"], -lr * (np.sign(g) + wd * p), rtol=1e-5)
     np.testing.assert_allclose(lion["norm"]["bias"], -lr * np.sign(gb), rtol=1e-5)
+
+
+def _newton_schulz(x):
+    """Jordan's reference orthogonalization (modded-nanogpt `zeropower_via_newtonschulz5`)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    transposed = x.shape[0] > x.shape[1]
+    x = (x.T if transposed else x) / (np.linalg.norm(x) + 1e-8)
+    for _ in range(5):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if transposed else x
+
+
+def test_muon_first_step_matches_the_reference_and_adamw_takes_the_rest():
+    rng = np.random.default_rng(1)
+    shapes = {"block": {"kernel": (3, 3, 8, 16)}, "fc": {"kernel": (24, 16)},
+              "query": {"kernel": (8, 2, 4)}, "out": {"kernel": (2, 4, 8)},
+              "stem_conv": {"kernel": (3, 3, 3, 8)}, "head": {"kernel": (16, 3), "bias": (3,)}}  # fmt: skip
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s), jnp.float32), shapes,
+                          is_leaf=lambda s: isinstance(s, tuple))  # fmt: skip
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    lr, wd = 0.5, 0.01
+    update = _first_update("muon", grads, params, weight_decay=wd, muon_rms=0.2, eps=1e-8)
+    as_matrix = {"block": (72, 16), "fc": (24, 16), "query": (8, 8), "out": (8, 8)}
+    for name, (fan_in, fan_out) in as_matrix.items():
+        g, p = np.asarray(grads[name]["kernel"], np.float64), np.asarray(params[name]["kernel"])
+        direction = _newton_schulz(g.reshape(fan_in, fan_out)).reshape(g.shape)
+        expected = -lr * (0.2 * np.sqrt(max(fan_in, fan_out)) * direction + wd * p)
+        np.testing.assert_allclose(update[name]["kernel"], expected, rtol=2e-3, atol=2e-5)
+    for name, leaf in (("stem_conv", "kernel"), ("head", "kernel"), ("head", "bias")):
+        g, p = np.asarray(grads[name][leaf]), np.asarray(params[name][leaf])
+        decay = wd * p if leaf == "kernel" else 0.0  # AdamW's first step: sign(g) + decay.
+        np.testing.assert_allclose(update[name][leaf], -lr * (g / (np.abs(g) + 1e-8) + decay),
+                                   rtol=1e-5)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name, fields, size, channels, muon_kernels",
+    [("resnet20", {"width": 16, "stem": "small"}, 28, 1, 20),  # 9 blocks x 2, 2 projections.
+     ("efficientnet_lite0", {}, 32, 3, 32),  # 15 expand, 16 project, 1 head conv; no depthwise.
+     ("vit_ti", {"patch_size": 8}, 16, 3, 72)],  # 4 attention + 2 MLP per block, 12 blocks.
+)  # fmt: skip
+def test_muon_takes_the_hidden_kernels_of_every_family(name, fields, size, channels,
+                                                        muon_kernels):  # fmt: skip
+    from imgcls_jax import models
+
+    model = models.build_model({"name": name, "dtype": "float32", **fields}, 10)
+    params = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, channels)), train=False)
+    )["params"]
+    matrices = jax.tree.leaves(optimizers.muon_matrices(params),
+                               is_leaf=lambda x: x is None or isinstance(x, tuple))  # fmt: skip
+    assert sum(m is not None for m in matrices) == muon_kernels
+
+
+@pytest.mark.slow
+def test_muon_trains_a_resnet_on_eight_devices():
+    from conftest import synthetic_dataset, tiny_config, train_steps
+
+    from imgcls_jax.training.builder import Trainer
+
+    config = tiny_config(**{"optimizer.name": "muon", "optimizer.learning_rate": 0.02,
+                            "optimizer.weight_decay": 0.01, "input.batch_size": 32,
+                            "model.width": 8, "augment.train": ""})  # fmt: skip
+    trainer = Trainer(config, synthetic_dataset())
+    _, losses = train_steps(trainer, 12)
+    assert np.isfinite(losses).all() and np.mean(losses[-3:]) < 0.7 * losses[0], losses

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import jax
 import ml_collections
+import numpy as np
 import optax
 
 from imgcls_jax import registry
@@ -116,6 +117,76 @@ def lion(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.99,
     """Sign of interpolated momentum (Chen et al. 2023); wants a 3-10x smaller learning rate
     and a 3-10x larger weight decay than AdamW, and b2 about 0.99."""
     return optax.lion(schedule, b1=b1, b2=b2, weight_decay=weight_decay, mask=decay_mask)
+
+
+def muon_matrices(params) -> object:
+    """Which parameters Muon orthogonalizes and how each reads as a matrix (reduction axes,
+    output axes); None for the rest, which AdamW updates. As the reference implementations
+    assign them (Jordan's Muon, timm): the hidden layers' kernels (dense (in, out);
+    convolutions HWIO as (H x W x in, out); attention projections (width, heads, head width)
+    and (heads, head width, width)); not the first layer (`stem_conv`, or a convolution of
+    the image's 1-3 channels), the classifier (`head`), depthwise convolutions, embeddings,
+    biases and normalisation parameters."""
+    Matrix = optax.contrib.MuonDimensionNumbers
+
+    def matrix(path, x) -> Matrix | None:
+        names = [getattr(k, "key", str(k)) for k in path]
+        if names[-1] != "kernel" or names[0] in ("stem_conv", "head"):
+            return None
+        if x.ndim == 4:
+            return Matrix((0, 1, 2), (3,)) if x.shape[2] > 3 else None  # Not depthwise/first.
+        if x.ndim == 3:  # Attention projections.
+            return Matrix((0, 1), (2,)) if names[-2] == "out" else Matrix((0,), (1, 2))
+        return Matrix((0,), (1,)) if x.ndim == 2 else None
+
+    return jax.tree_util.tree_map_with_path(matrix, params)
+
+
+def _matrix_leaf(x) -> bool:
+    return x is None or isinstance(x, optax.contrib.MuonDimensionNumbers)
+
+
+def scale_by_matrix_shape(rms: float) -> optax.GradientTransformation:
+    """Orthogonalized updates times `rms` x sqrt(max(fan in, fan out)) of their matrix
+    (`muon_matrices`): the RMS of AdamW's updates (Liu et al. 2025), so that one learning
+    rate serves both."""
+
+    def update(updates, state, params=None):
+        del params
+
+        def scale(u, matrix):
+            fan_in = np.prod([u.shape[a] for a in matrix.reduction_axis])
+            fan_out = np.prod([u.shape[a] for a in matrix.output_axis])
+            return u * (rms * float(np.sqrt(max(fan_in, fan_out))))
+
+        return jax.tree.map(scale, updates, muon_matrices(updates), is_leaf=_matrix_leaf), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+@registry.register("optimizer", "muon")
+def muon(schedule: optax.Schedule, *, muon_beta: float = 0.95, muon_rms: float = 0.2,
+         b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+         weight_decay: float = 0.0) -> optax.GradientTransformation:  # fmt: skip
+    """Muon (Jordan et al. 2024): the hidden layers' kernels (`muon_matrices`) follow the
+    orthogonalized (Newton-Schulz, 5 steps) Nesterov momentum `muon_beta` of their gradient
+    (optax.contrib.scale_by_muon), at AdamW's update RMS (`scale_by_matrix_shape`); the
+    other parameters take AdamW (b1, b2, eps). Decoupled weight decay, times the learning
+    rate, on kernels in both."""
+    dims = optax.contrib.scale_by_muon(beta=muon_beta, eps=eps, nesterov=True,
+                                       weight_dimension_numbers=muon_matrices)  # fmt: skip
+    muon_part = optax.chain(dims, scale_by_matrix_shape(muon_rms),
+                            optax.add_decayed_weights(weight_decay, decay_mask),
+                            optax.scale_by_learning_rate(schedule))  # fmt: skip
+    adam_part = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                            mask=decay_mask)  # fmt: skip
+
+    def labels(params):
+        matrices = muon_matrices(params)
+        return jax.tree.map(lambda m: "adam" if m is None else "muon", matrices,
+                            is_leaf=_matrix_leaf)  # fmt: skip
+
+    return optax.partition({"muon": muon_part, "adam": adam_part}, labels)
 
 
 def build_optimizer(
