@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.workers = -1
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion | muon (training/optimizers.py)
+    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion | muon | sam
     c.optimizer.learning_rate = 0.1
     c.optimizer.lr_base_batch_size = 0  # If > 0, lr *= batch_size / lr_base_batch_size.
     c.optimizer.momentum = 0.9
@@ -111,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.trust_coefficient = 0.001  # LARS's trust ratio scale.
     c.optimizer.muon_beta = 0.95  # Muon's momentum (its other parameters: AdamW's b1, b2).
     c.optimizer.muon_rms = 0.2  # Muon's update RMS per sqrt(fan), matched to AdamW's.
+    c.optimizer.sam_rho = 0.05  # SAM's neighbourhood radius (ASAM: about 0.5).
+    c.optimizer.sam_adaptive = False  # ASAM: the radius scales with each weight.
     c.optimizer.weight_decay = 5e-4  # Skips biases and normalisation parameters.
     c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
 
@@ -284,6 +286,7 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "optimizer.b2": (0, 1),
     "optimizer.muon_beta": (0, 1),
     "optimizer.muon_rms": (0, None),
+    "optimizer.sam_rho": (0, None),
     "optimizer.eps": (0, None),
     "optimizer.weight_decay": (0, None),
     "optimizer.grad_clip_norm": (0, None),

@@ -55,7 +55,8 @@ def test_weight_decay_skips_biases_and_norm_params(name):
     c.update(name=name, weight_decay=0.1, momentum=0.0)
     tx = optimizers.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(1.0))
     zero_grads = jax.tree.map(jnp.zeros_like, PARAMS)
-    updates, _ = tx.update(zero_grads, tx.init(PARAMS), PARAMS)
+    # grad_fn: SAM's second gradient (the other optimizers take no such argument).
+    updates, _ = tx.update(zero_grads, tx.init(PARAMS), PARAMS, grad_fn=lambda p, _: zero_grads)
     assert np.all(np.asarray(updates["conv"]["kernel"]) < 0)  # Decayed.
     assert not np.any(np.asarray(updates["norm"]["scale"]))
     assert not np.any(np.asarray(updates["norm"]["bias"]))
@@ -192,3 +193,38 @@ def test_muon_trains_a_resnet_on_eight_devices():
     trainer = Trainer(config, synthetic_dataset())
     _, losses = train_steps(trainer, 12)
     assert np.isfinite(losses).all() and np.mean(losses[-3:]) < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_sam_first_step_takes_the_gradient_at_the_ascent_point(adaptive):
+    """On f(w) = sum(a w^2 / 2 + b w): SAM's update is SGD's with the gradient at
+    w + rho g / ||g|| (ASAM: w + rho |w|^2 g / || |w| g ||)."""
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(0.5, 2, size=6), rng.normal(size=6)
+    w = rng.normal(size=6)
+    grad = lambda x: a * x + b  # noqa: E731
+    c = base_config().optimizer
+    c.update(name="sam", sam_rho=0.3, sam_adaptive=adaptive, momentum=0.9, nesterov=False,
+             weight_decay=0.0)  # fmt: skip
+    tx = optimizers.build_optimizer(ml_collections.ConfigDict(c), optax.constant_schedule(0.1))
+    params = {"w": jnp.asarray(w, jnp.float32)}
+    grad_fn = lambda p, _: {"w": grad(p["w"])}  # noqa: E731
+    update, _ = tx.update(grad_fn(params, 0), tx.init(params), params, grad_fn=grad_fn)
+    g = grad(w)
+    step = np.abs(w) ** 2 * g / np.linalg.norm(np.abs(w) * g) if adaptive else g / np.linalg.norm(g)
+    np.testing.assert_allclose(update["w"], -0.1 * grad(w + 0.3 * step), rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_sam_trains_and_refuses_frozen_parameters():
+    from conftest import synthetic_dataset, tiny_config, train_steps
+
+    from imgcls_jax.training.builder import Trainer
+
+    overrides = {"optimizer.name": "sam", "optimizer.learning_rate": 0.1, "input.batch_size": 32,
+                 "model.width": 8, "augment.train": ""}  # fmt: skip
+    trainer = Trainer(tiny_config(**overrides), synthetic_dataset())
+    _, losses = train_steps(trainer, 12)
+    assert np.isfinite(losses).all() and np.mean(losses[-3:]) < 0.7 * losses[0], losses
+    with pytest.raises(ValueError, match="^optimizer.name=sam takes its second gradient"):
+        Trainer(tiny_config(**overrides, **{"transfer.freeze": "^stem"}), synthetic_dataset())

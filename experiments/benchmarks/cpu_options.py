@@ -26,6 +26,7 @@ import sys
 from absl import app, flags
 
 from experiments import common
+from experiments.common import REPO_ROOT
 
 FLAGS = flags.FLAGS
 common.define_rounds(3)
@@ -98,10 +99,10 @@ def preset_changes() -> dict:
 def run_variant(name: str) -> dict:
     xla_flags = VARIANTS[name][0]
     env = {**os.environ, "XLA_FLAGS": xla_flags}
-    command = [sys.executable, __file__, f"--measure={name}", f"--steps={FLAGS.steps}",
+    command = [sys.executable, "-m", "experiments.benchmarks.cpu_options", f"--measure={name}", f"--steps={FLAGS.steps}",
                f"--preset={FLAGS.preset}", f"--model={FLAGS.model}",
                f"--batch_size={FLAGS.batch_size}"]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1][:200]}
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -84,7 +84,9 @@ def ensure_resnet20_run(workdir: str) -> None:
         return
     command = [sys.executable, "launch.py", "--config=configs/resnet.py", f"--workdir={workdir}",
                f"--config.training.num_train_steps={FLAGS.train_steps}"]  # fmt: skip
-    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True)
+    run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"Training {workdir} failed: {run.stderr.strip().splitlines()[-1]}")
 
 
 def test_images(directory: str, count: int) -> str:

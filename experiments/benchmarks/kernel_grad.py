@@ -106,7 +106,7 @@ def main(argv):
     results = {}
     for kind in FLAGS.kinds:
         env = {**os.environ, "ONEDNN_MAX_CPU_ISA": kind.upper()}
-        run = subprocess.run([sys.executable, __file__, f"--worker={kind}",
+        run = subprocess.run([sys.executable, "-m", "experiments.benchmarks.kernel_grad", f"--worker={kind}",
                               f"--rounds={FLAGS.rounds}", f"--calls={FLAGS.calls}"],
                              env=env, cwd=REPO_ROOT, check=True, capture_output=True, text=True)  # fmt: skip
         results[kind] = json.loads(run.stdout.strip().splitlines()[-1])

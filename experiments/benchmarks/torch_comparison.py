@@ -28,6 +28,7 @@ import sys
 from absl import app, flags
 
 from experiments import common
+from experiments.common import REPO_ROOT
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("cases", "resnet20,airbench,resnet18,resnet50", "Which CASES to time.")
@@ -89,11 +90,11 @@ class Worker:
     """A worker process timing one side of one case."""
 
     def __init__(self, spec: str):
-        command = [sys.executable, os.path.abspath(__file__), f"--worker={spec}",
+        command = [sys.executable, "-m", "experiments.benchmarks.torch_comparison", f"--worker={spec}",
                    f"--dtype={FLAGS.dtype}"]  # fmt: skip
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, env=env)  # fmt: skip
+                                        text=True, env=env, cwd=REPO_ROOT)  # fmt: skip
         self.spec = spec
         self._read()  # "ready": built (and, for ours, its kernels loaded).
 

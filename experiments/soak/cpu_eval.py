@@ -71,7 +71,7 @@ def main(_):
         evaluate_repeatedly(FLAGS.pattern, FLAGS.passes)
         return
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    command = [sys.executable, os.path.abspath(__file__), "--worker",
+    command = [sys.executable, "-m", "experiments.soak.cpu_eval", "--worker",
                f"--pattern={FLAGS.pattern}", f"--passes={FLAGS.passes}"]  # fmt: skip
     start = time.time()
     copies = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,

@@ -124,6 +124,10 @@ class Trainer:
             params_shape, config.transfer.freeze, config.transfer.linear_probe
         )
         self.any_frozen = any(jax.tree.leaves(self.frozen))
+        if self.any_frozen and config.optimizer.name == "sam":
+            raise ValueError("optimizer.name=sam takes its second gradient for every parameter: "
+                             "it does not combine with transfer.freeze or transfer.linear_probe; "
+                             "use sgd there.")  # fmt: skip
         self.tx = transfer.wrap_optimizer(
             optimizers.build_optimizer(config.optimizer, self.learning_rate_fn),
             params_shape, self.frozen, config.transfer.layer_decay,

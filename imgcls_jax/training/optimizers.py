@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -187,6 +188,33 @@ def muon(schedule: optax.Schedule, *, muon_beta: float = 0.95, muon_rms: float =
                             is_leaf=_matrix_leaf)  # fmt: skip
 
     return optax.partition({"muon": muon_part, "adam": adam_part}, labels)
+
+
+def adaptive_normalize(eps: float = 1e-12) -> optax.GradientTransformation:
+    """ASAM's perturbation direction (Kwon et al. 2021): |w|^2 g / || |w| g ||, so that the
+    neighbourhood scales with each weight (plain SAM: g / ||g||)."""
+
+    def update(updates, state, params):
+        scaled = jax.tree.map(lambda g, w: jnp.abs(w) * g, updates, params)
+        norm = optax.tree.norm(scaled)
+        return jax.tree.map(lambda t, w: jnp.abs(w) * t / (norm + eps), scaled, params), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+@registry.register("optimizer", "sam")
+def sam(schedule: optax.Schedule, *, sam_rho: float = 0.05, sam_adaptive: bool = False,
+        momentum: float = 0.9, nesterov: bool = False,
+        weight_decay: float = 0.0) -> optax.GradientTransformation:  # fmt: skip
+    """Sharpness-aware minimisation (Foret et al. 2021; optax.contrib.sam): each step takes
+    the gradient again at w + rho g / ||g|| (with `sam_adaptive`, ASAM's |w|^2 g /
+    || |w| g ||, `sam_rho` about 10x larger), on the same batch, and updates w with it by SGD
+    (`sgd`'s momentum, Nesterov and weight decay): two forward and backward passes a step."""
+    direction = adaptive_normalize() if sam_adaptive else optax.contrib.normalize()
+    ascent = optax.chain(direction, optax.sgd(sam_rho))
+    return optax.contrib.sam(sgd(schedule, momentum=momentum, nesterov=nesterov,
+                                 weight_decay=weight_decay), ascent, sync_period=2,
+                             opaque_mode=True)  # fmt: skip
 
 
 def build_optimizer(

@@ -197,7 +197,12 @@ def train_step(
     objective, logits, loss, batch_stats, grads = _loss_and_grads(
         state, images, labels, weights, dropout_key, parts
     )
-    updates, opt_state = parts.tx.update(grads, state.opt_state, state.params)
+
+    def grad_fn(params: Any, _: int) -> Any:  # The batch's gradient elsewhere (SAM).
+        return _loss_and_grads(state.replace(params=params), images, labels, weights,
+                               dropout_key, parts)[4]  # fmt: skip
+
+    updates, opt_state = parts.tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
     params = optax.apply_updates(state.params, updates)
     updated = state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
     if parts.ema_decay:
