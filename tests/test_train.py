@@ -355,7 +355,9 @@ def test_the_weight_average_follows_its_recurrence_and_is_evaluated(tmp_path, da
         assert 0 <= results[f"{prefix}/accuracy"] <= 1, prefix
     assert results["test_ema/loss"] != pytest.approx(results["test/loss"])
     with pytest.raises(ValueError, match="'val_ema/...' needs training.ema_decay > 0"):
-        Trainer(tiny_config(**{"training.early_stopping_metric": "val_ema/accuracy"}), dataset)
+        bad = tiny_config(**{"training.early_stopping_metric": "val_ema/accuracy"})
+        train_and_evaluate(bad, str(tmp_path / "no_average"), dataset)
+    assert not (tmp_path / "no_average").exists()  # Refused before the workdir is made.
 
 
 def _final_checksums(workdir):

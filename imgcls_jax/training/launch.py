@@ -17,52 +17,60 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with :PRESET.", lock_config=True
-)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum(
-    "distributed", "auto", ["auto", "on", "off"],
-    "jax.distributed: auto (with the flags below, or in a multi-process SLURM/Cloud TPU job), "
-    "on (always; Cloud TPU VMs find every worker themselves) or off.",
-)  # fmt: skip
-flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
-flags.DEFINE_string("tpu", None, "Cloud TPU VM name: print the gcloud commands for this job.")
-flags.DEFINE_string("tpu_zone", None, "Cloud TPU zone, e.g. us-central2-b.")
-flags.DEFINE_string("tpu_type", None, "Cloud TPU accelerator type, e.g. v4-32.")
-flags.DEFINE_string("tpu_version", "", "Cloud TPU VM runtime version; '' picks the "
-                    "generation's (v6e, v5p, v5litepod: v2-alpha-*; older: tpu-ubuntu2204-base).")  # fmt: skip
-flags.DEFINE_bool("tpu_queued", False, "Request the slice as a queued resource and wait until "
-                  "it is ACTIVE (how v5e, v5p, v6e and Spot capacity is usually obtained).")  # fmt: skip
-flags.DEFINE_string("tpu_project", "", "Google Cloud project (default: gcloud's).")
-flags.DEFINE_bool("tpu_spot", False, "Create the TPU VM as Spot (preemptible) capacity.")
-flags.DEFINE_bool("tpu_run", False, "Run the gcloud commands instead of only printing them.")
-flags.DEFINE_string("k8s", None, "Kubernetes job name: write the manifests that run this job on "
-                    "a GKE TPU slice (--k8s_tpu) or on GPU nodes (--k8s_gpus) instead.")  # fmt: skip
-flags.DEFINE_string("k8s_image", None, "Container image with this project installed "
-                    "(docs/scale_out.md shows how to build it).")  # fmt: skip
-flags.DEFINE_string("k8s_tpu", None, "GKE TPU slice topology, e.g. v5e:16x16: a JobSet.")
-flags.DEFINE_integer("k8s_slices", 1, "TPU slices of --k8s_tpu (multislice).")
-flags.DEFINE_integer("k8s_gpus", None, "GPUs per node: an Indexed Job and a headless Service.")
-flags.DEFINE_integer("k8s_nodes", 1, "GPU nodes (one process each).")
-flags.DEFINE_string("k8s_out", "", "Write the manifests to this file ('' prints them).")
-flags.DEFINE_bool(
-    "reuse_host_memory", True,
-    "glibc: keep freed host memory in the process, so XLA:CPU's step buffers are not "
-    "page-faulted in again every step (imgcls_jax/runtime/host_memory.py). CPU runs only.",
-)  # fmt: skip
-flags.DEFINE_string(
-    "compilation_cache", "~/.cache/imgcls_jax/jax_compilation_cache",
-    "JAX's persistent compilation cache: a relaunch (resume, sweep, new seed) loads the "
-    "compiled steps instead of compiling again. '' disables it; JAX_COMPILATION_CACHE_DIR wins.",
-)  # fmt: skip
-flags.DEFINE_bool("fit_check", False, "Before training, compile the run's programs and check "
-                  "them against the devices' memory (python -m imgcls_jax.training.fit_check does it without "
-                  "the devices); a run that does not fit stops in one line.")  # fmt: skip
-flags.DEFINE_bool("traceback", False, "Show the full traceback of a config, data or workdir error.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+    """The command's flags; defined when it runs, so that importing this module defines none
+    (experiment scripts and other commands define --config too)."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, optionally with :PRESET.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+    flags.DEFINE_enum(
+        "distributed", "auto", ["auto", "on", "off"],
+        "jax.distributed: auto (with the flags below, or in a multi-process SLURM/Cloud TPU job), "
+        "on (always; Cloud TPU VMs find every worker themselves) or off.",
+    )  # fmt: skip
+    flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+    flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
+    flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+    flags.DEFINE_string("tpu", None, "Cloud TPU VM name: print the gcloud commands for this job.")
+    flags.DEFINE_string("tpu_zone", None, "Cloud TPU zone, e.g. us-central2-b.")
+    flags.DEFINE_string("tpu_type", None, "Cloud TPU accelerator type, e.g. v4-32.")
+    flags.DEFINE_string("tpu_version", "", "Cloud TPU VM runtime version; '' picks the "
+                        "generation's (v6e, v5p, v5litepod: v2-alpha-*; older: tpu-ubuntu2204-base).")  # fmt: skip
+    flags.DEFINE_bool("tpu_queued", False, "Request the slice as a queued resource and wait until "
+                      "it is ACTIVE (how v5e, v5p, v6e and Spot capacity is usually obtained).")  # fmt: skip
+    flags.DEFINE_string("tpu_project", "", "Google Cloud project (default: gcloud's).")
+    flags.DEFINE_bool("tpu_spot", False, "Create the TPU VM as Spot (preemptible) capacity.")
+    flags.DEFINE_bool("tpu_run", False, "Run the gcloud commands instead of only printing them.")
+    flags.DEFINE_string("k8s", None, "Kubernetes job name: write the manifests that run this job on "
+                        "a GKE TPU slice (--k8s_tpu) or on GPU nodes (--k8s_gpus) instead.")  # fmt: skip
+    flags.DEFINE_string("k8s_image", None, "Container image with this project installed "
+                        "(docs/scale_out.md shows how to build it).")  # fmt: skip
+    flags.DEFINE_string("k8s_tpu", None, "GKE TPU slice topology, e.g. v5e:16x16: a JobSet.")
+    flags.DEFINE_integer("k8s_slices", 1, "TPU slices of --k8s_tpu (multislice).")
+    flags.DEFINE_integer("k8s_gpus", None, "GPUs per node: an Indexed Job and a headless Service.")
+    flags.DEFINE_integer("k8s_nodes", 1, "GPU nodes (one process each).")
+    flags.DEFINE_string("k8s_out", "", "Write the manifests to this file ('' prints them).")
+    flags.DEFINE_bool(
+        "reuse_host_memory", True,
+        "glibc: keep freed host memory in the process, so XLA:CPU's step buffers are not "
+        "page-faulted in again every step (imgcls_jax/runtime/host_memory.py). CPU runs only.",
+    )  # fmt: skip
+    flags.DEFINE_string(
+        "compilation_cache", "~/.cache/imgcls_jax/jax_compilation_cache",
+        "JAX's persistent compilation cache: a relaunch (resume, sweep, new seed) loads the "
+        "compiled steps instead of compiling again. '' disables it; JAX_COMPILATION_CACHE_DIR wins.",
+    )  # fmt: skip
+    flags.DEFINE_bool("fit_check", False, "Before training, compile the run's programs and check "
+                      "them against the devices' memory (python -m imgcls_jax.training.fit_check does it without "
+                      "the devices); a run that does not fit stops in one line.")  # fmt: skip
+    flags.DEFINE_bool(
+        "traceback", False, "Show the full traceback of a config, data or workdir error."
+    )
+    flags.mark_flags_as_required(["config", "workdir"])
+
 
 # Errors that mean a mistake in the config, the data, the workdir or a diverging run; they
 # say what to fix, so launch.py prints them as one line (--traceback shows the rest).
@@ -236,6 +244,7 @@ def run() -> None:
     """`python launch.py` and the `imgcls-train` command."""
     from imgcls_jax.config import flags_parser, show_flags_in_help
 
+    define_flags()
     show_flags_in_help(__name__)
     app.run(main, flags_parser=flags_parser("launch.py"))
 
