@@ -286,6 +286,8 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
                 partial_restore=True,
             ),
         )
+    except jax.errors.JaxRuntimeError:  # A failed collective or device (see _restore_step).
+        raise
     except Exception as e:  # Damaged or missing files surface in many types (see restore).
         raise CheckpointRestoreError(f"step {step} in {step_dir.parent}: "
                                      f"{type(e).__name__}: {e}") from e  # fmt: skip

@@ -64,18 +64,6 @@ def _as_uint32(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
-def _checksums_and_nonfinite(state: Any) -> tuple[dict[str, str], list[str]]:
-    """({array path: hex checksum}, [paths of arrays holding inf or NaN]) of a (possibly
-    sharded, multi-host) state pytree."""
-    sums, finite = jax.device_get(_array_checksums(state))
-    checksums = {
-        jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
-        for path, s in jax.tree_util.tree_flatten_with_path(sums)[0]
-    }
-    flags = jax.tree_util.tree_flatten_with_path(finite)[0]
-    return checksums, [jax.tree_util.keystr(path) for path, ok in flags if not ok]
-
-
 def _path_names(path: tuple) -> tuple:
     """A key path's names (attribute names, dict keys, indices), whether the tree is the
     train state (attributes) or a dict of its fields."""
@@ -90,16 +78,22 @@ def _saved_names(keystr: str) -> tuple:
     return tuple(a or b or int(c) for a, b, c in _SAVED_KEY.findall(keystr))
 
 
+def _hex_checksums(tree: Any) -> tuple[list[tuple[tuple, str]], list[tuple]]:
+    """([(key path, hex checksum)] of every array, [key paths of arrays holding inf or NaN])
+    of a (possibly sharded, multi-host) pytree, computed on device in one program."""
+    sums, finite = jax.device_get(_array_checksums(tree))
+    checksums = [(path, f"{int(s[0]):08x}{int(s[1]):08x}")
+                 for path, s in jax.tree_util.tree_flatten_with_path(sums)[0]]  # fmt: skip
+    return checksums, [path for path, ok in jax.tree_util.tree_flatten_with_path(finite)[0]
+                       if not ok]  # fmt: skip
+
+
 def checksums_and_nonfinite(tree: Any) -> tuple[dict[str, str], list[str]]:
     """({array path: hex checksum}, [paths of arrays holding inf or NaN]) of a (possibly
-    sharded, multi-host) pytree; paths as `jax.tree_util.keystr` writes them."""
-    sums, finite = jax.device_get(_array_checksums(tree))
-    checksums = {
-        jax.tree_util.keystr(path): f"{int(s[0]):08x}{int(s[1]):08x}"
-        for path, s in jax.tree_util.tree_flatten_with_path(sums)[0]
-    }
-    flags = jax.tree_util.tree_flatten_with_path(finite)[0]
-    return checksums, [jax.tree_util.keystr(path) for path, ok in flags if not ok]
+    sharded, multi-host) pytree; paths as `jax.tree_util.keystr` writes them (as saved)."""
+    checksums, nonfinite = _hex_checksums(tree)
+    keystr = jax.tree_util.keystr
+    return {keystr(p): value for p, value in checksums}, [keystr(p) for p in nonfinite]
 
 
 def state_checksums(state: Any) -> dict[str, str]:
@@ -138,18 +132,15 @@ def verify(saved: dict[str, Any], tree: Any, progress: dict | None = None) -> st
     an array whose checksum differs or is missing, a non-finite array, a changed progress
     record. With the whole state, the array list must match too."""
     expected = {_saved_names(k): v for k, v in saved["checksums"].items()}
-    sums, finite = jax.device_get(_array_checksums(tree))
-    actual = {_path_names(p): f"{int(s[0]):08x}{int(s[1]):08x}"
-              for p, s in jax.tree_util.tree_flatten_with_path(sums)[0]}  # fmt: skip
+    checksums, nonfinite = _hex_checksums(tree)
+    actual = {_path_names(p): value for p, value in checksums}
     damaged = ["/".join(map(str, p)) for p, v in actual.items() if expected.get(p) != v]
     if damaged:
         return f"content checksum mismatch in {', '.join(damaged)}"
     if progress is not None and expected.keys() != actual.keys():
         return "content checksum mismatch in the array list"
-    nonfinite = ["/".join(map(str, _path_names(p)))
-                 for p, ok in jax.tree_util.tree_flatten_with_path(finite)[0] if not ok]  # fmt: skip
     if nonfinite:
-        return f"inf or NaN in {', '.join(nonfinite)}"
+        return f"inf or NaN in {', '.join('/'.join(map(str, _path_names(p))) for p in nonfinite)}"
     digest = saved.get("progress_sha256")  # Older checkpoints have none.
     if progress is not None and digest is not None and digest != progress_digest(progress):
         return "content checksum mismatch in the progress record"

@@ -201,7 +201,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     unknown = sorted(set(FLAGS.platforms) - set(PLATFORMS))
     if unknown:
-        raise app.UsageError(f"--platforms: {', '.join(unknown)} not in {', '.join(PLATFORMS)}.")
+        sys.exit(f"export: --platforms: {', '.join(unknown)} not in {', '.join(PLATFORMS)}.")
     try:
         classifier = Classifier.load(FLAGS.checkpoint, FLAGS.step, FLAGS.weights)
         if classifier.variables is None:
