@@ -100,7 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.workers = -1
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion | muon | sam
+    c.optimizer.name = "sgd"  # sgd | adamw | lamb | lars | lion | muon | sam | schedule_free
     c.optimizer.learning_rate = 0.1
     c.optimizer.lr_base_batch_size = 0  # If > 0, lr *= batch_size / lr_base_batch_size.
     c.optimizer.momentum = 0.9
@@ -113,6 +113,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.muon_rms = 0.2  # Muon's update RMS per sqrt(fan), matched to AdamW's.
     c.optimizer.sam_rho = 0.05  # SAM's neighbourhood radius (ASAM: about 0.5).
     c.optimizer.sam_adaptive = False  # ASAM: the radius scales with each weight.
+    # Schedule-free AdamW: the weights are interpolated with momentum b1 between its SGD and
+    # averaged sequences; the average is kept as the run's weight average (val_ema/...,
+    # used by `predict`); warm up with schedule.warmup_epochs, schedule.name=constant.
+    c.optimizer.schedule_free_lr_power = 2.0  # Averaging weight: learning rate ^ this.
     c.optimizer.weight_decay = 5e-4  # Skips biases and normalisation parameters.
     c.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
 
@@ -126,6 +130,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict()
     c.loss.label_smoothing = 0.0
     c.loss.class_weighting = "none"  # none | balanced (n / (K * n_c) per class)
+
+    # Knowledge distillation (Hinton et al. 2015): a frozen teacher classifies each student
+    # batch as augmented (mixup/cutmix included), in its own dtype and preprocessing, inside
+    # the train step; loss = (1 - weight) x cross-entropy + weight x T^2 x KL(teacher || student)
+    # at temperature T. Checkpoints hold only the student.
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""  # A training workdir or a converted checkpoint; "" disables.
+    c.distill.teacher_step = "best"  # A workdir's step: best | latest | a number.
+    c.distill.teacher_weights = "auto"  # auto | ema | trained (as `predict --weights`).
+    c.distill.weight = 0.9  # Of the distillation term (0.9 and T = 4 as in CRD's KD baseline).
+    c.distill.temperature = 4.0
 
     c.transfer = ml_collections.ConfigDict()
     c.transfer.checkpoint = (
@@ -163,8 +178,12 @@ def base_config() -> ml_collections.ConfigDict:
     # state and checkpoints; 0 disables it. Evaluations then also report the average as
     # val_ema/..., test_ema/... (select the best step by it with early_stopping_metric
     # "val_ema/accuracy"); `predict` uses it. ema_warmup: timm's warm-up of the decay.
-    c.training.ema_decay = 0.0
+    c.training.ema_decay = 0.0  # (Not with optimizer.name=schedule_free, which keeps its own.)
     c.training.ema_warmup = True
+    # Progressive resizing: "EPOCH:SIZE,..." trains from EPOCH on at SIZE x SIZE (the augmented
+    # images resized on device; each size one compiled program); e.g. "0:20,6:24,12:28".
+    # Evaluation stays at the evaluation pipeline's size. "" trains at one size.
+    c.training.progressive_sizes = ""
     c.training.early_stopping_patience = 0  # Evaluations without improvement; 0 disables.
     c.training.early_stopping_metric = "val/accuracy"  # Higher is better.
     # A non-finite loss, gradient or new state: "stop" the run naming the step, or "skip" that
@@ -187,6 +206,20 @@ def base_config() -> ml_collections.ConfigDict:
     # "START:STOP" traces train steps START..STOP-1 with jax.profiler into workdir/tensorboard
     # (TensorBoard's profile tab); "" traces nothing.
     c.training.profile_steps = ""
+
+    # Evaluations beyond the validation and test splits, during training (every N epochs and at
+    # the end; 0: never) and by `imgcls-evaluate` (imgcls_jax/evaluation).
+    c.evaluation = ml_collections.ConfigDict()
+    # Corruptions of the test split (ImageNet-C's image ops, CIFAR-10-C's severities, on
+    # device): "all" or names, e.g. "gaussian_noise,contrast"; "" none.
+    c.evaluation.corruptions = ""
+    c.evaluation.corruption_severities = (1, 2, 3, 4, 5)
+    c.evaluation.corruptions_every_epochs = 0.0
+    # Few-shot linear probe on frozen pre-logit features: ridge regression fitted on k train
+    # examples per class, scored on the test split; mean and std over the seeds.
+    c.evaluation.few_shot_shots = (1, 5, 10, 25)
+    c.evaluation.few_shot_seeds = 3
+    c.evaluation.few_shot_every_epochs = 0.0
 
     c.mesh = ml_collections.ConfigDict()
     # Devices in each group that splits the train state (parameters, optimizer state, EMA)
@@ -288,6 +321,7 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "optimizer.muon_rms": (0, None),
     "optimizer.sam_rho": (0, None),
     "optimizer.eps": (0, None),
+    "optimizer.schedule_free_lr_power": (0, None),
     "optimizer.weight_decay": (0, None),
     "optimizer.grad_clip_norm": (0, None),
     "schedule.warmup_epochs": (0, None),
@@ -304,6 +338,11 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "training.rewind_skip_steps": (0, None),
     "training.max_rewinds": (0, None),
     "training.early_stopping_patience": (0, None),
+    "distill.weight": (0, 1),
+    "distill.temperature": (1e-3, None),
+    "evaluation.corruptions_every_epochs": (0, None),
+    "evaluation.few_shot_seeds": (1, None),
+    "evaluation.few_shot_every_epochs": (0, None),
 }
 
 
@@ -360,12 +399,27 @@ def check_rules(config: ml_collections.ConfigDict) -> None:
             "which config.dataset.streaming=True leaves on disk: set one of them ('auto' or "
             "False)."
         )
+    schedule_free = config.optimizer.name == "schedule_free"
+    if schedule_free and config.training.ema_decay:
+        raise ValueError("optimizer.name=schedule_free keeps its own weight average (reported "
+                         "as val_ema/...): set config.training.ema_decay=0.")  # fmt: skip
     metric = config.training.early_stopping_metric
-    prefixes = ("val/", "val_ema/") if config.training.ema_decay else ("val/",)
+    average = config.training.ema_decay or schedule_free
+    prefixes = ("val/", "val_ema/") if average else ("val/",)
     if not metric.startswith(prefixes):
         raise ValueError(f"config.training.early_stopping_metric={metric!r} must be a validation "
                          f"metric: {' or '.join(p + 'NAME' for p in prefixes)}, e.g. "
-                         "'val/accuracy' ('val_ema/...' needs training.ema_decay > 0).")  # fmt: skip
+                         "'val/accuracy' ('val_ema/...' needs training.ema_decay > 0 or "
+                         "optimizer.name=schedule_free).")  # fmt: skip
+    progressive_sizes(config.training.progressive_sizes)
+    if any(not isinstance(s, int) or not 1 <= s <= 5
+           for s in config.evaluation.corruption_severities):  # fmt: skip
+        raise ValueError(f"config.evaluation.corruption_severities="
+                         f"{tuple(config.evaluation.corruption_severities)} must hold severities "
+                         "1 to 5.")  # fmt: skip
+    if any(not isinstance(k, int) or k < 1 for k in config.evaluation.few_shot_shots):
+        raise ValueError(f"config.evaluation.few_shot_shots={tuple(config.evaluation.few_shot_shots)}"
+                         " must hold positive counts of examples per class.")  # fmt: skip
     if config.dataset.validation_size == 0 and not config.dataset.validation_split:
         if config.training.early_stopping_patience:
             raise ValueError(
@@ -377,6 +431,26 @@ def check_rules(config: ml_collections.ConfigDict) -> None:
                 "config.dataset.validation_size=0 with no config.dataset.test_split leaves "
                 "nothing to evaluate: hold out a validation split or name a test split."
             )
+
+
+def progressive_sizes(spec: str) -> list[tuple[float, int]]:
+    """config.training.progressive_sizes parsed: [(from epoch, image side), ...] by epoch,
+    starting at epoch 0; [] for ""."""
+    if not spec.strip():
+        return []
+    sizes = []
+    for part in spec.split(","):
+        epoch, _, size = part.partition(":")
+        try:
+            sizes.append((float(epoch), int(size)))
+        except ValueError:
+            raise ValueError(f"config.training.progressive_sizes={spec!r}: {part!r} is not "
+                             "EPOCH:SIZE; write e.g. '0:20,6:24,12:28'.") from None  # fmt: skip
+    epochs = [e for e, _ in sizes]
+    if epochs[0] != 0 or epochs != sorted(set(epochs)) or min(s for _, s in sizes) < 1:
+        raise ValueError(f"config.training.progressive_sizes={spec!r} must start at epoch 0, "
+                         "with increasing epochs and positive sizes, e.g. '0:20,6:24,12:28'.")  # fmt: skip
+    return sizes
 
 
 def flags_parser(command: str) -> Callable[[list[str]], list[str]]:

@@ -298,7 +298,7 @@ def test_one_changed_byte_in_any_file_of_a_step_falls_back_or_is_harmless(tmp_pa
 def test_an_edited_best_step_is_not_followed_by_predict(tmp_path, dataset):
     import json
 
-    from imgcls_jax.inference import classifier
+    from imgcls_jax.training import trained_model
 
     config = tiny_config(**{**CONFIG, "training.eval_every_epochs": 0.25})
     train_and_evaluate(config, str(tmp_path), dataset)
@@ -310,7 +310,7 @@ def test_an_edited_best_step_is_not_followed_by_predict(tmp_path, dataset):
     with pytest.raises(CheckpointRestoreError, match="checksum mismatch in the progress record"):
         checkpoint.read_progress(str(tmp_path), 4)
     # The newest intact record (step 2's) names the best step instead.
-    assert classifier._choose_step(str(tmp_path), "best") == checkpoint.read_progress(
+    assert trained_model.choose_step(str(tmp_path), "best") == checkpoint.read_progress(
         str(tmp_path), 2
     ).get("best_step", 2)
 

@@ -228,3 +228,67 @@ def test_sam_trains_and_refuses_frozen_parameters():
     assert np.isfinite(losses).all() and np.mean(losses[-3:]) < 0.7 * losses[0], losses
     with pytest.raises(ValueError, match="^optimizer.name=sam takes its second gradient"):
         Trainer(tiny_config(**overrides, **{"transfer.freeze": "^stem"}), synthetic_dataset())
+
+
+def test_schedule_free_matches_the_paper_and_keeps_its_average_as_the_weight_average():
+    """Schedule-free AdamW (Defazio et al. 2024, Algorithm 1 with Adam's preconditioner and
+    weights lr^2 by the largest rate so far) on f(w) = sum(a w^2 / 2 + b w), in NumPy, against
+    the registry's optimizer: the held parameters y and the average x agree for 6 steps of a
+    warm-up schedule."""
+    rng = np.random.default_rng(3)
+    a, b, w0 = rng.uniform(0.5, 2, size=5), rng.normal(size=5), rng.normal(size=(1, 5))
+    b1, b2, eps, decay, power = 0.9, 0.99, 1e-8, 0.01, 2.0
+    schedule = optax.linear_schedule(0.0, 0.1, 3)  # 0, 0.033, 0.067, 0.1, 0.1, ...
+    c = base_config().optimizer
+    c.update(name="schedule_free", b1=b1, b2=b2, eps=eps, weight_decay=decay,
+             schedule_free_lr_power=power)  # fmt: skip
+    tx = optimizers.build_optimizer(ml_collections.ConfigDict(c), schedule)
+    params = {"w": jnp.asarray(w0, jnp.float32)}  # 2-D: weight decay applies.
+    state = tx.init(params)
+    y = z = x = w0.astype(np.float64)
+    v, weight_sum, max_lr = np.zeros_like(w0), 0.0, 0.0
+    for t in range(1, 7):
+        g = a * y + b
+        grads = {"w": jnp.asarray(g, jnp.float32)}
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        lr = float(schedule(t - 1))
+        v = b2 * v + (1 - b2) * g**2
+        z = z - lr * (g / (np.sqrt(v / (1 - b2**t)) + eps) + decay * y)
+        max_lr = max(max_lr, lr)
+        weight_sum += max_lr**power
+        c_t = max_lr**power / weight_sum if weight_sum else 0.0
+        x = (1 - c_t) * x + c_t * z
+        y = (1 - b1) * z + b1 * x
+        np.testing.assert_allclose(params["w"], y, rtol=2e-5, atol=1e-6)
+        average = optimizers.schedule_free_average(state, params)
+        np.testing.assert_allclose(average["w"], x, rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_schedule_free_trains_and_evaluates_its_average(tmp_path):
+    from conftest import synthetic_dataset, tiny_config
+
+    from imgcls_jax.training.builder import Trainer
+    from imgcls_jax.training.loop import train_and_evaluate
+    from imgcls_jax.training.trained_model import load_workdir
+
+    overrides = {"optimizer.name": "schedule_free", "optimizer.learning_rate": 0.01,
+                 "optimizer.weight_decay": 0.01, "schedule.name": "constant",
+                 "training.num_train_steps": 16, "input.batch_size": 32, "model.width": 8,
+                 "augment.train": "", "training.early_stopping_metric": "val_ema/accuracy"}  # fmt: skip
+    results = train_and_evaluate(tiny_config(**overrides), str(tmp_path), synthetic_dataset())
+    assert results["test_ema/accuracy"] > 0.6, results  # The average x is what `predict` serves.
+    trainer = Trainer(tiny_config(**overrides), synthetic_dataset())
+    from conftest import trainer_restore
+
+    state = trainer_restore(trainer, tmp_path)[0]
+    average = optimizers.schedule_free_average(state.opt_state, state.params)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # noqa: E731
+    jax.tree.map(close, state.ema["params"], average)  # (Rounding of the fused step aside.)
+    served = load_workdir(str(tmp_path), "latest").variables["params"]
+    jax.tree.map(np.testing.assert_array_equal, served, state.ema["params"])
+    with pytest.raises(ValueError, match="keeps its own weight average"):
+        from imgcls_jax.training import config_check
+
+        config_check.validate(tiny_config(**overrides, **{"training.ema_decay": 0.99}))

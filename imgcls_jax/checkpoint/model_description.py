@@ -22,7 +22,8 @@ def describe(
 ) -> dict[str, Any]:
     """What a trained workdir's model needs for inference (written to MODEL_FILE)."""
     return {
-        "ema": config.training.ema_decay > 0,  # The checkpoints hold a weight average.
+        # The checkpoints hold a weight average (an EMA, or schedule-free's average).
+        "ema": config.training.ema_decay > 0 or config.optimizer.name == "schedule_free",
         "model": config.model.to_dict(),
         "class_names": list(class_names),
         "image_size": int(image_shape[0]),  # Host: shorter side to this, centre square.

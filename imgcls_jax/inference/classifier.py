@@ -8,27 +8,20 @@ import concurrent.futures
 import dataclasses
 import functools
 import json
-import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from imgcls_jax import augment, checkpoint, models
-from imgcls_jax.checkpoint.model_description import MODEL_FILE
+from imgcls_jax import augment
 from imgcls_jax.data import decode
-from imgcls_jax.training import steps
+from imgcls_jax.training import steps, trained_model
 
-CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).
 STABLEHLO_FILE = "model.stablehlo"  # In an exported artifact: the serialized program.
 ARTIFACT_FILE = "artifact.json"  # Beside it: classes, input, the model it came from.
-CROP_FRACTION = 0.875  # Converted ImageNet weights: resize to size / 0.875, centre-crop size.
-STEPS = ("best", "latest")
-WEIGHTS = ("auto", "ema", "trained")  # auto: the average when the run kept one.
 
 
 @dataclasses.dataclass
@@ -40,11 +33,6 @@ class Prediction:
     names: list[str] = dataclasses.field(default_factory=list)
     probabilities: list[float] = dataclasses.field(default_factory=list)
     error: str = ""
-
-
-def _build_model(fields: dict[str, Any], num_classes: int) -> nn.Module:
-    """The model `fields` (a run's model config) describe, for this process's first device."""
-    return models.build_for_devices(fields, num_classes, jax.local_devices()[:1])[0]
 
 
 def probabilities_fn(
@@ -94,73 +82,30 @@ class Classifier:
     def load(cls, path: str, step: str = "best", weights: str = "auto") -> Classifier:
         """From a training workdir (MODEL_FILE), a converted checkpoint (CONVERTED_FILE) or an
         exported StableHLO artifact (STABLEHLO_FILE)."""
-        if os.path.exists(os.path.join(path, MODEL_FILE)):
-            return cls.from_workdir(path, step, weights)
-        if os.path.exists(os.path.join(path, CONVERTED_FILE)):
-            return cls.from_converted(path)
+        if trained_model.is_loadable(path):
+            return cls.from_trained(trained_model.load(path, step, weights))
         if os.path.exists(os.path.join(path, STABLEHLO_FILE)):
             return cls.from_stablehlo(path)
-        raise ValueError(f"{path} holds neither {MODEL_FILE} (a workdir of launch.py), "
-                         f"{CONVERTED_FILE} (a checkpoint of imgcls_jax.convert) nor "
+        raise ValueError(f"{path} holds neither {trained_model.MODEL_FILE} (a workdir of "
+                         f"launch.py), {trained_model.CONVERTED_FILE} (a checkpoint of "
+                         "imgcls_jax.convert) nor "
                          f"{STABLEHLO_FILE} (an artifact of imgcls_jax.inference.export).")  # fmt: skip
 
     @classmethod
+    def from_trained(cls, trained: trained_model.TrainedModel) -> Classifier:
+        return cls.from_model(trained.model, trained.variables, trained.description,
+                              trained.source)  # fmt: skip
+
+    @classmethod
     def from_workdir(cls, workdir: str, step: str = "best", weights: str = "auto") -> Classifier:
-        """The model trained in `workdir` at `step`: "best" (by validation; the latest when
-        the run has no validation), "latest", or a step number; `weights` "ema" (the
-        average, "auto" when the run kept one) or "trained"."""
-        with open(os.path.join(workdir, MODEL_FILE), encoding="utf-8") as f:
-            description = json.load(f)
-        if weights not in WEIGHTS:
-            raise ValueError(f"--weights={weights!r} must be one of {', '.join(WEIGHTS)}.")
-        if weights == "ema" and not description.get("ema"):
-            raise ValueError(f"{workdir} kept no weight average (training.ema_decay was 0); "
-                             "use --weights=trained.")  # fmt: skip
-        use_ema = weights != "trained" and description.get("ema", False)
-        chosen = _choose_step(workdir, step)
-        model = _build_model(description["model"], len(description["class_names"]))
-        stored = (description["image_size"], description["image_size"], description["channels"])
-        shape = (1, *augment.eval_output_shape(description["eval"], stored))
-        shapes = jax.eval_shape(
-            lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False)
-        )
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-            {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})},
-        )  # A ViT has no batch statistics: {}.
-        if use_ema:
-            variables = checkpoint.restore_variables(workdir, chosen, {"ema": abstract})["ema"]
-        else:
-            variables = checkpoint.restore_variables(workdir, chosen, abstract)
-        source = f"{workdir} step {chosen} ({step}, {'average' if use_ema else 'trained'} weights)"
-        return cls.from_model(model, variables, description, source)
+        """The model trained in `workdir` at `step` with `weights`
+        (`trained_model.load_workdir`)."""
+        return cls.from_trained(trained_model.load_workdir(workdir, step, weights))
 
     @classmethod
     def from_converted(cls, directory: str) -> Classifier:
-        """A checkpoint of imgcls_jax.convert, preprocessed as in ImageNet evaluation: shorter
-        side to input_size / 0.875, centre crop of input_size."""
-        from imgcls_jax import convert
-
-        variables, metadata = convert.load_pretrained(directory)
-        size = metadata["input_size"]
-        description = {
-            "class_names": metadata["class_names"]
-            or [str(i) for i in range(metadata["num_classes"])],
-            "image_size": round(size / CROP_FRACTION),
-            "channels": variables["params"]["stem_conv"]["kernel"].shape[2],
-            "eval": f"center_crop({size})",
-            "eval_flip_tta": False,
-            "mean": metadata["mean"],
-            "std": metadata["std"],
-        }
-        description["model"] = {
-            "name": metadata["architecture"], "width": metadata["width"],
-            "stem": metadata["stem"], "dtype": "float32", "kernels": "auto",
-            **{k: metadata[k] for k in ("patch_size", "pool", "posemb") if k in metadata},
-        }  # fmt: skip
-        model = _build_model(description["model"], len(description["class_names"]))
-        return cls.from_model(model, variables, description, directory)
+        """A checkpoint of imgcls_jax.convert (`trained_model.load_converted`)."""
+        return cls.from_trained(trained_model.load_converted(directory))
 
     @classmethod
     def from_stablehlo(cls, directory: str) -> Classifier:
@@ -223,28 +168,3 @@ def _or_error(decode: Callable[[str], np.ndarray]) -> Callable[[str], np.ndarray
             return str(e)
 
     return decode_or_error
-
-
-def _choose_step(workdir: str, step: str) -> int:
-    saved = checkpoint.saved_steps(workdir)
-    if not saved:
-        raise ValueError(f"{workdir} has no checkpoint yet; train first (launch.py).")
-    if step.isdigit():
-        if int(step) not in saved:
-            raise ValueError(f"Step {step} is not saved in {workdir}; saved: {saved}.")
-        return int(step)
-    if step not in STEPS:
-        raise ValueError(f"--step={step!r} must be 'best', 'latest' or a saved step {saved}.")
-    if step == "best":
-        for newest in reversed(saved):  # The newest step whose progress record is intact.
-            try:
-                best = checkpoint.read_progress(workdir, newest).get("best_step")
-                break
-            except checkpoint.CheckpointRestoreError as e:
-                logging.error("%s", e)
-        else:
-            raise ValueError(f"No intact progress record in {workdir}; use --step=latest.")
-        if best in saved:
-            return best
-        logging.info("%s has no best step (no validation split); using the latest.", workdir)
-    return saved[-1]

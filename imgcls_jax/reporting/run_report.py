@@ -30,8 +30,8 @@ def write_run_report(
     """Writes the report files; `matrix` holds [true, predicted] counts on `split`.
 
     `details` (optional) adds what the run was: "config" (a dict), "parameters", "devices",
-    "compute" (the dtype and kernels used), "image_shape", "class_counts" ({split: [count per class]}), "run_s", "compile_s" and
-    "fit_check" (`aot.programs.check_devices`).
+    "compute" (the dtype and kernels used), "image_shape", "class_counts" ({split: [count per class]}), "run_s", "compile_s",
+    "fit_check" (`aot.programs.check_devices`) and "distillation" (teacher, weight, temperature).
     """
     per_class = confusion.per_class_accuracy(matrix)
     report = {
@@ -111,6 +111,10 @@ def _run_section(report: Mapping[str, Any]) -> str:
         memory = fit["memory_bytes"] and f"{fit['memory_bytes'] / 2**30:.2f} GiB"
         rows.append(["fit check (before training)", f"peak GiB per device: {peaks}; a "
                      f"{fit['device_kind']} has {memory or 'unreported memory'}"])  # fmt: skip
+    if "distillation" in report:
+        kd = report["distillation"]
+        rows.append(["distilled from", f"{kd['teacher']} ({kd['teacher_model']}; weight "
+                     f"{kd['weight']}, temperature {kd['temperature']})"])  # fmt: skip
     if "run_s" in report:
         rows.append(["wall time", f"{report['run_s']:.1f} s, of which compiling "
                                   f"{report['compile_s']:.1f} s"])  # fmt: skip

@@ -3,6 +3,7 @@ and evaluation over a split."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -19,7 +20,15 @@ from imgcls_jax.data import batch_rows, class_balance, device_resident, input_pi
 from imgcls_jax.models import build_for_devices
 from imgcls_jax.reporting import confusion
 from imgcls_jax.runtime import compile_options, sharding
-from imgcls_jax.training import cadence, metrics, optimizers, steps, train_state, transfer
+from imgcls_jax.training import (
+    cadence,
+    distillation,
+    metrics,
+    optimizers,
+    steps,
+    train_state,
+    transfer,
+)
 from imgcls_jax.training.progress import Evaluation
 
 
@@ -128,14 +137,21 @@ class Trainer:
             raise ValueError("optimizer.name=sam takes its second gradient for every parameter: "
                              "it does not combine with transfer.freeze or transfer.linear_probe; "
                              "use sgd there.")  # fmt: skip
+        if config.optimizer.name == "schedule_free" and (
+            self.any_frozen or config.transfer.layer_decay < 1
+        ):
+            raise ValueError("optimizer.name=schedule_free averages every parameter's own "
+                             "sequence: it does not combine with transfer.freeze, "
+                             "transfer.linear_probe or transfer.layer_decay; use adamw there.")  # fmt: skip
         self.tx = transfer.wrap_optimizer(
             optimizers.build_optimizer(config.optimizer, self.learning_rate_fn),
             params_shape, self.frozen, config.transfer.layer_decay,
         )  # fmt: skip
         self._log_frozen()
         self.train_metrics_cls = metrics.collection(
-            self.dataset.num_classes, train=True, smoothed=config.loss.label_smoothing > 0
-        )
+            self.dataset.num_classes, train=True, smoothed=config.loss.label_smoothing > 0,
+            distilled=bool(config.distill.teacher),
+        )  # fmt: skip
         self.eval_metrics_cls = metrics.collection(self.dataset.num_classes, train=False)
         self._build_steps()
 
@@ -176,7 +192,9 @@ class Trainer:
         norm = dict(mean=self.mean, std=self.std)
         augment_fn = augment.build_augment_fn(self.config.augment.train)
         mix_fn = augment.build_mix_fn(self.config.augment, self.dataset.num_classes)
-        ema = self.config.training.ema_decay > 0
+        self.teacher = self._load_teacher(augment_fn) if self.config.distill.teacher else None
+        schedule_free = self.config.optimizer.name == "schedule_free"
+        ema = self.config.training.ema_decay > 0 or schedule_free
         init_state = functools.partial(
             train_state.init_state,
             model=self.model,
@@ -209,6 +227,10 @@ class Trainer:
             micro_batches=self.config.training.grad_accum_steps,
             ema_decay=self.config.training.ema_decay,
             ema_warmup=self.config.training.ema_warmup,
+            average_fn=optimizers.schedule_free_average if schedule_free else None,
+            teacher_fn=self.teacher.logits if self.teacher else None,
+            distill_weight=self.config.distill.weight,
+            distill_temperature=self.config.distill.temperature,
         )
         self.train_step = jax.jit(
             functools.partial(steps.train_step, parts=parts),
@@ -216,14 +238,22 @@ class Trainer:
             out_shardings=(state, replicated),
             donate_argnums=0,
         )
+
         # Several steps per call: a tuple of batches (its length fixes the program), metrics
-        # merged on device into the ones passed in (`empty_train_metrics` to start).
-        self.train_steps = jax.jit(
-            functools.partial(steps.train_steps, parts=parts),
-            in_shardings=(state, replicated, batch, replicated),
-            out_shardings=(state, replicated),
-            donate_argnums=(0, 1),
-        )
+        # merged on device into the ones passed in (`empty_train_metrics` to start); one
+        # program per image size of progressive resizing.
+        def jit_train_steps(size: int):
+            return jax.jit(
+                functools.partial(steps.train_steps,
+                                  parts=dataclasses.replace(parts, image_size=size)),
+                in_shardings=(state, replicated, batch, replicated),
+                out_shardings=(state, replicated),
+                donate_argnums=(0, 1),
+            )  # fmt: skip
+
+        self.train_steps = jit_train_steps(0)
+        self._train_steps_at = {size: jit_train_steps(size) for _, size in
+                                self.cadence.train_sizes}  # fmt: skip
         logits_fn = functools.partial(
             steps.eval_logits,
             model=self.model,
@@ -258,6 +288,23 @@ class Trainer:
             functools.partial(train_state.replace_variables, tx=self.tx, ema=ema),
             out_shardings=state,
         )
+
+    def train_steps_after(self, step: int) -> Any:
+        """The jitted `train_steps` for the steps after `step`: `train_steps`, or under
+        progressive resizing the program of that step's image size."""
+        size = self.cadence.train_size_after(step)
+        return self._train_steps_at[size] if size else self.train_steps
+
+    def _load_teacher(self, augment_fn) -> distillation.Teacher:
+        """config.distill's teacher, checked against the student's augmented train images."""
+        key = jax.eval_shape(lambda: jax.random.key(0))
+        images = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.uint8)
+        teacher = distillation.load_teacher(
+            self.config.distill, self.dataset.class_names, jax.eval_shape(augment_fn, key, images),
+            sharding.replicated(self.mesh),
+        )  # fmt: skip
+        logging.info("Distilling from %s (%s).", teacher.source, teacher.model_name)
+        return teacher
 
     def compile_eval_step_in_background(self) -> None:
         """Compiles the evaluation step ahead of time on a daemon thread, while training runs;

@@ -8,6 +8,8 @@ import math
 
 import ml_collections
 
+from imgcls_jax.config import progressive_sizes
+
 # training.steps_per_dispatch=0 on GPUs and TPUs (at most; see `build_cadence`): small steps
 # stop waiting on the host. CPUs keep 1: measured side by side, 4 steps per call helped a
 # float32 ResNet-20 but not the bfloat16 airbench net (docs/performance.md).
@@ -24,6 +26,8 @@ class Cadence:
     eval_every: int  # Also at the last step.
     checkpoint_every: int  # Besides evaluations (which save) and the end.
     steps_per_dispatch: int
+    # Progressive resizing: (first step, image side) by step, from step 0; () for one size.
+    train_sizes: tuple[tuple[int, int], ...] = ()
 
     def is_log(self, step: int) -> bool:
         return step % self.log_every == 0
@@ -36,10 +40,16 @@ class Cadence:
 
     def steps_in_next_call(self, step: int) -> int:
         """How many steps the call after `step` runs: `steps_per_dispatch`, cut short at the
-        next log, evaluation or checkpoint step and at the end."""
+        next log, evaluation or checkpoint step, image-size change and at the end."""
         periods = (self.log_every, self.eval_every, self.checkpoint_every)
         boundaries = [(step // p + 1) * p for p in periods if p > 0] + [self.total_steps]
+        boundaries += [first for first, _ in self.train_sizes if first > step]
         return min(self.steps_per_dispatch, min(boundaries) - step)
+
+    def train_size_after(self, step: int) -> int:
+        """The image side of the step after `step` (progressive resizing); 0: as augmented."""
+        return max(((first, size) for first, size in self.train_sizes if first <= step),
+                   default=(0, 0))[1]  # fmt: skip
 
 
 def build_cadence(
@@ -48,14 +58,17 @@ def build_cadence(
     """The cadence `training` (config.training) asks for, over epochs of `steps_per_epoch`;
     automatic steps per dispatch (0) is 1 on CPUs, elsewhere the largest divisor of
     AUTO_STEPS_PER_DISPATCH that also divides every period and the run's length, so that
-    every call runs the same number of steps (one compiled program)."""
+    every call runs the same number of steps (one compiled program per image size)."""
     total = training.num_train_steps or max(1, int(training.num_epochs * steps_per_epoch))
+    sizes = tuple((int(round(epoch * steps_per_epoch)), size)
+                  for epoch, size in progressive_sizes(training.progressive_sizes))  # fmt: skip
     eval_every = max(1, int(round(training.eval_every_epochs * steps_per_epoch)))
-    periods = (training.log_every_steps, eval_every, training.checkpoint_every_steps, total)
+    periods = (training.log_every_steps, eval_every, training.checkpoint_every_steps, total,
+               *(first for first, _ in sizes))  # fmt: skip
     per_dispatch = training.steps_per_dispatch or (
         1 if platform == "cpu" else math.gcd(AUTO_STEPS_PER_DISPATCH, *[p for p in periods if p])
     )
     return Cadence(total_steps=total, steps_per_epoch=steps_per_epoch,
                    log_every=training.log_every_steps, eval_every=eval_every,
                    checkpoint_every=training.checkpoint_every_steps,
-                   steps_per_dispatch=per_dispatch)  # fmt: skip
+                   steps_per_dispatch=per_dispatch, train_sizes=sizes)  # fmt: skip

@@ -176,6 +176,18 @@ def _run_details(
         },  # fmt: skip
         **timer.summary(),
         **({"fit_check": fit} if fit else {}),
+        **(
+            {
+                "distillation": {
+                    "teacher": trainer.teacher.source,
+                    "teacher_model": trainer.teacher.model_name,
+                    "weight": trainer.config.distill.weight,
+                    "temperature": trainer.config.distill.temperature,
+                }
+            }
+            if trainer.teacher
+            else {}
+        ),
     }
 
 
@@ -238,7 +250,8 @@ def _train_from(
                 # Always the scanned program, also for one step: a loop body compiles to other
                 # float rounding than a lone step, and this way any steps_per_dispatch trains
                 # bit-identically.
-                state, pending = trainer.train_steps(state, pending, chunk, trainer.train_key)
+                train_steps = trainer.train_steps_after(step)
+                state, pending = train_steps(state, pending, chunk, trainer.train_key)
             step += count
             profiler.after(step, state)
             pending_steps += count

@@ -40,17 +40,21 @@ class NonfiniteSteps(metrics.Metric):
         return cls(count=jnp.zeros((), jnp.int32), first_step=jnp.int32(NEVER))
 
 
-def collection(num_classes: int, train: bool, smoothed: bool = False) -> type[metrics.Collection]:
+def collection(
+    num_classes: int, train: bool, smoothed: bool = False, distilled: bool = False
+) -> type[metrics.Collection]:
     """CLU metrics: loss, top-1, top-5 when there are more than 5 classes; the learning rate
     and non-finite steps when training, the confusion matrix when evaluating. With `smoothed`
     (label smoothing in the train loss) also `loss_no_smoothing`, comparable with the
-    validation loss."""
+    validation loss; with `distilled` the distillation loss `distill_loss`."""
     fields: dict[str, Any] = {
         "loss": metrics.Average.from_output("loss"),
         "accuracy": metrics.Average.from_fun(_top_k_correct(1)),
     }
     if smoothed:
         fields["loss_no_smoothing"] = metrics.Average.from_output("loss_no_smoothing")
+    if distilled:
+        fields["distill_loss"] = metrics.Average.from_output("distill_loss")
     if num_classes > 5:
         fields["top5_accuracy"] = metrics.Average.from_fun(_top_k_correct(5))
     if train:

@@ -217,6 +217,38 @@ def sam(schedule: optax.Schedule, *, sam_rho: float = 0.05, sam_adaptive: bool =
                              opaque_mode=True)  # fmt: skip
 
 
+@registry.register("optimizer", "schedule_free")
+def schedule_free(schedule: optax.Schedule, *, b1: float = 0.9, b2: float = 0.999,
+                  eps: float = 1e-8, weight_decay: float = 0.0,
+                  schedule_free_lr_power: float = 2.0) -> optax.GradientTransformation:  # fmt: skip
+    """Schedule-free AdamW (Defazio et al. 2024; optax.contrib.schedule_free_adamw with the
+    decay masked by `decay_mask`): Adam's second moment without momentum steps a sequence z;
+    x is its average weighted by learning rate ^ `schedule_free_lr_power`; the gradient is
+    taken, and the parameters held, at y = (1 - b1) z + b1 x. Evaluate x
+    (`schedule_free_average`). Meant for a constant learning rate after a warm-up."""
+    base = optax.chain(
+        optax.scale_by_rms(decay=b2, eps=eps, eps_in_sqrt=False, bias_correction=True),
+        optax.add_decayed_weights(weight_decay, decay_mask),
+        optax.scale_by_learning_rate(schedule),
+    )
+    # optax counts the averaging's steps from 1, the base's from 0: both read the rate of
+    # the same step (the one the run logs) this way.
+    return optax.contrib.schedule_free(base, learning_rate=lambda count: schedule(count - 1),
+                                       b1=b1, weight_lr_power=schedule_free_lr_power)  # fmt: skip
+
+
+def _is_schedule_free_state(x) -> bool:
+    return isinstance(x, optax.contrib.ScheduleFreeState)
+
+
+def schedule_free_average(opt_state, params):
+    """The averaged weights x of a `schedule_free` optimizer, from its state and the
+    parameters y it holds: (y - (1 - b1) z) / b1."""
+    (state,) = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_schedule_free_state)
+                if _is_schedule_free_state(s)]  # fmt: skip
+    return optax.contrib.schedule_free_eval_params(state, params)
+
+
 def build_optimizer(
     optimizer_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:

@@ -18,6 +18,17 @@ from imgcls_jax.models import layers
 from imgcls_jax.training.train_state import TrainState, ema_decay_at
 
 
+def distillation_loss(
+    student_logits: jnp.ndarray, teacher_logits: jnp.ndarray, temperature: float
+) -> jnp.ndarray:
+    """Per example, T^2 x KL(softmax(teacher / T) || softmax(student / T)) (Hinton et al.
+    2015: the T^2 keeps the gradient's scale independent of T), in float32."""
+    t = jnp.float32(temperature)
+    student = jax.nn.log_softmax(student_logits.astype(jnp.float32) / t)
+    teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / t)
+    return t**2 * optax.kl_divergence(student, jnp.exp(teacher))
+
+
 def normalize(images: jnp.ndarray, mean: tuple, std: tuple) -> jnp.ndarray:
     """Maps [0, 255] pixels to (x / 255 - mean) / std per channel."""
     mean = jnp.asarray(mean, jnp.float32) * 255.0
@@ -114,6 +125,21 @@ class TrainStepParts:
     micro_batches: int = 1  # Gradient accumulation over that many parts (`_loss_and_grads`).
     ema_decay: float = 0.0  # > 0: the state's weight average follows (`ema_decay_at`).
     ema_warmup: bool = True
+    # The weight average an optimizer keeps itself, (opt_state, params) -> params (e.g.
+    # schedule-free's x); held in the state's `ema` slot. Not with ema_decay.
+    average_fn: Callable[[Any, Any], Any] | None = None
+    # Distillation: (augmented float images in [0, 255]) -> the teacher's logits (see
+    # `distillation.Teacher`); the loss mixes in `distill_weight` x its soft targets.
+    teacher_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    image_size: int = 0  # > 0: augmented images resized to this side (progressive resizing).
+
+
+def resize_images(images: jnp.ndarray, size: int) -> jnp.ndarray:
+    """[N, H, W, C] float images resized to [N, size, size, C] (bilinear, antialiased when
+    shrinking)."""
+    return jax.image.resize(images, (images.shape[0], size, size, images.shape[-1]), "bilinear")
 
 
 def _loss_and_grads(
@@ -121,10 +147,14 @@ def _loss_and_grads(
     images: jnp.ndarray,
     labels: jnp.ndarray,
     weights: jnp.ndarray,
+    teacher_logits: jnp.ndarray | None,
     dropout_key: jax.Array,
     parts: TrainStepParts,
 ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray, Any, Any]:
     """(objective, logits, per-example loss, new batch statistics, gradients) of the batch.
+
+    The objective is the mean of weight x cross-entropy, with `teacher_logits` mixed with
+    the distillation loss: (1 - w) x that + w x `distillation_loss`.
 
     With `parts.micro_batches` k > 1 the batch is split into k equal micro-batches (micro-batch
     i holds rows i, i + k, ..., so that every device feeds each equally), run one after
@@ -134,7 +164,7 @@ def _loss_and_grads(
     """
     model, frozen, k = parts.model, parts.frozen, parts.micro_batches
 
-    def loss_fn(params, batch_stats, images, labels, weights, key):
+    def loss_fn(params, batch_stats, images, labels, weights, teacher_logits, key):
         if frozen is not None:  # No gradient work below the lowest trainable layer.
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
         with nn.intercept_methods(frozen_norm_interceptor(parts.frozen_norms)):
@@ -143,12 +173,16 @@ def _loss_and_grads(
                 mutable=["batch_stats"], rngs={"dropout": key},
             )  # fmt: skip
         loss = cross_entropy(logits, labels, parts.label_smoothing)
-        return (weights * loss).mean(), (logits, loss, updates.get("batch_stats", {}))
+        objective = weights * loss
+        if teacher_logits is not None:
+            soft = distillation_loss(logits, teacher_logits, parts.distill_temperature)
+            objective = (1.0 - parts.distill_weight) * objective + parts.distill_weight * soft
+        return objective.mean(), (logits, loss, updates.get("batch_stats", {}))
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if k == 1:
         (objective, (logits, loss, batch_stats)), grads = grad_fn(
-            state.params, state.batch_stats, images, labels, weights, dropout_key
+            state.params, state.batch_stats, images, labels, weights, teacher_logits, dropout_key
         )
         return objective, logits, loss, batch_stats, grads
 
@@ -169,7 +203,7 @@ def _loss_and_grads(
         return (batch_stats, grad_sum, objective_sum + objective), (logits, loss)
 
     carry = (state.batch_stats, jax.tree.map(jnp.zeros_like, state.params), jnp.float32(0))
-    micro = (jnp.arange(k), split(images), split(labels), split(weights))
+    micro = (jnp.arange(k), *jax.tree.map(split, (images, labels, weights, teacher_logits)))
     (batch_stats, grad_sum, objective_sum), (logits, loss) = jax.lax.scan(micro_batch, carry, micro)
     grads = jax.tree.map(lambda g: g / k, grad_sum)
     return objective_sum / k, join(logits), join(loss), batch_stats, grads
@@ -187,6 +221,11 @@ def train_step(
     other metrics skip it.
     """
     images, labels = augment_batch(key, state.step, batch, parts.augment_fn, parts.mix_fn)
+    teacher_logits = None  # Computed once per step, whatever the micro-batches or SAM do.
+    if parts.teacher_fn is not None:
+        teacher_logits = jax.lax.stop_gradient(parts.teacher_fn(images).astype(jnp.float32))
+    if parts.image_size:
+        images = resize_images(images, parts.image_size)
     images = normalize(images, parts.mean, parts.std)
     dropout_key = jax.random.fold_in(jax.random.fold_in(key, state.step), 1)  # Dropout, drop path.
     weights = (
@@ -195,12 +234,12 @@ def train_step(
         else example_weights(labels, parts.class_weights)
     )
     objective, logits, loss, batch_stats, grads = _loss_and_grads(
-        state, images, labels, weights, dropout_key, parts
+        state, images, labels, weights, teacher_logits, dropout_key, parts
     )
 
     def grad_fn(params: Any, _: int) -> Any:  # The batch's gradient elsewhere (SAM).
         return _loss_and_grads(state.replace(params=params), images, labels, weights,
-                               dropout_key, parts)[4]  # fmt: skip
+                               teacher_logits, dropout_key, parts)[4]  # fmt: skip
 
     updates, opt_state = parts.tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
     params = optax.apply_updates(state.params, updates)
@@ -211,6 +250,9 @@ def train_step(
         updated = updated.replace(
             ema=jax.tree.map(lambda e, w: e * decay + (1.0 - decay) * w, state.ema, new)
         )
+    if parts.average_fn is not None:
+        average = parts.average_fn(opt_state, params)
+        updated = updated.replace(ema={"params": average, "batch_stats": batch_stats})
     # The whole new state, not only the loss and gradient: a huge but finite step can still
     # overflow the batch statistics or the optimizer's moments.
     finite = computed_once(
@@ -218,10 +260,13 @@ def train_step(
     )
     updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
     smoothed = parts.label_smoothing > 0
+    distilled = teacher_logits is not None
     step_metrics = parts.metrics_cls.single_from_model_output(
         loss=loss, logits=logits, labels=labels, learning_rate=parts.learning_rate_fn(state.step),
         finite=finite, step=state.step + 1, mask=jnp.broadcast_to(finite, loss.shape),
         loss_no_smoothing=cross_entropy(logits, labels, 0.0) if smoothed else loss,
+        distill_loss=distillation_loss(logits, teacher_logits, parts.distill_temperature)
+        if distilled else loss,
     )  # fmt: skip  # A skipped step's examples are masked out, as padding in `eval_step`.
     return updated.replace(step=state.step + 1), step_metrics
 
