@@ -214,11 +214,14 @@ def base_config() -> ml_collections.ConfigDict:
     # device): "all" or names, e.g. "gaussian_noise,contrast"; "" none.
     c.evaluation.corruptions = ""
     c.evaluation.corruption_severities = (1, 2, 3, 4, 5)
+    c.evaluation.corruption_examples = 0  # The first N test examples; 0: all of them.
     c.evaluation.corruptions_every_epochs = 0.0
     # Few-shot linear probe on frozen pre-logit features: ridge regression fitted on k train
     # examples per class, scored on the test split; mean and std over the seeds.
     c.evaluation.few_shot_shots = (1, 5, 10, 25)
     c.evaluation.few_shot_seeds = 3
+    c.evaluation.few_shot_train_examples = 5000  # Features of a fixed draw of train; 0: all.
+    c.evaluation.few_shot_l2 = 1024.0  # Ridge penalty on standardised features (big_vision's).
     c.evaluation.few_shot_every_epochs = 0.0
 
     c.mesh = ml_collections.ConfigDict()
@@ -342,6 +345,9 @@ NUMERIC_RANGES: dict[str, tuple[float | None, float | None]] = {
     "distill.temperature": (1e-3, None),
     "evaluation.corruptions_every_epochs": (0, None),
     "evaluation.few_shot_seeds": (1, None),
+    "evaluation.corruption_examples": (0, None),
+    "evaluation.few_shot_train_examples": (0, None),
+    "evaluation.few_shot_l2": (1e-9, None),
     "evaluation.few_shot_every_epochs": (0, None),
 }
 

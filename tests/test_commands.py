@@ -19,6 +19,7 @@ FLAGS = {
     "imgcls-convert": ("--arch", "--source", "--out"),
     "imgcls-export": ("--checkpoint", "--format", "--platforms"),
     "imgcls-fit-check": ("--config", "--topology", "--num_slices"),
+    "imgcls-evaluate": ("--workdir", "--suites", "--corruptions", "--extra_splits"),
 }
 
 

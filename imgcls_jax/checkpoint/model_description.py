@@ -32,6 +32,10 @@ def describe(
         "eval_flip_tta": bool(config.augment.eval_flip_tta),
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
+        # What `imgcls-evaluate` reads the run's data and suites with.
+        "dataset": config.dataset.to_dict(),
+        "evaluation": config.evaluation.to_dict(),
+        "eval_batch_size": config.input.eval_batch_size,
     }
 
 

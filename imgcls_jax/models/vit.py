@@ -1,12 +1,16 @@
 """Vision Transformer (Dosovitskiy et al. 2021) in the plain form of big_vision and timm:
-patch embedding, pre-norm encoder blocks, a class token or global average pooling."""
+patch embedding, pre-norm encoder blocks, a class token or global average pooling. Applied to
+images of another size than it was initialised for, it resamples its learned position
+embeddings to the new patch grid (fixed sine-cosine ones are computed for any grid)."""
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -34,6 +38,27 @@ def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) 
     omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1))
     y, x = y.reshape(-1)[:, None] * omega, x.reshape(-1)[:, None] * omega
     return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+def resample_posemb(posemb: jax.Array, grid: tuple[int, int], num_prefix: int) -> jax.Array:
+    """A learned position embedding [1, num_prefix + g * g, dim], made for a square g x g
+    patch grid, for a `grid` = (height, width) patch grid: [1, num_prefix + height * width,
+    dim]. The patch positions are resized as an image, bilinearly (`jax.image.resize`,
+    antialiased when shrinking), the `num_prefix` class-token positions kept, as timm's
+    `resample_abs_pos_embed` and big_vision's `resample_posemb` do."""
+    prefix, patches = posemb[:, :num_prefix], posemb[:, num_prefix:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ValueError(f"The learned position embedding has {patches.shape[1]} patch positions, "
+                         f"not a square grid, so it cannot be resampled to the {grid[0]}x"
+                         f"{grid[1]} patch grid of these images: apply the model to images of "
+                         "the size it was initialised for.")  # fmt: skip
+    if (side, side) == tuple(grid):
+        return posemb
+    channels = posemb.shape[-1]
+    patches = jax.image.resize(patches.reshape(side, side, channels), (*grid, channels),
+                               method="bilinear")  # fmt: skip
+    return jnp.concatenate([prefix, patches.reshape(1, grid[0] * grid[1], channels)], axis=1)
 
 
 class EncoderBlock(nn.Module):
@@ -68,7 +93,11 @@ class EncoderBlock(nn.Module):
 class ViT(nn.Module):
     """ViT over NHWC images already normalised to float; the image side must be a multiple of
     `patch_size`. The stochastic-depth rate rises linearly from 0 to `drop_path_rate` over the
-    blocks (as in timm)."""
+    blocks (as in timm).
+
+    The learned position embedding keeps the shape it was initialised with (the patch grid of
+    the initialising images); images with another number of patches use it resampled to their
+    grid (`resample_posemb`), which needs a square stored grid."""
 
     num_classes: int
     width: int
@@ -95,8 +124,13 @@ class ViT(nn.Module):
         n, h, w, c = x.shape
         x = x.reshape(n, h * w, c)
         if self.posemb == "learn":
-            tokens = h * w + (self.pool == "cls")
-            posemb = self.param("pos_embedding", nn.initializers.normal(0.02), (1, tokens, c))
+            prefix = int(self.pool == "cls")
+            shape = (1, prefix + h * w, c)
+            if self.has_variable("params", "pos_embedding"):  # Applied: the stored table's.
+                shape = self.get_variable("params", "pos_embedding").shape
+            posemb = self.param("pos_embedding", nn.initializers.normal(0.02), shape)
+            if posemb.shape[1] != prefix + h * w:  # Made for another patch grid.
+                posemb = resample_posemb(posemb, (h, w), prefix)
         else:
             posemb = jnp.asarray(sincos_2d(h, w, c))[None]
         if self.pool == "cls":

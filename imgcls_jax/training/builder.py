@@ -17,7 +17,8 @@ import numpy as np
 
 from imgcls_jax import augment, convert, data
 from imgcls_jax.data import batch_rows, class_balance, device_resident, input_pipeline
-from imgcls_jax.models import build_for_devices
+from imgcls_jax.evaluation import suites
+from imgcls_jax.models import build_for_devices, features
 from imgcls_jax.reporting import confusion
 from imgcls_jax.runtime import compile_options, sharding
 from imgcls_jax.training import (
@@ -110,8 +111,9 @@ class Trainer:
             )
             logging.info("Class weights: %s", np.round(self.class_weights, 3).tolist())
         self.cadence = cadence.build_cadence(
-            config.training, self.order.steps_per_epoch, self.mesh.devices.flat[0].platform
-        )
+            config.training, self.order.steps_per_epoch, self.mesh.devices.flat[0].platform,
+            config.evaluation,
+        )  # fmt: skip
 
     def _build_task(self) -> None:
         """What a train step needs: kernels, model, schedule, optimizer, frozen parameters,
@@ -261,6 +263,14 @@ class Trainer:
             flip_tta=self.config.augment.eval_flip_tta,
             **norm,
         )
+        preprocess_fn = augment.build_eval_fn(self.config.augment.eval)
+
+        def features_fn(variables, images):
+            images = steps.normalize(preprocess_fn(images), self.mean, self.std)
+            return features.prelogit_features(self.model, variables, images)
+
+        self.suites = suites.Suites(self.config.evaluation, logits_fn, features_fn, self.mesh,
+                                    self.config.input.eval_batch_size)  # fmt: skip
         self.eval_step = jax.jit(
             functools.partial(
                 steps.eval_step, logits_fn=logits_fn, metrics_cls=self.eval_metrics_cls
@@ -288,6 +298,21 @@ class Trainer:
             functools.partial(train_state.replace_variables, tx=self.tx, ema=ema),
             out_shardings=state,
         )
+
+    def evaluate_suites(self, state: train_state.TrainState, step: int) -> dict[str, float]:
+        """The evaluation suites due at `step` (config.evaluation; all of them at the last
+        step) on the weights `predict` serves (the average, when the run keeps one): the
+        corruptions of the test split (validation without one), the few-shot probe."""
+        weights = state.ema_state() if state.ema else state
+        variables = {"params": weights.params, "batch_stats": weights.batch_stats}
+        test = self.dataset.test if self.dataset.test is not None else self.dataset.validation
+        results = {}
+        if self.cadence.is_due(step, self.cadence.corruptions_every):
+            results.update(self.suites.corruption_metrics(variables, test))
+        if self.cadence.is_due(step, self.cadence.few_shot_every):
+            results.update(self.suites.few_shot_metrics(variables, self.dataset.train, test,
+                                                        self.dataset.num_classes))  # fmt: skip
+        return results
 
     def train_steps_after(self, step: int) -> Any:
         """The jitted `train_steps` for the steps after `step`: `train_steps`, or under

@@ -9,6 +9,7 @@ import ml_collections
 from imgcls_jax import augment, data, kernels, models, registry
 from imgcls_jax import config as config_lib
 from imgcls_jax.data import device_resident
+from imgcls_jax.evaluation import suites
 from imgcls_jax.models import layers
 from imgcls_jax.training import optimizers, profiling
 
@@ -28,3 +29,4 @@ def validate(config: ml_collections.ConfigDict) -> None:
     registry.check_choice("input.device_resident", config.input.device_resident,
                           device_resident.MODES)  # fmt: skip
     profiling.parse_steps(config.training.profile_steps)
+    suites.corruption_names(config.evaluation.corruptions)

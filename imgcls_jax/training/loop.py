@@ -118,6 +118,7 @@ def train_and_evaluate(
         results, matrix, split = _final_results(
             trainer, state, checkpointer, progress, last_validation
         )
+        results.update(trainer.evaluate_suites(state, trainer.cadence.total_steps))
         logged = last_validation is not None and last_validation.step == int(state.step)
         writer.write_scalars(int(state.step), {k: v for k, v in results.items()
                                                if "/" in k and not (logged and k.startswith("val/"))})  # fmt: skip
@@ -278,6 +279,10 @@ def _train_from(
                     break
             elif is_eval or is_save:  # Without validation, evaluations only checkpoint.
                 checkpointer.save(step, state, progress.to_record())
+            if step < cadence.total_steps:  # The last step's suites join the final results.
+                suite_metrics = trainer.evaluate_suites(state, step)
+                if suite_metrics:
+                    writer.write_scalars(step, suite_metrics)
             if preempted:
                 break
     return state, preempted, last_validation

@@ -33,6 +33,7 @@ class TrainedModel:
     variables: dict[str, Any]
     description: dict[str, Any]
     source: str
+    step: int | None = None  # A workdir's saved step; None for a converted checkpoint.
 
     @property
     def class_names(self) -> list[str]:
@@ -101,7 +102,7 @@ def load_workdir(
     else:
         variables = checkpoint.restore_variables(workdir, chosen, abstract)
     source = f"{workdir} step {chosen} ({step}, {'average' if use_ema else 'trained'} weights)"
-    return TrainedModel(model, variables, description, source)
+    return TrainedModel(model, variables, description, source, chosen)
 
 
 def load_converted(directory: str, devices: list | None = None) -> TrainedModel:

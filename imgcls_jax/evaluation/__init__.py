@@ -1,0 +1,1 @@
+"""Evaluations beyond the test split: corruption robustness and few-shot linear probes."""

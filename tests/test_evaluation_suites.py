@@ -1,0 +1,138 @@
+"""The evaluation suites in a run and in `imgcls-evaluate`: corruption accuracy that does not
+depend on the batch layout, the probe on the model's own features, the clean path equal to the
+run's test accuracy, the command against the run."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from conftest import REPO_ROOT, synthetic_dataset, tiny_config, trainer_restore
+
+from imgcls_jax.evaluation import few_shot, suites
+from imgcls_jax.inference import evaluate
+from imgcls_jax.models import features
+from imgcls_jax.training import steps, trained_model
+from imgcls_jax.training.builder import Trainer
+from imgcls_jax.training.loop import train_and_evaluate
+
+SUITE_CONFIG = {
+    "evaluation.corruptions": "gaussian_noise,contrast,jpeg_compression",
+    "evaluation.corruption_severities": (1, 5),
+    "evaluation.few_shot_shots": (1, 5),
+    "evaluation.few_shot_seeds": 2,
+    "evaluation.few_shot_train_examples": 200,
+}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run with both suites every half of its 16 steps."""
+    workdir = tmp_path_factory.mktemp("suites")
+    config = tiny_config(**{"training.num_train_steps": 16, "input.batch_size": 32,
+                            "input.eval_batch_size": 40, "model.width": 8,
+                            "evaluation.corruptions_every_epochs": 1.0,
+                            "evaluation.few_shot_every_epochs": 1.0, **SUITE_CONFIG})  # fmt: skip
+    dataset = synthetic_dataset()
+    results = train_and_evaluate(config, str(workdir), dataset)
+    return config, dataset, str(workdir), results
+
+
+def test_a_run_reports_its_suites_at_their_interval_and_at_the_end(run):
+    config, dataset, workdir, results = run
+    logged = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl", encoding="utf-8")]
+    at_eight = [r for r in logged if r.get("step") == 8 and "test_c/mean" in r]
+    assert at_eight and "few_shot/5shot_accuracy" in at_eight[0]  # 8 steps per epoch.
+    names = ("gaussian_noise", "contrast", "jpeg_compression")
+    for name in names:
+        values = [results[f"test_c/{name}_{s}"] for s in (1, 5)]
+        assert results[f"test_c/{name}"] == pytest.approx(np.mean(values))
+    assert results["test_c/mean"] == pytest.approx(np.mean([results[f"test_c/{n}"] for n in names]))
+    # The clean pass of the suite is the run's own test evaluation (same weights, examples).
+    assert results["test_c/clean"] == pytest.approx(results["test/accuracy"], abs=1e-9)
+    assert results["test_c/gaussian_noise_5"] < results["test_c/clean"]
+    assert 0 <= results["few_shot/1shot_accuracy_std"] and results["few_shot/5shot_accuracy"] > 0.25
+
+
+def test_corrupted_accuracy_does_not_depend_on_the_batches_or_devices(run):
+    config, dataset, workdir, results = run
+    state = trainer_restore(Trainer(config, dataset), workdir)[0]
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    eight_devices = Trainer(config, dataset)  # 8 devices, batches of 40.
+    one_device = Trainer(tiny_config(**{"input.eval_batch_size": 7, "input.batch_size": 32,
+                                        "model.width": 8, **SUITE_CONFIG}),
+                         dataset, jax.devices()[:1])  # fmt: skip
+    for name in ("gaussian_noise", "contrast"):
+        a = eight_devices.suites.accuracy(jax.device_get(variables), dataset.test, name, 3)
+        b = one_device.suites.accuracy(jax.device_get(variables), dataset.test, name, 3)
+        assert a == b, name
+
+
+def test_the_probe_runs_on_the_models_own_prelogit_features(run):
+    config, dataset, workdir, results = run
+    trainer = Trainer(config, dataset)
+    state = trainer_restore(trainer, workdir)[0]
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    train = trainer.suites.features(variables, dataset.train)
+    direct = features.prelogit_features(
+        trainer.model, jax.device_get(variables),
+        steps.normalize(dataset.train.images.astype(np.float32), trainer.mean, trainer.std),
+    )  # fmt: skip
+    np.testing.assert_allclose(train, direct, rtol=1e-4, atol=1e-5)
+    pool = suites.data.subset(dataset.train, 200, suites.FEW_SHOT_DRAW_SEED)
+    expected = few_shot.probe(trainer.suites.features(variables, pool), pool.labels,
+                              trainer.suites.features(variables, dataset.test), dataset.test.labels,
+                              4, shots=(1, 5), seeds=(0, 1), l2=1024.0)  # fmt: skip
+    for key, value in expected.items():
+        assert results[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_the_evaluate_function_reproduces_the_runs_numbers(run):
+    config, dataset, workdir, results = run
+    trained = trained_model.load_workdir(workdir, "latest")
+    evaluation = evaluate.evaluation_config(trained.description)
+    assert evaluation.corruptions == SUITE_CONFIG["evaluation.corruptions"]
+    ours = evaluate.evaluate(trained, dataset, evaluate.SUITES, evaluation, 40,
+                             extra_splits={"val": dataset.validation})  # fmt: skip
+    assert ours["test/accuracy"] == pytest.approx(results["test/accuracy"], abs=1e-9)
+    assert ours["val/accuracy"] == pytest.approx(results["val/accuracy"], abs=1e-9)
+    for key in results:
+        if key.startswith(("test_c/", "few_shot/")):
+            assert ours[key] == pytest.approx(results[key], abs=1e-6), key
+    with pytest.raises(ValueError, match="Unknown suite"):
+        evaluate.evaluate(trained, dataset, ["corruption"], evaluation, 40)
+
+
+def test_an_unknown_corruption_is_refused_with_the_closest_name():
+    from imgcls_jax.training import config_check
+
+    with pytest.raises(ValueError, match="'gausian_noise', not a corruption. Did you mean"):
+        config_check.validate(tiny_config(**{"evaluation.corruptions": "gausian_noise"}))
+
+
+@pytest.mark.slow
+def test_the_command_evaluates_a_fashion_mnist_workdir(tmp_path):
+    from imgcls_jax.data import fashion_mnist_files
+
+    if not fashion_mnist_files.available():
+        pytest.skip("Debian's Fashion-MNIST files are not installed.")
+    config = tiny_config(**{"training.num_train_steps": 4, "dataset.validation_size": 500,
+                            "evaluation.corruptions": "contrast"})  # fmt: skip
+    results = train_and_evaluate(config, str(tmp_path))
+    out = tmp_path / "eval.json"
+    command = [sys.executable, "-m", "imgcls_jax.inference.evaluate", f"--workdir={tmp_path}",
+               "--suites=test,corruptions", "--severities=2", "--corruption_examples=300",
+               f"--out={out}"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    written = json.loads(out.read_text())["results"]
+    assert written["test/accuracy"] == pytest.approx(results["best_test/accuracy"]
+                                                     if "best_test/accuracy" in results
+                                                     else results["test/accuracy"], abs=1e-9)  # fmt: skip
+    assert set(written) >= {"test_c/contrast_2", "test_c/mean", "test_c/clean"}
+    assert "| test_c/contrast_2 |" in done.stdout
+    bad = subprocess.run([*command[:3], f"--workdir={tmp_path}", "--corruptions=fog"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("evaluate: ")
