@@ -183,3 +183,18 @@ def test_export_benchmark_times_the_commands_at_tiny_size(tmp_path):
     assert size["weight_bytes"] < size["artifact_bytes"] < 2 * size["weight_bytes"]
     assert set(result["predict_seconds"]) == {"workdir", "stablehlo"} and result["images"] == 4
     assert result["provenance"]["command"].startswith("python -m experiments.benchmarks.export")
+
+
+def test_corruption_and_few_shot_benchmarks_run_at_tiny_size(tmp_path):
+    out = tmp_path / "corruptions.json"
+    _run("corruptions", "--num_images=40", "--batch_size=20", "--rounds=1", "--width=4",
+         "--corruptions=contrast,shot_noise", f"--out={out}")  # fmt: skip
+    rows = {row["corruption"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"clean", "contrast", "shot_noise"}
+    assert all(row["eval_s"] > 0 for row in rows.values())
+    out = tmp_path / "few_shot.json"
+    _run("few_shot", "--train_examples=300", "--test_examples=100", "--batch_size=40",
+         f"--out={out}")  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["total_s"] >= result["features_s"] > 0
+    assert set(result["results"]) >= {"few_shot/1shot_accuracy", "few_shot/25shot_accuracy"}

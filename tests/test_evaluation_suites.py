@@ -136,3 +136,30 @@ def test_the_command_evaluates_a_fashion_mnist_workdir(tmp_path):
     bad = subprocess.run([*command[:3], f"--workdir={tmp_path}", "--corruptions=fog"],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("evaluate: ")
+
+
+@pytest.mark.slow
+def test_a_vit_evaluates_at_another_resolution_through_resampled_position_embeddings(tmp_path):
+    import jax.numpy as jnp
+
+    from imgcls_jax import augment
+
+    dataset = synthetic_dataset()
+    config = tiny_config(**{"model.name": "vit_ti", "model.patch_size": 4, "augment.train": "",
+                            "training.num_train_steps": 2, "input.batch_size": 32,
+                            "optimizer.name": "adamw", "optimizer.learning_rate": 1e-3})  # fmt: skip
+    train_and_evaluate(config, str(tmp_path), dataset)
+    trained = trained_model.load_workdir(str(tmp_path), "latest")
+    table = trained.variables["params"]["pos_embedding"]
+    assert table.shape[1] == 1 + 2 * 2  # Made for 8 px / patch 4, with the class token.
+    evaluation = evaluate.evaluation_config(trained.description)
+    ours = evaluate.evaluate(trained, dataset, ["test"], evaluation, 40,
+                             eval_pipeline="resize(12)")  # fmt: skip
+    images = augment.build_eval_fn("resize(12)")(jnp.asarray(dataset.test.images))
+    logits = trained.model.apply(trained.variables, steps.normalize(images, (0.2860,), (0.3530,)),
+                                 train=False)  # fmt: skip
+    expected = float(np.mean(np.asarray(np.argmax(logits, -1)) == dataset.test.labels))
+    assert ours["test/accuracy"] == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="does not fit the model's 8 px images"):
+        evaluate.evaluate(trained, dataset, ["test"], evaluation, 40,
+                          eval_pipeline="center_crop(20)")  # fmt: skip

@@ -43,6 +43,9 @@ def define_flags() -> None:
     flags.DEFINE_list("extra_splits", [], "TFDS NAME:SPLIT (e.g. mnist:test) whose classes "
                       "are the run's, evaluated as the test split is.")  # fmt: skip
     flags.DEFINE_integer("batch_size", 0, "Images per batch; 0: the run's eval batch size.")
+    flags.DEFINE_string("eval_pipeline", None, "Evaluate through this pipeline instead of the "
+                        "run's augment.eval, e.g. 'resize(36)' for another resolution (a ViT's "
+                        "position embeddings are resampled).")  # fmt: skip
     flags.DEFINE_string(
         "out", "", "The JSON to write; default WORKDIR/evaluation_STEP_WEIGHTS.json."
     )
@@ -67,11 +70,13 @@ def evaluate(
     batch_size: int,
     extra_splits: dict[str, Any] | None = None,
     devices: list | None = None,
+    eval_pipeline: str | None = None,
 ) -> dict[str, float]:
     """`trained` (a `trained_model.TrainedModel`) on `dataset`: "test/accuracy" (test split,
     else validation), the corruption and few-shot metrics (`evaluation.suites`) and
     "<name>/accuracy" for each of `extra_splits` ({name: Split}), over `devices` (default:
-    this process's)."""
+    this process's); through `eval_pipeline` instead of the run's evaluation pipeline when
+    given (e.g. another resolution)."""
     from imgcls_jax import augment
     from imgcls_jax.evaluation import suites
     from imgcls_jax.models import features
@@ -85,7 +90,14 @@ def evaluate(
     mesh = sharding.make_mesh(devices or jax.local_devices(), 1)
     sharding.check_batch_size(batch_size, mesh, "--batch_size")
     variables = jax.device_put(jax.device_get(trained.variables), sharding.replicated(mesh))
-    preprocess = augment.build_eval_fn(description["eval"])
+    pipeline = description["eval"] if eval_pipeline is None else eval_pipeline
+    stored = (description["image_size"], description["image_size"], description["channels"])
+    try:
+        augment.eval_output_shape(pipeline, stored)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"The evaluation pipeline {pipeline!r} does not fit the model's "
+                         f"{stored[0]} px images: {e}") from None  # fmt: skip
+    preprocess = augment.build_eval_fn(pipeline)
     norm = dict(mean=tuple(description["mean"]), std=tuple(description["std"]))
     logits_fn = functools.partial(steps.eval_logits, model=trained.model, preprocess_fn=preprocess,
                                   flip_tta=description["eval_flip_tta"], **norm)  # fmt: skip
@@ -158,7 +170,8 @@ def main(argv) -> None:
                  for spec in FLAGS.extra_splits}  # fmt: skip
         dataset = data.load_dataset(ml_collections.ConfigDict(description["dataset"]))
         batch_size = FLAGS.batch_size or description.get("eval_batch_size", 500)
-        results = evaluate(trained, dataset, FLAGS.suites, evaluation, batch_size, extra)
+        results = evaluate(trained, dataset, FLAGS.suites, evaluation, batch_size, extra,
+                           eval_pipeline=FLAGS.eval_pipeline)  # fmt: skip
     except ValueError as e:
         sys.exit(f"evaluate: {e}")
     out = FLAGS.out or os.path.join(FLAGS.workdir,
