@@ -144,3 +144,28 @@ def test_distillation_with_weight_zero_trains_as_without_a_teacher(teacher_workd
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                  alone.params, distilled.params)  # fmt: skip
     assert isinstance(Trainer(zero, dataset).teacher, distillation.Teacher)
+
+
+def test_a_converted_checkpoint_teaches_when_its_classes_match(tmp_path):
+    """A teacher from imgcls_jax.convert's format: its ImageNet-style preprocessing (centre
+    crop of its input size) and normalisation, its class names checked."""
+    from imgcls_jax import convert, models
+
+    model = models.build("resnet8", num_classes=4, width=8, stem="small")
+    variables = jax.device_get(model.init(jax.random.key(3), jnp.zeros((1, 8, 8, 1)), train=False))
+    metadata = {"architecture": "resnet8", "width": 8, "stem": "small", "input_size": 8,
+                "num_classes": 4, "class_names": [f"class{i}" for i in range(4)],
+                "mean": [0.5], "std": [0.25]}  # fmt: skip
+    convert.save_pretrained(str(tmp_path / "teacher"), variables, metadata)
+    config = tiny_config(**{"distill.teacher": str(tmp_path / "teacher"), "input.batch_size": 32,
+                            "augment.train": ""})  # fmt: skip
+    trainer = Trainer(config, synthetic_dataset())
+    images = jnp.asarray(synthetic_dataset().train.images[:32], jnp.float32)
+    expected = model.apply(variables, (images / 255 - 0.5) / 0.25, train=False)
+    np.testing.assert_allclose(trainer.teacher.logits(images), expected, rtol=1e-5, atol=1e-5)
+    _, losses = train_steps(trainer, 2)
+    assert np.isfinite(losses).all()
+    convert.save_pretrained(str(tmp_path / "other"), variables,
+                            {**metadata, "class_names": ["w", "x", "y", "z"]})  # fmt: skip
+    with pytest.raises(ValueError, match="classifies 4 classes"):
+        Trainer(tiny_config(**{"distill.teacher": str(tmp_path / "other")}), synthetic_dataset())

@@ -56,7 +56,7 @@ def test_a_run_reports_its_suites_at_their_interval_and_at_the_end(run):
     assert 0 <= results["few_shot/1shot_accuracy_std"] and results["few_shot/5shot_accuracy"] > 0.25
 
 
-def test_corrupted_accuracy_does_not_depend_on_the_batches_or_devices(run):
+def test_corrupted_accuracy_does_not_depend_on_the_batches_devices_or_fsdp(run):
     config, dataset, workdir, results = run
     state = trainer_restore(Trainer(config, dataset), workdir)[0]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -64,10 +64,17 @@ def test_corrupted_accuracy_does_not_depend_on_the_batches_or_devices(run):
     one_device = Trainer(tiny_config(**{"input.eval_batch_size": 7, "input.batch_size": 32,
                                         "model.width": 8, **SUITE_CONFIG}),
                          dataset, jax.devices()[:1])  # fmt: skip
+    fsdp = Trainer(tiny_config(**{"training.num_train_steps": 16, "input.batch_size": 32,
+                                  "input.eval_batch_size": 40, "model.width": 8,
+                                  "mesh.fsdp": 2, "mesh.fsdp_min_bytes": 0, **SUITE_CONFIG}),
+                   dataset)  # fmt: skip
+    split = trainer_restore(fsdp, workdir)[0]  # The weights split over pairs of devices.
+    split_variables = {"params": split.params, "batch_stats": split.batch_stats}
     for name in ("gaussian_noise", "contrast"):
         a = eight_devices.suites.accuracy(jax.device_get(variables), dataset.test, name, 3)
         b = one_device.suites.accuracy(jax.device_get(variables), dataset.test, name, 3)
-        assert a == b, name
+        c = fsdp.suites.accuracy(split_variables, dataset.test, name, 3)
+        assert a == b == c, name
 
 
 def test_the_probe_runs_on_the_models_own_prelogit_features(run):

@@ -61,7 +61,8 @@ def _correct_count(
 class Suites:
     """The suites config.evaluation asks for, for one model: `logits_fn(variables, images)`
     and `features_fn(variables, images)` of float32 [0, 255] images (the model's evaluation
-    pipeline and normalisation inside), over `mesh` in batches of `batch_size`."""
+    pipeline and normalisation inside), over `mesh` in batches of `batch_size`. The
+    variables stay where they are (replicated, or split by FSDP)."""
 
     def __init__(
         self,
@@ -78,14 +79,14 @@ class Suites:
         self._count = {
             name: jax.jit(
                 functools.partial(_correct_count, logits_fn=logits_fn, corruption=name),
-                in_shardings=(replicated, batch, replicated, replicated, replicated),
+                in_shardings=(None, batch, replicated, replicated, replicated),
                 out_shardings=replicated, donate_argnums=4,
             )
             for name in (None, *device_names)
         }  # fmt: skip
         self._features = jax.jit(
             lambda variables, batch: (features_fn(variables, batch["image"]), batch["mask"]),
-            in_shardings=(replicated, batch), out_shardings=replicated,
+            in_shardings=(None, batch), out_shardings=replicated,
         )  # fmt: skip
 
     def accuracy(self, variables: Any, split: data.Split, corruption: str | None = None,
