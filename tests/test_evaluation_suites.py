@@ -170,3 +170,23 @@ def test_a_vit_evaluates_at_another_resolution_through_resampled_position_embedd
     with pytest.raises(ValueError, match="does not fit the model's 8 px images"):
         evaluate.evaluate(trained, dataset, ["test"], evaluation, 40,
                           eval_pipeline="center_crop(20)")  # fmt: skip
+
+
+def test_an_extra_tfds_split_is_read_as_the_runs_images_and_its_classes_checked(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    description = {"dataset": {"data_dir": "", "download": False}, "image_size": 28,
+                   "channels": 1, "class_names": [str(i) for i in range(10)]}  # fmt: skip
+    with tfds.testing.mock_data(num_examples=12):
+        split = evaluate.load_extra_split("mnist:test", description)
+        assert split.images.shape == (12, 28, 28, 1) and split.images.dtype == np.uint8
+        assert split.labels.max() < 10
+        with pytest.raises(ValueError, match="evaluate on a split of the same classes"):
+            evaluate.load_extra_split(
+                "mnist:test", {**description, "class_names": list("abcdefghij")}
+            )
+        with pytest.raises(ValueError, match="the model takes 3"):
+            evaluate.load_extra_split("mnist:test", {**description, "channels": 3})
+    with pytest.raises(ValueError, match="must be a TFDS NAME:SPLIT"):
+        evaluate.load_extra_split("mnist", description)
