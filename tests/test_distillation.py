@@ -169,3 +169,11 @@ def test_a_converted_checkpoint_teaches_when_its_classes_match(tmp_path):
                             {**metadata, "class_names": ["w", "x", "y", "z"]})  # fmt: skip
     with pytest.raises(ValueError, match="classifies 4 classes"):
         Trainer(tiny_config(**{"distill.teacher": str(tmp_path / "other")}), synthetic_dataset())
+
+
+def test_a_teacher_workdir_given_by_a_relative_path_loads(teacher_workdir, monkeypatch):
+    monkeypatch.chdir(Path(teacher_workdir).parent)
+    relative = Path(teacher_workdir).name
+    trainer = Trainer(tiny_config(**{"distill.teacher": relative, "input.batch_size": 32}),
+                      synthetic_dataset())  # fmt: skip
+    assert trainer.teacher.source.startswith(relative)

@@ -79,8 +79,7 @@ class Checkpointer:
         )
 
     def _directory(self, name: str) -> epath.Path:
-        path = self.workdir / name
-        return path if "://" in str(path) else path.resolve()  # Orbax wants absolute paths.
+        return absolute(self.workdir / name)
 
     @property
     def directory(self) -> epath.Path:
@@ -245,6 +244,11 @@ class Checkpointer:
         self.manager.close()
 
 
+def absolute(path: epath.Path) -> epath.Path:
+    """`path` made absolute, as Orbax (TensorStore) wants it; URLs such as gs:// already are."""
+    return path if "://" in str(path) else path.resolve()
+
+
 def saved_steps(workdir: str) -> list[int]:
     """The complete steps under `workdir/checkpoints`, oldest first (none while unwritten)."""
     directory = epath.Path(workdir) / CHECKPOINT_DIR
@@ -256,7 +260,7 @@ def saved_steps(workdir: str) -> list[int]:
 def read_progress(workdir: str, step: int) -> dict:
     """The `progress` dict (best step and metric, ...) saved with `step`, checked against its
     checksum; raises CheckpointRestoreError when it is damaged or unreadable."""
-    step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
+    step_dir = absolute(epath.Path(workdir)) / CHECKPOINT_DIR / str(step)
     try:
         progress = json.loads((step_dir / "progress" / "metadata").read_text())
         digest = integrity.read(step_dir).get("progress_sha256")
@@ -273,13 +277,13 @@ def restore_variables(workdir: str, step: int, abstract_variables: dict) -> dict
     """Only the fields of the saved state that `abstract_variables` names (e.g. `params` and
     `batch_stats`, no optimizer state), on its shardings, verified against the step's
     checksums; raises CheckpointRestoreError when they are missing, damaged or not finite."""
-    step_dir = epath.Path(workdir) / CHECKPOINT_DIR / str(step)
+    step_dir = absolute(epath.Path(workdir)) / CHECKPOINT_DIR / str(step)
     try:
         integrity.check_array_index(step_dir / "state")
         saved = integrity.read(step_dir)
         abstract_variables = old_names.as_saved(abstract_variables, saved["checksums"])
         restored = ocp.PyTreeCheckpointer().restore(
-            (step_dir / "state").resolve(),
+            step_dir / "state",
             args=ocp.args.PyTreeRestore(
                 item=abstract_variables,
                 restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables),
