@@ -74,6 +74,7 @@ def teacher_workdir(tmp_path_factory):
     return str(workdir)
 
 
+@pytest.mark.slow
 def test_the_teacher_runs_once_per_step_whatever_the_micro_batches_and_sam(
     teacher_workdir, monkeypatch
 ):
@@ -95,6 +96,7 @@ def test_the_teacher_runs_once_per_step_whatever_the_micro_batches_and_sam(
     assert calls == [1] and np.isfinite(losses).all()
 
 
+@pytest.mark.slow
 def test_a_distilled_run_trains_names_its_teacher_and_saves_only_the_student(
     teacher_workdir, tmp_path
 ):
@@ -116,6 +118,7 @@ def test_a_distilled_run_trains_names_its_teacher_and_saves_only_the_student(
     assert jax.tree.structure(saved) == jax.tree.structure(plain.abstract_state())
 
 
+@pytest.mark.slow
 def test_a_teacher_of_other_classes_or_channels_is_refused(teacher_workdir):
     other = synthetic_dataset()
     renamed = data.Dataset(other.train, other.validation, other.test,
@@ -134,6 +137,7 @@ def test_a_teacher_of_other_classes_or_channels_is_refused(teacher_workdir):
         Trainer(tiny_config(**{"distill.teacher": "/nonexistent"}), other)
 
 
+@pytest.mark.slow
 def test_distillation_with_weight_zero_trains_as_without_a_teacher(teacher_workdir):
     dataset = synthetic_dataset()
     base = {"input.batch_size": 32, "augment.train": "flip_lr"}
@@ -146,6 +150,7 @@ def test_distillation_with_weight_zero_trains_as_without_a_teacher(teacher_workd
     assert isinstance(Trainer(zero, dataset).teacher, distillation.Teacher)
 
 
+@pytest.mark.slow
 def test_a_converted_checkpoint_teaches_when_its_classes_match(tmp_path):
     """A teacher from imgcls_jax.convert's format: its ImageNet-style preprocessing (centre
     crop of its input size) and normalisation, its class names checked."""
@@ -171,6 +176,7 @@ def test_a_converted_checkpoint_teaches_when_its_classes_match(tmp_path):
         Trainer(tiny_config(**{"distill.teacher": str(tmp_path / "other")}), synthetic_dataset())
 
 
+@pytest.mark.slow
 def test_a_teacher_workdir_given_by_a_relative_path_loads(teacher_workdir, monkeypatch):
     monkeypatch.chdir(Path(teacher_workdir).parent)
     relative = Path(teacher_workdir).name

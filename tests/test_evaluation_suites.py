@@ -40,6 +40,7 @@ def run(tmp_path_factory):
     return config, dataset, str(workdir), results
 
 
+@pytest.mark.slow
 def test_a_run_reports_its_suites_at_their_interval_and_at_the_end(run):
     config, dataset, workdir, results = run
     logged = [json.loads(line) for line in open(f"{workdir}/metrics.jsonl", encoding="utf-8")]
@@ -56,6 +57,7 @@ def test_a_run_reports_its_suites_at_their_interval_and_at_the_end(run):
     assert 0 <= results["few_shot/1shot_accuracy_std"] and results["few_shot/5shot_accuracy"] > 0.25
 
 
+@pytest.mark.slow
 def test_corrupted_accuracy_does_not_depend_on_the_batches_devices_or_fsdp(run):
     config, dataset, workdir, results = run
     state = trainer_restore(Trainer(config, dataset), workdir)[0]
@@ -77,6 +79,7 @@ def test_corrupted_accuracy_does_not_depend_on_the_batches_devices_or_fsdp(run):
         assert a == b == c, name
 
 
+@pytest.mark.slow
 def test_the_probe_runs_on_the_models_own_prelogit_features(run):
     config, dataset, workdir, results = run
     trainer = Trainer(config, dataset)
@@ -96,6 +99,7 @@ def test_the_probe_runs_on_the_models_own_prelogit_features(run):
         assert results[key] == pytest.approx(value, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_the_evaluate_function_reproduces_the_runs_numbers(run):
     config, dataset, workdir, results = run
     trained = trained_model.load_workdir(workdir, "latest")

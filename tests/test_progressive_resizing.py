@@ -44,6 +44,7 @@ def test_the_step_trains_on_the_resized_images():
     np.testing.assert_array_equal(steps.resize_images(images, 8), images)  # Same size: as is.
 
 
+@pytest.mark.slow
 def test_a_resume_across_a_size_change_is_bit_identical(tmp_path, dataset):
     k = 5  # 256 examples / batch 32 = 8 steps per epoch; sizes change at step 6.
     config = tiny_config(**{"training.num_train_steps": 12, "input.batch_size": 32,
