@@ -149,3 +149,12 @@ def test_two_slices_and_a_sharded_state_hold_less_per_chip(v5e_report):
     assert args_sharded["train_step"] < 0.5 * args["train_step"]
     # Sharded parameters are gathered where they are used: all-gathers appear.
     assert "all-gather" in sharded["programs"][1]["collectives"]
+
+
+@pytest.mark.slow
+def test_a_distilled_config_is_checked_without_its_teacher_and_says_so(v5e_report, tmp_path):
+    distilled = fit_check.check(_small_config(**{"distill.teacher": str(tmp_path)}), "v5e:2x2")
+    assert distilled["left_out"].startswith(f"the distillation teacher {tmp_path}")
+    assert [p["peak_bytes"] for p in distilled["programs"]] == [
+        p["peak_bytes"] for p in v5e_report["programs"]
+    ]

@@ -20,7 +20,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from imgcls_jax.config import apply_overrides
@@ -115,6 +115,11 @@ def check(
     Raises DoesNotFit, with what would make it fit, when XLA cannot fit a program into a
     chip's memory, and a ValueError saying what to fix for a bad config."""
     config_check.validate(config)
+    teacher = config.distill.teacher
+    if teacher:  # Its variables are data, which compile-only devices cannot hold.
+        logging.warning("The fit check leaves out the distillation teacher %s (its variables "
+                        "and forward pass); the student's programs are checked.", teacher)  # fmt: skip
+        config = apply_overrides(config, {"distill.teacher": ""})
     devices = topology_devices(topology, num_slices)
     chip = chips.chip_for(devices[0].device_kind)
     shape = dataset_shape(config.dataset, num_classes, train_examples)
@@ -145,6 +150,8 @@ def check(
         "estimate": timing | {"images_per_s": images_per_s,
                               "epoch_s": shape.train_examples / images_per_s if images_per_s else 0},
     }  # fmt: skip
+    if teacher:
+        report["left_out"] = f"the distillation teacher {teacher} (variables and forward pass)"
     return report
 
 
