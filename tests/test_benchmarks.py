@@ -198,3 +198,12 @@ def test_corruption_and_few_shot_benchmarks_run_at_tiny_size(tmp_path):
     result = json.loads(out.read_text())
     assert result["total_s"] >= result["features_s"] > 0
     assert set(result["results"]) >= {"few_shot/1shot_accuracy", "few_shot/25shot_accuracy"}
+
+
+@pytest.mark.slow
+def test_optimizer_step_benchmark_times_every_optimizer_of_the_ablation(tmp_path):
+    out = tmp_path / "optimizer_step.json"
+    _run("optimizer_step", "--steps=1", "--rounds=1", "--batch_size=16", f"--out={out}")
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["optimizer"] for r in rows] == ["SGD", "AdamW", "Muon", "SAM", "schedule-free AdamW"]
+    assert all(r["ms_per_step"] > 0 for r in rows) and rows[0]["vs_sgd"] == 1.0
