@@ -14,6 +14,7 @@ Prints a table and writes JSON to --out.
 
 from __future__ import annotations
 
+import functools
 import time
 
 from absl import app, flags
@@ -37,7 +38,6 @@ def main(argv):
     from imgcls_jax.config import base_config
     from imgcls_jax.data import fashion_mnist_files
     from imgcls_jax.evaluation import suites
-    from imgcls_jax.models import features
     from imgcls_jax.reporting import markdown
     from imgcls_jax.runtime import sharding
     from imgcls_jax.training import steps
@@ -54,10 +54,8 @@ def main(argv):
     test = data.Split(test.images[: FLAGS.test_examples], test.labels[: FLAGS.test_examples])
     model = models.build("resnet20", num_classes=10, width=16)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False)
-    norm = dict(mean=(0.2860,), std=(0.3530,))
-
-    def features_fn(variables, images):
-        return features.prelogit_features(model, variables, steps.normalize(images, **norm))
+    features_fn = functools.partial(steps.eval_features, model=model, preprocess_fn=lambda x: x,
+                                    mean=(0.2860,), std=(0.3530,))  # fmt: skip
 
     evaluation = base_config().evaluation
     evaluation.few_shot_train_examples = FLAGS.train_examples

@@ -34,7 +34,7 @@ def corruption_names(spec: str) -> tuple[str, ...]:
     for name in names:
         if name not in known:
             raise ValueError(f"config.evaluation.corruptions names {name!r}, not a corruption."
-                             f"{closest(name, known)} Known: {', '.join(known)}.")  # fmt: skip
+                             f"{closest(name, known)}")  # fmt: skip
     return names
 
 

@@ -16,9 +16,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from imgcls_jax import augment
 from imgcls_jax.data import decode
-from imgcls_jax.training import steps, trained_model
+from imgcls_jax.training import trained_model
 
 STABLEHLO_FILE = "model.stablehlo"  # In an exported artifact: the serialized program.
 ARTIFACT_FILE = "artifact.json"  # Beside it: classes, input, the model it came from.
@@ -41,14 +40,7 @@ def probabilities_fn(
     """(variables, uint8 images [N, image_size, image_size, channels]) -> class probabilities:
     the run's evaluation pipeline, normalisation and the model (`steps.eval_logits`, the
     function evaluation uses), then softmax."""
-    logits_fn = functools.partial(
-        steps.eval_logits,
-        model=model,
-        preprocess_fn=augment.build_eval_fn(description["eval"]),
-        flip_tta=description["eval_flip_tta"],
-        mean=tuple(description["mean"]),
-        std=tuple(description["std"]),
-    )
+    logits_fn = trained_model.logits_fn(model, description)
     return lambda variables, images: jax.nn.softmax(logits_fn(variables, images))
 
 

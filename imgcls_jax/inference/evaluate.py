@@ -14,7 +14,6 @@ flags say otherwise. Prints a table and writes WORKDIR/evaluation_<step>_<weight
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -79,9 +78,8 @@ def evaluate(
     given (e.g. another resolution)."""
     from imgcls_jax import augment
     from imgcls_jax.evaluation import suites
-    from imgcls_jax.models import features
     from imgcls_jax.runtime import sharding
-    from imgcls_jax.training import steps
+    from imgcls_jax.training import trained_model
 
     unknown = [s for s in suite_names if s not in SUITES]
     if unknown:
@@ -97,14 +95,8 @@ def evaluate(
     except (ValueError, TypeError) as e:
         raise ValueError(f"The evaluation pipeline {pipeline!r} does not fit the model's "
                          f"{stored[0]} px images: {e}") from None  # fmt: skip
-    preprocess = augment.build_eval_fn(pipeline)
-    norm = dict(mean=tuple(description["mean"]), std=tuple(description["std"]))
-    logits_fn = functools.partial(steps.eval_logits, model=trained.model, preprocess_fn=preprocess,
-                                  flip_tta=description["eval_flip_tta"], **norm)  # fmt: skip
-
-    def features_fn(variables, images):
-        images = steps.normalize(preprocess(images), **norm)
-        return features.prelogit_features(trained.model, variables, images)
+    logits_fn = trained_model.logits_fn(trained.model, description, pipeline)
+    features_fn = trained_model.features_fn(trained.model, description, pipeline)
 
     if "corruptions" not in suite_names:
         evaluation = ml_collections.ConfigDict({**evaluation.to_dict(), "corruptions": ""})
@@ -152,6 +144,10 @@ def main(argv) -> None:
     from imgcls_jax.reporting import markdown
     from imgcls_jax.training import trained_model
 
+    unknown = [s for s in FLAGS.suites if s not in SUITES]
+    if unknown:  # Before the model and data are read.
+        sys.exit(f"evaluate: unknown suite(s) {unknown} in --suites; choose from "
+                 f"{', '.join(SUITES)}.")  # fmt: skip
     try:
         trained = trained_model.load_workdir(FLAGS.workdir, FLAGS.step, FLAGS.weights)
         description = trained.description

@@ -18,7 +18,7 @@ import numpy as np
 from imgcls_jax import augment, convert, data
 from imgcls_jax.data import batch_rows, class_balance, device_resident, input_pipeline
 from imgcls_jax.evaluation import suites
-from imgcls_jax.models import build_for_devices, features
+from imgcls_jax.models import build_for_devices
 from imgcls_jax.reporting import confusion
 from imgcls_jax.runtime import compile_options, sharding
 from imgcls_jax.training import (
@@ -263,12 +263,10 @@ class Trainer:
             flip_tta=self.config.augment.eval_flip_tta,
             **norm,
         )
-        preprocess_fn = augment.build_eval_fn(self.config.augment.eval)
-
-        def features_fn(variables, images):
-            images = steps.normalize(preprocess_fn(images), self.mean, self.std)
-            return features.prelogit_features(self.model, variables, images)
-
+        features_fn = functools.partial(
+            steps.eval_features, model=self.model,
+            preprocess_fn=augment.build_eval_fn(self.config.augment.eval), **norm,
+        )  # fmt: skip
         self.suites = suites.Suites(self.config.evaluation, logits_fn, features_fn, self.mesh,
                                     self.config.input.eval_batch_size)  # fmt: skip
         self.eval_step = jax.jit(

@@ -4,15 +4,13 @@ is `steps.distillation_loss`."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from imgcls_jax import augment
-from imgcls_jax.training import steps, trained_model
+from imgcls_jax.training import trained_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,14 +51,7 @@ def load_teacher(
                          f"student's have {train_images.shape[-1]}; set config.dataset.channels="
                          f"{channels} or use another teacher.")  # fmt: skip
     variables = jax.device_put(jax.device_get(trained.variables), replicated)
-    logits_fn = functools.partial(
-        steps.eval_logits,
-        model=trained.model,
-        preprocess_fn=augment.build_eval_fn(trained.description["eval"]),
-        flip_tta=False,
-        mean=tuple(trained.description["mean"]),
-        std=tuple(trained.description["std"]),
-    )
+    logits_fn = trained_model.logits_fn(trained.model, trained.description, flip_tta=False)
     teacher = Teacher(lambda images: logits_fn(variables, images), trained.source,
                       trained.description["model"]["name"])  # fmt: skip
     try:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from clu import metrics
 
-from imgcls_jax.models import layers
+from imgcls_jax.models import features, layers
 from imgcls_jax.training.train_state import TrainState, ema_decay_at
 
 
@@ -311,6 +311,21 @@ def eval_logits(
     if flip_tta:
         logits = (logits + model.apply(variables, images[:, :, ::-1], train=False)) / 2
     return logits
+
+
+def eval_features(
+    variables: dict[str, Any],
+    images: jnp.ndarray,
+    *,
+    model: nn.Module,
+    preprocess_fn: Callable[[jnp.ndarray], jnp.ndarray],
+    mean: tuple,
+    std: tuple,
+) -> jnp.ndarray:
+    """The pre-logit features [N, D] of [0, 255] images, through `eval_logits`'s preprocessing
+    and normalisation (`models.features.prelogit_features`): what linear probes read."""
+    images = normalize(preprocess_fn(images), mean, std)
+    return features.prelogit_features(model, variables, images)
 
 
 def eval_step(

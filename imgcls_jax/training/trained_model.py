@@ -6,6 +6,7 @@ teachers all load models this way."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 
 from imgcls_jax import augment, checkpoint, convert, models
 from imgcls_jax.checkpoint.model_description import MODEL_FILE
+from imgcls_jax.training import steps
 
 CONVERTED_FILE = "metadata.json"  # In a converted checkpoint (imgcls_jax.convert).
 CROP_FRACTION = 0.875  # Converted ImageNet weights: resize to size / 0.875, centre-crop size.
@@ -44,6 +46,30 @@ class TrainedModel:
         """The images it takes (before its evaluation pipeline): height, width, channels."""
         size = self.description["image_size"]
         return (size, size, self.description["channels"])
+
+
+def logits_fn(
+    model: nn.Module,
+    description: dict[str, Any],
+    eval_pipeline: str | None = None,
+    flip_tta: bool | None = None,
+):
+    """(variables, [0, 255] images) -> logits of the model `description` describes: its
+    evaluation pipeline (or `eval_pipeline`), flip test-time augmentation (or `flip_tta`)
+    and normalisation, as in its run's evaluation (`steps.eval_logits`)."""
+    pipeline = description["eval"] if eval_pipeline is None else eval_pipeline
+    flip = description["eval_flip_tta"] if flip_tta is None else flip_tta
+    return functools.partial(steps.eval_logits, model=model, flip_tta=flip,
+                             preprocess_fn=augment.build_eval_fn(pipeline),
+                             mean=tuple(description["mean"]), std=tuple(description["std"]))  # fmt: skip
+
+
+def features_fn(model: nn.Module, description: dict[str, Any], eval_pipeline: str | None = None):
+    """(variables, [0, 255] images) -> pre-logit features, preprocessed as `logits_fn`."""
+    pipeline = description["eval"] if eval_pipeline is None else eval_pipeline
+    return functools.partial(steps.eval_features, model=model,
+                             preprocess_fn=augment.build_eval_fn(pipeline),
+                             mean=tuple(description["mean"]), std=tuple(description["std"]))  # fmt: skip
 
 
 def build_model(fields: dict[str, Any], num_classes: int, devices: list | None = None) -> nn.Module:
@@ -77,6 +103,8 @@ def load_workdir(
     run has no validation), "latest", or a step number; `weights` "ema" (the average, "auto"
     when the run kept one) or "trained". Its variables are replicated over `devices`
     (default: this process's first device)."""
+    if not os.path.exists(os.path.join(workdir, MODEL_FILE)):
+        raise ValueError(f"{workdir} is not a workdir of launch.py (it has no {MODEL_FILE}).")
     with open(os.path.join(workdir, MODEL_FILE), encoding="utf-8") as f:
         description = json.load(f)
     if weights not in WEIGHTS:
